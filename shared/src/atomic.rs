@@ -1,0 +1,214 @@
+//! Publishing a file so that no reader ever sees half of it.
+//!
+//! Temp file in the same directory (created exclusively, with its final mode
+//! and group), write, fsync, rename over the target, fsync the directory.
+//! When the target already holds exactly these bytes nothing is written, so
+//! watchers are not woken for nothing (consul-template does the same).
+
+use nix::unistd::{fchown, Gid};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// How to publish.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteOptions {
+    /// File mode, e.g. `0o640`.
+    pub mode: u32,
+    /// Group to give the file (e.g. the pod's fsGroup); `None` keeps ours.
+    pub gid: Option<u32>,
+}
+
+impl WriteOptions {
+    /// Readable by the group (the worker): for `db.json` and config files.
+    pub const SHARED: Self = Self {
+        mode: 0o640,
+        gid: None,
+    };
+    /// Private to the writer: for agent state.
+    pub const PRIVATE: Self = Self {
+        mode: 0o600,
+        gid: None,
+    };
+
+    /// The same options with a group.
+    pub fn with_gid(self, gid: Option<u32>) -> Self {
+        Self { gid, ..self }
+    }
+}
+
+/// What [`write_atomic`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Written,
+    /// The file already held these bytes with this mode; nothing was touched.
+    Unchanged,
+}
+
+/// A failed publish; the previous file, if any, is intact.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {path}: {step}: {source}")]
+pub struct AtomicWriteError {
+    pub path: PathBuf,
+    pub step: &'static str,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Publishes `bytes` at `path` atomically; see the module docs.
+pub fn write_atomic(
+    path: &Path,
+    bytes: &[u8],
+    opts: WriteOptions,
+) -> Result<WriteOutcome, AtomicWriteError> {
+    let err = |step: &'static str| {
+        move |source: std::io::Error| AtomicWriteError {
+            path: path.to_path_buf(),
+            step,
+            source,
+        }
+    };
+    if let Ok(meta) = fs::metadata(path) {
+        let same_mode = meta.permissions().mode() & 0o7777 == opts.mode;
+        let same_gid = opts
+            .gid
+            .is_none_or(|g| std::os::unix::fs::MetadataExt::gid(&meta) == g);
+        if same_mode && same_gid && meta.len() == bytes.len() as u64 {
+            if let Ok(existing) = fs::read(path) {
+                if existing == bytes {
+                    return Ok(WriteOutcome::Unchanged);
+                }
+            }
+        }
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{name}.tmp.{}.{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(opts.mode)
+            .open(&tmp)
+            .map_err(err("create temp file"))?;
+        // The umask may have narrowed the mode given to open().
+        file.set_permissions(fs::Permissions::from_mode(opts.mode))
+            .map_err(err("chmod temp file"))?;
+        if let Some(gid) = opts.gid {
+            fchown(&file, None, Some(Gid::from_raw(gid)))
+                .map_err(|e| err("chgrp temp file")(std::io::Error::from(e)))?;
+        }
+        file.write_all(bytes).map_err(err("write temp file"))?;
+        file.sync_all().map_err(err("fsync temp file"))?;
+        fs::rename(&tmp, path).map_err(err("rename into place"))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err("fsync directory"))?;
+        Ok(WriteOutcome::Written)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Serializes `value` as pretty JSON (with a trailing newline) and publishes
+/// it with [`write_atomic`].
+pub fn write_json_atomic<T: serde::Serialize>(
+    path: &Path,
+    value: &T,
+    opts: WriteOptions,
+) -> Result<WriteOutcome, AtomicWriteError> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| AtomicWriteError {
+        path: path.to_path_buf(),
+        step: "serialize",
+        source: std::io::Error::other(e),
+    })?;
+    bytes.push(b'\n');
+    write_atomic(path, &bytes, opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn writes_with_mode_and_skips_unchanged_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.json");
+        assert_eq!(
+            write_atomic(&path, b"one", WriteOptions::SHARED).unwrap(),
+            WriteOutcome::Written
+        );
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o640);
+        let ino = meta.ino();
+        assert_eq!(
+            write_atomic(&path, b"one", WriteOptions::SHARED).unwrap(),
+            WriteOutcome::Unchanged
+        );
+        assert_eq!(fs::metadata(&path).unwrap().ino(), ino, "unchanged bytes must not be rewritten");
+        assert_eq!(
+            write_atomic(&path, b"two", WriteOptions::PRIVATE).unwrap(),
+            WriteOutcome::Written
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "no temp files left: {leftovers:?}");
+    }
+
+    #[test]
+    fn a_concurrent_reader_never_sees_half_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let big_a = vec![b'a'; 256 * 1024];
+        let big_b = vec![b'b'; 128 * 1024];
+        write_atomic(&path, &big_a, WriteOptions::SHARED).unwrap();
+        let reader_path = path.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let reader = std::thread::spawn(move || {
+            let mut reads = 0;
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                let got = fs::read(&reader_path).unwrap();
+                assert!(
+                    got == vec![b'a'; 256 * 1024] || got == vec![b'b'; 128 * 1024],
+                    "reader saw a torn file of {} bytes",
+                    got.len()
+                );
+                reads += 1;
+            }
+            reads
+        });
+        for i in 0..200 {
+            let bytes = if i % 2 == 0 { &big_b } else { &big_a };
+            write_atomic(&path, bytes, WriteOptions::SHARED).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+    }
+
+    #[test]
+    fn failure_names_the_path_and_leaves_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing-dir").join("db.json");
+        let err = write_atomic(&path, b"x", WriteOptions::SHARED).unwrap_err();
+        assert!(err.to_string().contains("missing-dir"), "{err}");
+    }
+}

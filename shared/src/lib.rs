@@ -1,0 +1,24 @@
+//! `riskfeat-shared`: everything riskfeat-agent and riskfeat-worker both need.
+//!
+//! The agent writes, the worker reads, and this crate owns the contract in
+//! between: the layout of the shared directory ([`layout`]), the file formats
+//! ([`creds`], [`config_file`], [`ack`]), how a file is published without a
+//! reader ever seeing half of it ([`atomic`]), the check that the directory is
+//! memory-backed ([`fs_check`]), and the operational surface both binaries
+//! expose the same way: health over a unix socket ([`health`]), Prometheus
+//! metrics ([`metrics`]) and logging ([`telemetry`]).
+//!
+//! This crate depends on none of agent, worker or configd.
+
+pub mod ack;
+pub mod atomic;
+pub mod config_file;
+pub mod creds;
+pub mod fs_check;
+pub mod health;
+pub mod layout;
+pub mod metrics;
+pub mod secret;
+pub mod telemetry;
+
+pub use secret::Secret;
