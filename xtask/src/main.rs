@@ -51,3 +51,11 @@ fn main() -> anyhow::Result<()> {
         },
     }
 }
+
+/// The workspace root (the parent of xtask/).
+pub(crate) fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
