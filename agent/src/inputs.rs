@@ -1,0 +1,198 @@
+//! The login material: role_id (file or env) and secret_id (file, optionally
+//! deleted after reading, or a response-wrapping token to unwrap), and the
+//! optional static fallback credential (issue 8).
+//!
+//! Every failure names the file; a missing, unreadable or empty file is
+//! exit 66 (EX_NOINPUT). Values are wrapped in [`Secret`] at once.
+
+use riskfeat_shared::Secret;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Env var holding the role_id when no `role_id_file` is configured.
+pub const ROLE_ID_ENV: &str = "RISKFEAT_AGENT_ROLE_ID";
+
+/// A missing or bad input file.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("{what} file {path}: cannot read: {source}")]
+    Read {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{what} file {path} is empty")]
+    Empty { what: &'static str, path: String },
+    #[error("{what}: not configured (set {hint})")]
+    Missing {
+        what: &'static str,
+        hint: &'static str,
+    },
+    #[error("{what} file {path}: {message}")]
+    Invalid {
+        what: &'static str,
+        path: String,
+        message: String,
+    },
+}
+
+/// Reads a one-value secret file, trimmed; empty is an error.
+pub fn read_secret_file(what: &'static str, path: &Path) -> Result<Secret, InputError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| InputError::Read {
+        what,
+        path: shown.clone(),
+        source,
+    })?;
+    let value = text.trim();
+    if value.is_empty() {
+        return Err(InputError::Empty { what, path: shown });
+    }
+    Ok(Secret::new(value))
+}
+
+/// The role_id: from `file` when given, else from `RISKFEAT_AGENT_ROLE_ID`.
+pub fn role_id(file: Option<&Path>) -> Result<Secret, InputError> {
+    match file {
+        Some(p) => read_secret_file("vault.role_id_file", p),
+        None => match std::env::var(ROLE_ID_ENV) {
+            Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
+            _ => Err(InputError::Missing {
+                what: "role_id",
+                hint: "vault.role_id_file or RISKFEAT_AGENT_ROLE_ID",
+            }),
+        },
+    }
+}
+
+/// What the secret_id file gave.
+#[derive(Debug, Clone)]
+pub enum SecretIdSource {
+    /// A plain secret_id.
+    Plain(Secret),
+    /// A response-wrapping token to unwrap (once) into the secret_id.
+    Wrapped(Secret),
+}
+
+/// Reads the secret_id file; deletes it afterwards when asked.
+pub fn secret_id(path: &Path, wrapped: bool, delete: bool) -> Result<SecretIdSource, InputError> {
+    let value = read_secret_file("vault.secret_id_file", path)?;
+    if delete {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot delete the secret_id file after reading it");
+        } else {
+            tracing::info!(path = %path.display(), "deleted the secret_id file after reading it");
+        }
+    }
+    Ok(if wrapped {
+        SecretIdSource::Wrapped(value)
+    } else {
+        SecretIdSource::Plain(value)
+    })
+}
+
+/// The static fallback credential.
+#[derive(Debug, Clone)]
+pub struct FallbackCredential {
+    pub username: String,
+    pub password: Secret,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FallbackFile {
+    username: String,
+    password_file: PathBuf,
+}
+
+/// Loads the fallback file (TOML, or JSON when it starts with `{`) and its
+/// password file (relative paths are relative to the fallback file).
+pub fn fallback(path: &Path) -> Result<FallbackCredential, InputError> {
+    const WHAT: &str = "fallback.file";
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| InputError::Read {
+        what: WHAT,
+        path: shown.clone(),
+        source,
+    })?;
+    if text.trim().is_empty() {
+        return Err(InputError::Empty {
+            what: WHAT,
+            path: shown,
+        });
+    }
+    let parsed: FallbackFile = if text.trim_start().starts_with('{') {
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    } else {
+        toml::from_str(&text).map_err(|e| e.to_string().trim().replace('\n', " "))
+    }
+    .map_err(|message| InputError::Invalid {
+        what: WHAT,
+        path: shown.clone(),
+        message,
+    })?;
+    if parsed.username.trim().is_empty() {
+        return Err(InputError::Invalid {
+            what: WHAT,
+            path: shown,
+            message: "username is empty".into(),
+        });
+    }
+    let pw_path = if parsed.password_file.is_relative() {
+        path.parent()
+            .unwrap_or(Path::new("."))
+            .join(&parsed.password_file)
+    } else {
+        parsed.password_file
+    };
+    let password = read_secret_file("fallback password_file", &pw_path)?;
+    Ok(FallbackCredential {
+        username: parsed.username,
+        password,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_missing_files_name_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secret_id");
+        let e = secret_id(&p, false, false).unwrap_err().to_string();
+        assert!(
+            e.contains("vault.secret_id_file") && e.contains("secret_id"),
+            "{e}"
+        );
+        std::fs::write(&p, "  \n").unwrap();
+        let e = secret_id(&p, false, false).unwrap_err().to_string();
+        assert!(e.ends_with("is empty"), "{e}");
+    }
+
+    #[test]
+    fn delete_after_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secret_id");
+        std::fs::write(&p, "abc\n").unwrap();
+        match secret_id(&p, false, true).unwrap() {
+            SecretIdSource::Plain(s) => assert_eq!(s.expose(), "abc"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn fallback_toml_and_json() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+        let t = dir.path().join("fb.toml");
+        std::fs::write(&t, "username = \"fb\"\npassword_file = \"pw\"\n").unwrap();
+        let c = fallback(&t).unwrap();
+        assert_eq!((c.username.as_str(), c.password.expose()), ("fb", "s3cret"));
+        let j = dir.path().join("fb.json");
+        std::fs::write(&j, r#"{"username":"fb","password_file":"pw","x":1}"#).unwrap();
+        let e = fallback(&j).unwrap_err().to_string();
+        assert!(e.contains("fb.json") && e.contains("x"), "{e}");
+    }
+}

@@ -1,0 +1,165 @@
+//! The agent's Prometheus metrics, all named `riskfeat_agent_*`.
+//!
+//! Labels are limited to `result` and `op`: never a username, a lease id or
+//! a secret.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Every metric the lifecycle updates.
+#[derive(Clone)]
+pub struct AgentMetrics {
+    pub registry: Registry,
+    pub logins: IntCounterVec,
+    pub token_renewals: IntCounterVec,
+    pub lease_renewals: IntCounterVec,
+    pub issuances: IntCounterVec,
+    pub revocations: IntCounterVec,
+    pub replica_checks: IntCounterVec,
+    pub vault_request_duration: HistogramVec,
+    pub credential_expiry: IntGauge,
+    pub token_expiry: IntGauge,
+    pub generation: IntGauge,
+    pub fallback: IntGauge,
+    pub ready: IntGauge,
+    pub vault_up: IntGauge,
+    pub vault_last_success: IntGauge,
+    pub vault_consecutive_failures: IntGauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &["result"]).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    for r in ["ok", "error"] {
+        c.with_label_values(&[r]);
+    }
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+impl AgentMetrics {
+    /// Registers every metric in a new registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        let vault_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "riskfeat_agent_vault_request_duration_seconds",
+                "Duration of Vault HTTP requests, by operation.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["op"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(vault_request_duration.clone()))
+            .expect("unique metric");
+        let issuances = counter(
+            r,
+            "riskfeat_agent_credential_issuances_total",
+            "Dynamic database credentials requested from Vault, by result (capped = refused by the per-minute cap).",
+        );
+        issuances.with_label_values(&["capped"]);
+        let replica_checks = counter(
+            r,
+            "riskfeat_agent_replica_checks_total",
+            "Login checks of a new credential on the replica, by result.",
+        );
+        Self {
+            logins: counter(
+                r,
+                "riskfeat_agent_vault_logins_total",
+                "AppRole logins, by result.",
+            ),
+            token_renewals: counter(
+                r,
+                "riskfeat_agent_token_renewals_total",
+                "Vault token renewals, by result.",
+            ),
+            lease_renewals: counter(
+                r,
+                "riskfeat_agent_lease_renewals_total",
+                "Database lease renewals, by result.",
+            ),
+            issuances,
+            revocations: counter(
+                r,
+                "riskfeat_agent_lease_revocations_total",
+                "Database lease revocations, by result.",
+            ),
+            replica_checks,
+            vault_request_duration,
+            credential_expiry: gauge(
+                r,
+                "riskfeat_agent_credential_expiry_timestamp_seconds",
+                "Unix time at which the published credential expires (0 = none).",
+            ),
+            token_expiry: gauge(
+                r,
+                "riskfeat_agent_token_expiry_timestamp_seconds",
+                "Unix time at which the Vault token expires (0 = none).",
+            ),
+            generation: gauge(
+                r,
+                "riskfeat_agent_published_generation",
+                "Generation of the credential published in db.json (0 = none).",
+            ),
+            fallback: gauge(
+                r,
+                "riskfeat_agent_fallback_active",
+                "1 while the static fallback credential is published.",
+            ),
+            ready: gauge(r, "riskfeat_agent_ready", "1 while the agent is ready."),
+            vault_up: gauge(
+                r,
+                "riskfeat_agent_vault_up",
+                "1 when the last Vault request got an answer, 0 during an outage.",
+            ),
+            vault_last_success: gauge(
+                r,
+                "riskfeat_agent_vault_last_success_timestamp_seconds",
+                "Unix time of the last successful Vault request.",
+            ),
+            vault_consecutive_failures: gauge(
+                r,
+                "riskfeat_agent_vault_consecutive_failures",
+                "Vault requests failed in a row since the last success.",
+            ),
+            registry,
+        }
+    }
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_without_secrets() {
+        let m = AgentMetrics::new();
+        m.logins.with_label_values(&["ok"]).inc();
+        m.vault_request_duration
+            .with_label_values(&["login"])
+            .observe(0.01);
+        let text = riskfeat_shared::metrics::render(&m.registry);
+        assert!(text.contains("riskfeat_agent_vault_logins_total{result=\"ok\"} 1"));
+        assert!(text.contains("# TYPE riskfeat_agent_vault_request_duration_seconds histogram"));
+        assert!(text.contains("riskfeat_agent_credential_issuances_total{result=\"capped\"} 0"));
+    }
+}

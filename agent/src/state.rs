@@ -1,0 +1,214 @@
+//! `agent-state.json` (0600): what a restarted agent needs to resume the
+//! same token and leases instead of issuing new credentials.
+//!
+//! It holds secrets (the token, the credential's password and, when its
+//! source was consumed, the secret_id), which is why it is private to the
+//! agent and lives only on the in-memory shared volume.
+
+use chrono::{DateTime, Utc};
+use riskfeat_shared::atomic::{write_json_atomic, AtomicWriteError, WriteOptions};
+use riskfeat_shared::Secret;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The Vault token in use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenState {
+    pub token: Secret,
+    /// Login counter; leases record the serial of the token that made them.
+    pub serial: u64,
+    pub obtained_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// TTL at login: the increment asked for on renewal.
+    pub ttl_s: u64,
+    pub renewable: bool,
+    /// The token's last possible moment, once known (capped renewal or not
+    /// renewable).
+    pub hard_end: Option<DateTime<Utc>>,
+    pub next_renew_at: DateTime<Utc>,
+}
+
+/// One dynamic database credential and its lease.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseState {
+    pub generation: u64,
+    pub lease_id: String,
+    pub username: String,
+    pub password: Secret,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// Duration at issue: the increment asked for on renewal.
+    pub lease_duration_s: u64,
+    pub renewable: bool,
+    /// The lease's max_ttl end, once known.
+    pub hard_end: Option<DateTime<Utc>>,
+    /// Serial of the token that created the lease.
+    pub token_serial: u64,
+    /// That token's last moment, recorded when it was replaced.
+    pub token_end: Option<DateTime<Utc>>,
+    pub next_renew_at: DateTime<Utc>,
+    /// Set once superseded: revoke at the worker's ack, or at this time.
+    pub retire_by: Option<DateTime<Utc>>,
+}
+
+impl LeaseState {
+    /// The moment after which this credential cannot be kept, if known:
+    /// the lease's max_ttl end, the creating token's end, or its expiry when
+    /// it cannot be renewed.
+    pub fn deadline(&self, token: Option<&TokenState>) -> Option<DateTime<Utc>> {
+        let token_end = match token {
+            Some(t) if t.serial == self.token_serial => t.hard_end,
+            _ => self.token_end,
+        };
+        let not_renewable = (!self.renewable).then_some(self.expires_at);
+        [self.hard_end, token_end, not_renewable]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentState {
+    pub token: Option<TokenState>,
+    #[serde(default)]
+    pub token_serial: u64,
+    /// The secret_id, kept only when its source is gone (file deleted after
+    /// reading, or a wrapping token already unwrapped).
+    #[serde(default)]
+    pub secret_id: Option<Secret>,
+    /// The last generation published in db.json.
+    #[serde(default)]
+    pub generation: u64,
+    /// The credential published in db.json (None when none, or fallback).
+    pub current: Option<LeaseState>,
+    /// Superseded leases waiting for the worker's ack before revocation.
+    #[serde(default)]
+    pub retiring: Vec<LeaseState>,
+    /// True while db.json holds the static fallback credential.
+    #[serde(default)]
+    pub fallback_published: bool,
+    /// Learned (or configured) credential max_ttl.
+    #[serde(default)]
+    pub max_ttl_s: Option<u64>,
+    /// Learned token max lifetime.
+    #[serde(default)]
+    pub token_max_ttl_s: Option<u64>,
+    /// When credentials were issued in the last minute (the cap survives a
+    /// crash loop).
+    #[serde(default)]
+    pub issued_at: Vec<DateTime<Utc>>,
+}
+
+/// Why the state file could not be read (the agent then starts afresh).
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: cannot read agent state: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: unreadable agent state (ignored): {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+}
+
+impl AgentState {
+    /// Loads the state; `Ok(None)` when there is none.
+    pub fn load(path: &Path) -> Result<Option<Self>, StateError> {
+        let shown = path.display().to_string();
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| StateError::Parse {
+                        path: shown,
+                        source,
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Read {
+                path: shown,
+                source,
+            }),
+        }
+    }
+
+    /// Writes the state atomically, 0600 (skipped when unchanged).
+    pub fn save(&self, path: &Path) -> Result<(), AtomicWriteError> {
+        write_json_atomic(path, self, WriteOptions::PRIVATE).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn lease(now: DateTime<Utc>) -> LeaseState {
+        LeaseState {
+            generation: 1,
+            lease_id: "database/creds/r/1".into(),
+            username: "u".into(),
+            password: Secret::new("p"),
+            issued_at: now,
+            expires_at: now + Duration::seconds(60),
+            lease_duration_s: 60,
+            renewable: true,
+            hard_end: None,
+            token_serial: 1,
+            token_end: None,
+            next_renew_at: now + Duration::seconds(40),
+            retire_by: None,
+        }
+    }
+
+    #[test]
+    fn deadline_is_the_earliest_known_end() {
+        let now = Utc::now();
+        let mut l = lease(now);
+        assert_eq!(l.deadline(None), None);
+        l.hard_end = Some(now + Duration::seconds(300));
+        assert_eq!(l.deadline(None), l.hard_end);
+        let t = TokenState {
+            token: Secret::new("t"),
+            serial: 1,
+            obtained_at: now,
+            expires_at: now + Duration::seconds(30),
+            ttl_s: 30,
+            renewable: true,
+            hard_end: Some(now + Duration::seconds(100)),
+            next_renew_at: now,
+        };
+        assert_eq!(l.deadline(Some(&t)), Some(now + Duration::seconds(100)));
+        l.token_serial = 0;
+        assert_eq!(l.deadline(Some(&t)), l.hard_end);
+        l.renewable = false;
+        assert_eq!(l.deadline(Some(&t)), Some(l.expires_at));
+    }
+
+    #[test]
+    fn round_trip_is_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent-state.json");
+        assert!(AgentState::load(&path).unwrap().is_none());
+        let s = AgentState {
+            generation: 3,
+            current: Some(lease(Utc::now())),
+            ..Default::default()
+        };
+        s.save(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let back = AgentState::load(&path).unwrap().unwrap();
+        assert_eq!(back.generation, 3);
+        assert_eq!(back.current.unwrap().password.expose(), "p");
+    }
+}

@@ -1,0 +1,435 @@
+//! The HTTP client: one method per Vault endpoint the agent uses.
+//!
+//! Tokens travel only in the `X-Vault-Token` header; secrets in responses
+//! are parsed straight into [`Secret`] so they cannot reach a log line.
+
+use super::VaultError;
+use prometheus::HistogramVec;
+use reqwest::Method;
+use riskfeat_shared::Secret;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// A client for one Vault address.
+#[derive(Clone)]
+pub struct VaultClient {
+    http: reqwest::Client,
+    addr: String,
+    timeout: Duration,
+    durations: Option<HistogramVec>,
+}
+
+/// A token from a login or a renewal.
+#[derive(Debug, Clone)]
+pub struct TokenGrant {
+    pub token: Secret,
+    /// Seconds the token is valid from now.
+    pub lease_duration: u64,
+    pub renewable: bool,
+}
+
+/// A freshly issued database credential: the full `creds` response.
+#[derive(Debug, Clone)]
+pub struct IssuedCredential {
+    pub lease_id: String,
+    pub lease_duration: u64,
+    pub renewable: bool,
+    pub username: String,
+    pub password: Secret,
+}
+
+/// The answer to a lease renewal.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseRenewal {
+    pub lease_duration: u64,
+    pub renewable: bool,
+}
+
+/// What `sys/leases/lookup` says about a lease.
+#[derive(Debug, Clone)]
+pub struct LeaseInfo {
+    /// Seconds left.
+    pub ttl: u64,
+    pub renewable: bool,
+}
+
+#[derive(Deserialize)]
+struct AuthEnvelope {
+    auth: Option<AuthBlock>,
+}
+
+#[derive(Deserialize)]
+struct AuthBlock {
+    client_token: Secret,
+    lease_duration: u64,
+    renewable: bool,
+}
+
+#[derive(Deserialize)]
+struct CredsEnvelope {
+    lease_id: String,
+    lease_duration: u64,
+    renewable: bool,
+    data: Option<CredsData>,
+}
+
+#[derive(Deserialize)]
+struct CredsData {
+    username: String,
+    password: Secret,
+}
+
+#[derive(Deserialize)]
+struct RenewEnvelope {
+    lease_duration: u64,
+    renewable: bool,
+}
+
+#[derive(Deserialize)]
+struct LookupEnvelope {
+    data: Option<LookupData>,
+}
+
+#[derive(Deserialize)]
+struct LookupData {
+    #[serde(default)]
+    ttl: i64,
+    #[serde(default)]
+    renewable: bool,
+}
+
+#[derive(Deserialize)]
+struct UnwrapEnvelope {
+    data: Option<UnwrapData>,
+}
+
+#[derive(Deserialize)]
+struct UnwrapData {
+    secret_id: Secret,
+}
+
+#[derive(Deserialize)]
+struct TokenLookupEnvelope {
+    data: Option<TokenLookupData>,
+}
+
+#[derive(Deserialize)]
+struct TokenLookupData {
+    #[serde(default)]
+    ttl: i64,
+    #[serde(default)]
+    renewable: bool,
+}
+
+impl VaultClient {
+    /// A client for `addr` (e.g. `http://127.0.0.1:8200`) with a
+    /// per-request timeout; `durations` (label `op`) observes each request.
+    pub fn new(
+        addr: &str,
+        timeout: Duration,
+        durations: Option<HistogramVec>,
+    ) -> Result<Self, VaultError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(1)
+            .build()
+            .map_err(|e| VaultError::Connect {
+                method: "INIT",
+                path: addr.to_string(),
+                detail: e.to_string(),
+            })?;
+        Ok(Self {
+            http,
+            addr: addr.trim_end_matches('/').to_string(),
+            timeout,
+            durations,
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        op: &'static str,
+        method: Method,
+        path: &str,
+        token: Option<&Secret>,
+        body: Option<Value>,
+    ) -> Result<Option<T>, VaultError> {
+        let m: &'static str = match method {
+            Method::GET => "GET",
+            Method::PUT => "PUT",
+            Method::POST => "POST",
+            Method::DELETE => "DELETE",
+            _ => "REQUEST",
+        };
+        let url = format!("{}/v1/{}", self.addr, path);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = token {
+            req = req.header("X-Vault-Token", t.expose());
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let started = Instant::now();
+        let result = req.send().await;
+        let result = match result {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                match resp.bytes().await {
+                    Ok(bytes) => Ok((status, bytes)),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Some(h) = &self.durations {
+            h.with_label_values(&[op])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        let (status, bytes) = result.map_err(|e| {
+            if e.is_timeout() {
+                VaultError::Timeout {
+                    method: m,
+                    path: path.to_string(),
+                    timeout_s: self.timeout.as_secs_f64(),
+                }
+            } else {
+                VaultError::Connect {
+                    method: m,
+                    path: path.to_string(),
+                    detail: describe_reqwest(&e),
+                }
+            }
+        })?;
+        tracing::debug!(op, method = m, path, status, "vault request");
+        if !(200..300).contains(&status) {
+            return Err(VaultError::from_status(m, path, status, &bytes));
+        }
+        if status == 204 || bytes.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| VaultError::Decode {
+                method: m,
+                path: path.to_string(),
+                // serde_json's message names the field, never the value.
+                detail: e.to_string(),
+            })
+    }
+
+    fn missing(method: &'static str, path: &str, what: &str) -> VaultError {
+        VaultError::Decode {
+            method,
+            path: path.to_string(),
+            detail: format!("no {what} in the response"),
+        }
+    }
+
+    /// `PUT auth/<mount>/login` with role_id and secret_id.
+    pub async fn approle_login(
+        &self,
+        mount: &str,
+        role_id: &Secret,
+        secret_id: &Secret,
+    ) -> Result<TokenGrant, VaultError> {
+        let path = format!("auth/{mount}/login");
+        let body = json!({"role_id": role_id.expose(), "secret_id": secret_id.expose()});
+        let env: Option<AuthEnvelope> = self
+            .call("login", Method::PUT, &path, None, Some(body))
+            .await?;
+        let auth = env
+            .and_then(|e| e.auth)
+            .ok_or_else(|| Self::missing("PUT", &path, "auth block"))?;
+        Ok(TokenGrant {
+            token: auth.client_token,
+            lease_duration: auth.lease_duration,
+            renewable: auth.renewable,
+        })
+    }
+
+    /// `PUT sys/wrapping/unwrap` with the wrapping token: the secret_id.
+    pub async fn unwrap_secret_id(&self, wrapping_token: &Secret) -> Result<Secret, VaultError> {
+        let path = "sys/wrapping/unwrap";
+        let env: Option<UnwrapEnvelope> = self
+            .call("unwrap", Method::PUT, path, Some(wrapping_token), None)
+            .await?;
+        env.and_then(|e| e.data)
+            .map(|d| d.secret_id)
+            .ok_or_else(|| Self::missing("PUT", path, "data.secret_id"))
+    }
+
+    /// `GET auth/token/lookup-self`: seconds left and renewability.
+    pub async fn lookup_self(&self, token: &Secret) -> Result<(u64, bool), VaultError> {
+        let path = "auth/token/lookup-self";
+        let env: Option<TokenLookupEnvelope> = self
+            .call("token_lookup", Method::GET, path, Some(token), None)
+            .await?;
+        let d = env
+            .and_then(|e| e.data)
+            .ok_or_else(|| Self::missing("GET", path, "data"))?;
+        Ok((d.ttl.max(0) as u64, d.renewable))
+    }
+
+    /// `PUT auth/token/renew-self` asking for `increment_s` more seconds.
+    pub async fn renew_self(
+        &self,
+        token: &Secret,
+        increment_s: u64,
+    ) -> Result<TokenGrant, VaultError> {
+        let path = "auth/token/renew-self";
+        let env: Option<AuthEnvelope> = self
+            .call(
+                "token_renew",
+                Method::PUT,
+                path,
+                Some(token),
+                Some(json!({"increment": format!("{increment_s}s")})),
+            )
+            .await?;
+        let auth = env
+            .and_then(|e| e.auth)
+            .ok_or_else(|| Self::missing("PUT", path, "auth block"))?;
+        Ok(TokenGrant {
+            token: token.clone(),
+            lease_duration: auth.lease_duration,
+            renewable: auth.renewable,
+        })
+    }
+
+    /// `PUT auth/token/revoke-self` (revokes every lease the token created).
+    pub async fn revoke_self(&self, token: &Secret) -> Result<(), VaultError> {
+        self.call::<Value>(
+            "token_revoke",
+            Method::PUT,
+            "auth/token/revoke-self",
+            Some(token),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `GET <mount>/creds/<role>`: a new dynamic credential with its lease.
+    pub async fn issue_credential(
+        &self,
+        token: &Secret,
+        mount: &str,
+        role: &str,
+    ) -> Result<IssuedCredential, VaultError> {
+        let path = format!("{mount}/creds/{role}");
+        let env: Option<CredsEnvelope> = self
+            .call("creds", Method::GET, &path, Some(token), None)
+            .await?;
+        let env = env.ok_or_else(|| Self::missing("GET", &path, "body"))?;
+        let data = env
+            .data
+            .ok_or_else(|| Self::missing("GET", &path, "data"))?;
+        if env.lease_id.is_empty() {
+            return Err(Self::missing("GET", &path, "lease_id"));
+        }
+        Ok(IssuedCredential {
+            lease_id: env.lease_id,
+            lease_duration: env.lease_duration,
+            renewable: env.renewable,
+            username: data.username,
+            password: data.password,
+        })
+    }
+
+    /// `PUT sys/leases/renew`.
+    pub async fn renew_lease(
+        &self,
+        token: &Secret,
+        lease_id: &str,
+        increment_s: u64,
+    ) -> Result<LeaseRenewal, VaultError> {
+        let path = "sys/leases/renew";
+        let env: Option<RenewEnvelope> = self
+            .call(
+                "lease_renew",
+                Method::PUT,
+                path,
+                Some(token),
+                Some(json!({"lease_id": lease_id, "increment": increment_s})),
+            )
+            .await?;
+        let env = env.ok_or_else(|| Self::missing("PUT", path, "body"))?;
+        Ok(LeaseRenewal {
+            lease_duration: env.lease_duration,
+            renewable: env.renewable,
+        })
+    }
+
+    /// `PUT sys/leases/revoke`.
+    pub async fn revoke_lease(&self, token: &Secret, lease_id: &str) -> Result<(), VaultError> {
+        self.call::<Value>(
+            "lease_revoke",
+            Method::PUT,
+            "sys/leases/revoke",
+            Some(token),
+            Some(json!({"lease_id": lease_id})),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `PUT sys/leases/lookup`: `None` when Vault no longer knows the lease.
+    pub async fn lookup_lease(
+        &self,
+        token: &Secret,
+        lease_id: &str,
+    ) -> Result<Option<LeaseInfo>, VaultError> {
+        let path = "sys/leases/lookup";
+        let r: Result<Option<LookupEnvelope>, VaultError> = self
+            .call(
+                "lease_lookup",
+                Method::PUT,
+                path,
+                Some(token),
+                Some(json!({"lease_id": lease_id})),
+            )
+            .await;
+        match r {
+            Ok(env) => {
+                let d = env
+                    .and_then(|e| e.data)
+                    .ok_or_else(|| Self::missing("PUT", path, "data"))?;
+                if d.ttl <= 0 {
+                    return Ok(None);
+                }
+                Ok(Some(LeaseInfo {
+                    ttl: d.ttl as u64,
+                    renewable: d.renewable,
+                }))
+            }
+            // "invalid lease": expired or revoked.
+            Err(VaultError::Rejected {
+                status: 400 | 404, ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// reqwest's error chain without the URL's query (there is none) on one line.
+fn describe_reqwest(e: &reqwest::Error) -> String {
+    let mut out = String::new();
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    let mut first = true;
+    while let Some(err) = cur {
+        let s = err.to_string();
+        if !out.contains(&s) {
+            if !first {
+                out.push_str(": ");
+            }
+            out.push_str(&s);
+            first = false;
+        }
+        cur = err.source();
+    }
+    out
+}
