@@ -186,6 +186,14 @@ impl Lifecycle {
             .max(Duration::milliseconds(200))
     }
 
+    /// Below this much time left a credential counts as close to expiry
+    /// (the readiness threshold, scaled down for short leases).
+    fn min_left(&self, l: &LeaseState) -> Duration {
+        let s = (self.cfg.lifecycle.ready_min_remaining_s as i64)
+            .min((l.lease_duration_s as i64 / 4).max(1));
+        Duration::seconds(s)
+    }
+
     /// The effective rotation lead: configured, at most half the lifetime.
     fn lead(&self) -> Duration {
         let mut s = self.cfg.lifecycle.rotate_lead_s as f64;
@@ -882,12 +890,11 @@ impl Lifecycle {
         if self.st.fallback_published || !self.fallback_retry.ready(now) {
             return;
         }
-        let min_left = Duration::seconds(self.cfg.lifecycle.ready_min_remaining_s as i64);
         let dynamic_ok = self
             .st
             .current
             .as_ref()
-            .is_some_and(|c| c.expires_at - now > min_left);
+            .is_some_and(|c| c.expires_at - now > self.min_left(c));
         if dynamic_ok {
             return;
         }
@@ -1050,7 +1057,6 @@ impl Lifecycle {
         if !self.leases_verified {
             t.push(now + Duration::seconds(1));
         }
-        let min_left = Duration::seconds(self.cfg.lifecycle.ready_min_remaining_s as i64);
         for l in self.st.current.iter().chain(self.st.retiring.iter()) {
             if l.renewable
                 && l.hard_end
@@ -1061,7 +1067,7 @@ impl Lifecycle {
             t.push(l.expires_at);
         }
         if let Some(c) = &self.st.current {
-            t.push(c.expires_at - min_left);
+            t.push(c.expires_at - self.min_left(c));
             if let Some(d) = c.deadline(self.st.token.as_ref()) {
                 t.push(d - self.lead());
             }
@@ -1098,6 +1104,7 @@ impl Lifecycle {
                     generation: c.generation,
                     fallback: true,
                     expires_at: c.expires_at,
+                    lease_duration_s: 0,
                     deadline: None,
                 })
         } else {
@@ -1105,6 +1112,7 @@ impl Lifecycle {
                 generation: c.generation,
                 fallback: false,
                 expires_at: c.expires_at,
+                lease_duration_s: c.lease_duration_s,
                 deadline: c.deadline(self.st.token.as_ref()),
             })
         };

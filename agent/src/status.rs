@@ -17,6 +17,8 @@ pub struct PublishedView {
     pub generation: u64,
     pub fallback: bool,
     pub expires_at: DateTime<Utc>,
+    /// The lease duration at issue (0 for the fallback).
+    pub lease_duration_s: u64,
     /// When the credential cannot be kept any longer (max_ttl or token end).
     pub deadline: Option<DateTime<Utc>>,
 }
@@ -112,7 +114,15 @@ impl StatusBoard {
             }),
             Some(p) => {
                 let left = (p.expires_at - now).num_seconds();
-                if left <= self.ready_min_remaining_s {
+                // Short leases are renewed well before this threshold: scale
+                // it down so a 6 s lease is not "close to expiry" all the time.
+                let threshold = if p.lease_duration_s > 0 {
+                    self.ready_min_remaining_s
+                        .min((p.lease_duration_s as i64 / 4).max(1))
+                } else {
+                    self.ready_min_remaining_s
+                };
+                if left <= threshold {
                     Err(format!(
                         "published credential (generation {}) expires in {left}s",
                         p.generation
@@ -167,6 +177,7 @@ mod tests {
                 generation: 2,
                 fallback: false,
                 expires_at: now + chrono::Duration::seconds(60),
+                lease_duration_s: 3600,
                 deadline: None,
             }),
             ..Default::default()
