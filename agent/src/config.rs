@@ -242,10 +242,7 @@ impl Config {
 
     /// Parses text; `path` only names the file in errors.
     pub fn parse(path: &str, text: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_string(),
-            message: e.to_string().trim_end().replace('\n', " "),
-        })?;
+        let mut cfg = Self::deserialize_all(path, text)?;
         if let Some(d) = &overrides.shared_dir {
             cfg.shared_dir = d.clone();
         }
@@ -264,6 +261,91 @@ impl Config {
                 problems,
             })
         }
+    }
+
+    /// Deserializes section by section so that type errors and unknown
+    /// keys in different sections are all reported at once.
+    fn deserialize_all(path: &str, text: &str) -> Result<Config, ConfigError> {
+        use serde::de::DeserializeOwned;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: path.to_string(),
+                message: e.to_string().trim_end().replace('\n', " "),
+            })?;
+        fn check<T: DeserializeOwned>(name: &str, v: &toml::Value, out: &mut Vec<String>) {
+            // Re-parsing the section's own text gives errors that quote
+            // the offending line (the key), not only the type mismatch.
+            let text = match v {
+                toml::Value::Table(t) => toml::to_string(t).ok(),
+                _ => None,
+            };
+            let r = match &text {
+                Some(text) => toml::from_str::<T>(text)
+                    .map(|_| ())
+                    .map_err(|e| describe_toml_error(&e.to_string())),
+                None => T::deserialize(v.clone())
+                    .map(|_| ())
+                    .map_err(|e| e.message().to_string()),
+            };
+            if let Err(msg) = r {
+                out.push(format!("[{name}]: {msg}"));
+            }
+        }
+        let mut problems = Vec::new();
+        let mut top = toml::Table::new();
+        for (key, value) in &table {
+            match key.as_str() {
+                "vault" => check::<VaultSettings>(key, value, &mut problems),
+                "database" => check::<DatabaseSettings>(key, value, &mut problems),
+                "lifecycle" => check::<LifecycleSettings>(key, value, &mut problems),
+                "fallback" => check::<FallbackSettings>(key, value, &mut problems),
+                "configd" => check::<config_sync::Settings>(key, value, &mut problems),
+                _ => {
+                    top.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        for required in ["vault", "database"] {
+            if !table.contains_key(required) {
+                problems.push(format!("missing section [{required}]"));
+            }
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct TopLevel {
+            #[serde(default)]
+            shared_dir: Option<PathBuf>,
+            #[serde(default)]
+            allow_disk: Option<bool>,
+            #[serde(default)]
+            file_group: Option<u32>,
+            #[serde(default)]
+            socket: Option<PathBuf>,
+            #[serde(default)]
+            metrics_addr: Option<String>,
+            #[serde(default)]
+            log_level: Option<String>,
+            #[serde(default)]
+            log_format: Option<LogFormat>,
+        }
+        if let Err(e) = TopLevel::deserialize(toml::Value::Table(top)) {
+            problems.push(format!(
+                "top level: {}",
+                e.message().trim_end().replace('\n', " ")
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_string(),
+                problems,
+            });
+        }
+        Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+            path: path.to_string(),
+            message: e.message().trim_end().replace('\n', " "),
+        })
     }
 
     /// Every semantic problem (empty when valid).
@@ -359,6 +441,26 @@ impl Config {
     }
 }
 
+/// `at `line`: message` from toml's multi-line error with a source snippet.
+fn describe_toml_error(full: &str) -> String {
+    let lines: Vec<&str> = full.lines().map(str::trim).collect();
+    let snippet = lines.iter().find_map(|l| {
+        let (num, rest) = l.split_once('|')?;
+        (!num.trim().is_empty() && num.trim().chars().all(|c| c.is_ascii_digit()))
+            .then(|| rest.trim())
+    });
+    let message = lines
+        .iter()
+        .rev()
+        .find(|l| !l.is_empty() && !l.starts_with('|') && !l.starts_with("TOML parse error"))
+        .copied()
+        .unwrap_or(full);
+    match snippet {
+        Some(s) => format!("at `{s}`: {message}"),
+        None => message.to_string(),
+    }
+}
+
 fn fraction(name: &str, v: f64, out: &mut Vec<String>) {
     if !(v > 0.05 && v < 0.95) {
         out.push(format!("{name} must be between 0.05 and 0.95 (got {v})"));
@@ -446,6 +548,38 @@ mod tests {
         ] {
             assert!(msg.contains(want), "missing {want:?} in {msg}");
         }
+    }
+
+    #[test]
+    fn errors_in_several_sections_are_reported_together() {
+        let text = r#"
+            colour = "blue"
+            [vault]
+            addr = 5
+            secret_id_file = "/s"
+            [database]
+            primary = { host = "p", port = 5432, dbname = "riskfeat" }
+            replica = { host = "r", port = 5432, dbname = "riskfeat", extra = 1 }
+            [lifecycle]
+            rotate_lead_s = "soon"
+        "#;
+        let err = Config::parse("a.toml", text, &Overrides::default()).unwrap_err();
+        let msg = err.to_string();
+        for want in [
+            "colour",
+            "[vault]",
+            "[database]",
+            "extra",
+            "[lifecycle]",
+            "rotate_lead_s",
+        ] {
+            assert!(msg.contains(want), "missing {want:?} in {msg}");
+        }
+        let err = Config::parse("a.toml", "[vault\n", &Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string().starts_with("a.toml: invalid config"),
+            "{err}"
+        );
     }
 
     #[test]
