@@ -81,6 +81,16 @@ fn secs(s: f64) -> Duration {
     Duration::milliseconds((s.max(0.0) * 1000.0) as i64)
 }
 
+/// True when a token should be renewed now: renewable, not yet extended
+/// to its hard end, and its renewal time has come.
+fn token_renew_due(t: &TokenState, now: DateTime<Utc>) -> bool {
+    t.renewable
+        && now >= t.next_renew_at
+        && t.expires_at > now
+        && t.hard_end
+            .is_none_or(|h| t.expires_at + Duration::seconds(1) < h)
+}
+
 /// The state machine; see the module docs.
 pub struct Lifecycle {
     cfg: Arc<Config>,
@@ -94,7 +104,6 @@ pub struct Lifecycle {
     st: AgentState,
     shutdown: watch::Receiver<bool>,
     login_retry: Retry,
-    token_retry: Retry,
     issue_retry: Retry,
     revoke_retry: Retry,
     fallback_retry: Retry,
@@ -150,7 +159,6 @@ impl Lifecycle {
             st,
             shutdown,
             login_retry: Retry::default(),
-            token_retry: Retry::default(),
             issue_retry: Retry::default(),
             revoke_retry: Retry::default(),
             fallback_retry: Retry::default(),
@@ -195,9 +203,14 @@ impl Lifecycle {
     }
 
     /// The effective rotation lead: configured, at most half the lifetime.
+    /// Also at most half a token's lifetime, since a credential cannot
+    /// outlive the token that created it.
     fn lead(&self) -> Duration {
         let mut s = self.cfg.lifecycle.rotate_lead_s as f64;
         if let Some(m) = self.st.max_ttl_s {
+            s = s.min(m as f64 / 2.0);
+        }
+        if let Some(m) = self.st.token_max_ttl_s {
             s = s.min(m as f64 / 2.0);
         }
         secs(s)
@@ -468,53 +481,82 @@ impl Lifecycle {
             }
             return Ok(());
         }
-        let t = self.st.token.clone().expect("token present");
-        if t.renewable
-            && t.hard_end.is_none()
-            && now >= t.next_renew_at
-            && self.token_retry.ready(now)
-        {
-            let r = self.vault.renew_self(&t.token, t.ttl_s).await;
-            self.note_vault(&r);
-            let now = Utc::now();
-            match r {
-                Ok(g) => {
-                    self.m.token_renewals.with_label_values(&["ok"]).inc();
-                    self.counts.token_renewals_ok += 1;
-                    self.token_retry.ok();
-                    let fraction = self.cfg.vault.token_renew_fraction;
-                    let next = self.renew_at(now, g.lease_duration, fraction);
-                    let tok = self.st.token.as_mut().expect("token present");
-                    tok.expires_at = now + Duration::seconds(g.lease_duration as i64);
-                    tok.renewable = g.renewable;
-                    tok.next_renew_at = next;
-                    if g.lease_duration + 1 < tok.ttl_s || !g.renewable {
-                        tok.hard_end = Some(tok.expires_at);
-                        let max = (tok.expires_at - tok.obtained_at).num_seconds().max(1) as u64;
-                        self.st.token_max_ttl_s = Some(max);
+        if let Some(t) = self.st.token.clone() {
+            if token_renew_due(&t, now) {
+                self.st.token = self.renew_token(t).await;
+            }
+        }
+        // Tokens replaced by a login keep the leases they created alive:
+        // renew them until those leases are retired or the token's end.
+        let serials: Vec<u64> = self
+            .st
+            .current
+            .iter()
+            .chain(self.st.retiring.iter())
+            .map(|l| l.token_serial)
+            .collect();
+        let old = std::mem::take(&mut self.st.old_tokens);
+        for t in old {
+            if t.expires_at <= now || !serials.contains(&t.serial) {
+                continue;
+            }
+            let kept = if token_renew_due(&t, now) {
+                self.renew_token(t).await
+            } else {
+                Some(t)
+            };
+            self.st.old_tokens.extend(kept);
+        }
+        Ok(())
+    }
+
+    /// Renews one token; `None` when Vault refused (the token is dead).
+    async fn renew_token(&mut self, mut t: TokenState) -> Option<TokenState> {
+        let r = self.vault.renew_self(&t.token, t.ttl_s).await;
+        self.note_vault(&r);
+        let now = Utc::now();
+        match r {
+            Ok(g) => {
+                self.m.token_renewals.with_label_values(&["ok"]).inc();
+                self.counts.token_renewals_ok += 1;
+                let fraction = self.cfg.vault.token_renew_fraction;
+                t.next_renew_at = self.renew_at(now, g.lease_duration, fraction);
+                t.expires_at = now + Duration::seconds(g.lease_duration as i64);
+                t.renewable = g.renewable;
+                if g.lease_duration + 1 < t.ttl_s || !g.renewable {
+                    if t.hard_end.is_none() {
                         tracing::info!(
-                            token_max_ttl_s = max,
+                            serial = t.serial,
                             "token renewal capped: logging in again before the token's end"
                         );
                     }
-                    tracing::debug!(ttl_s = g.lease_duration, "renewed the Vault token");
+                    t.hard_end = Some(t.expires_at);
+                    let max = (t.expires_at - t.obtained_at).num_seconds().max(1) as u64;
+                    self.st.token_max_ttl_s = Some(max);
                 }
-                Err(e) if !e.is_transient() => {
-                    self.m.token_renewals.with_label_values(&["error"]).inc();
-                    self.counts.token_renewals_failed += 1;
-                    self.error(format!("token renewal refused, logging in again: {e}"));
-                    self.st.token = None;
-                }
-                Err(e) => {
-                    self.m.token_renewals.with_label_values(&["error"]).inc();
-                    self.counts.token_renewals_failed += 1;
-                    self.error(format!("token renewal failed: {e}"));
-                    let (i, mx) = self.backoff();
-                    self.token_retry.fail(now, i, mx);
-                }
+                tracing::debug!(
+                    serial = t.serial,
+                    ttl_s = g.lease_duration,
+                    "renewed a Vault token"
+                );
+                Some(t)
+            }
+            Err(e) if !e.is_transient() => {
+                self.m.token_renewals.with_label_values(&["error"]).inc();
+                self.counts.token_renewals_failed += 1;
+                self.error(format!("token renewal refused: {e}"));
+                None
+            }
+            Err(e) => {
+                self.m.token_renewals.with_label_values(&["error"]).inc();
+                self.counts.token_renewals_failed += 1;
+                self.error(format!("token renewal failed: {e}"));
+                let (i, mx) = self.backoff();
+                let d = backoff_delay(self.vault_view.consecutive_failures.min(30), i, mx);
+                t.next_renew_at = now + d;
+                Some(t)
             }
         }
-        Ok(())
     }
 
     async fn login(&mut self) -> Result<(), Fatal> {
@@ -536,8 +578,10 @@ impl Lifecycle {
                 self.counts.logins_ok += 1;
                 self.login_retry.ok();
                 if let Some(old) = self.st.token.take() {
-                    // Leases made under the old token die with it.
+                    // Leases made under the old token die with it: keep
+                    // renewing it until they are retired (up to its end).
                     let end = old.hard_end.unwrap_or(old.expires_at);
+                    let mut used = false;
                     for l in self
                         .st
                         .current
@@ -546,7 +590,11 @@ impl Lifecycle {
                     {
                         if l.token_serial == old.serial {
                             l.token_end = Some(end);
+                            used = true;
                         }
+                    }
+                    if used && old.expires_at > now {
+                        self.st.old_tokens.push(old);
                     }
                 }
                 self.st.token_serial += 1;
@@ -773,6 +821,24 @@ impl Lifecycle {
             self.maybe_fallback().await;
             return Ok(());
         }
+        // A credential made under a token about to end would be due again
+        // at once: log in first so it lives under the fresh token.
+        let token_ending = self
+            .st
+            .token
+            .as_ref()
+            .and_then(|t| t.hard_end)
+            .is_some_and(|end| end - now <= self.lead());
+        let token = if token_ending && self.login_retry.ready(now) {
+            tracing::info!("the token ends before the next credential would: logging in first");
+            self.login().await?;
+            match self.token_valid(Utc::now()) {
+                Some(t) => t,
+                None => return Ok(()),
+            }
+        } else {
+            token
+        };
         tracing::info!(reason = why, "issuing a new database credential");
         self.st.issued_at.push(now);
         let (mount, role) = (
@@ -1049,9 +1115,15 @@ impl Lifecycle {
                 t.push(tok.expires_at - Duration::seconds(1));
                 if let Some(end) = tok.hard_end {
                     t.push((end - self.relogin_lead(tok)).max(retry(&self.login_retry)));
-                } else if tok.renewable {
-                    t.push(tok.next_renew_at.max(retry(&self.token_retry)));
                 }
+                if token_renew_due(tok, tok.next_renew_at.max(now)) {
+                    t.push(tok.next_renew_at);
+                }
+            }
+        }
+        for old in &self.st.old_tokens {
+            if token_renew_due(old, old.next_renew_at.max(now)) {
+                t.push(old.next_renew_at);
             }
         }
         if !self.leases_verified {

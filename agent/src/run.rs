@@ -138,6 +138,7 @@ async fn run_async(cfg: Config) -> Result<(), Fatal> {
         riskfeat_shared::metrics::serve(addr, metrics.registry.clone(), wait(servers_rx.clone()))
             .await
             .map_err(|e| Fatal::Runtime(format!("metrics listener {addr}: cannot bind: {e}")))?;
+    board.set_metrics_addr(bound.to_string());
     tracing::info!(socket = %socket.display(), metrics = %bound, shared_dir = %cfg.shared_dir.display(), "riskfeat-agent started");
 
     let sync_task = match (&cfg.configd, &sync_status) {

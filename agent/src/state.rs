@@ -77,6 +77,9 @@ pub struct AgentState {
     pub token: Option<TokenState>,
     #[serde(default)]
     pub token_serial: u64,
+    /// Replaced tokens still renewed because leases they created are in use.
+    #[serde(default)]
+    pub old_tokens: Vec<TokenState>,
     /// The secret_id, kept only when its source is gone (file deleted after
     /// reading, or a wrapping token already unwrapped).
     #[serde(default)]

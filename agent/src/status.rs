@@ -79,6 +79,7 @@ pub struct StatusBoard {
     board: Mutex<Board>,
     ready_min_remaining_s: i64,
     sync: Option<Arc<SyncStatus>>,
+    metrics_addr: Mutex<Option<String>>,
 }
 
 impl StatusBoard {
@@ -91,7 +92,13 @@ impl StatusBoard {
             }),
             ready_min_remaining_s: ready_min_remaining_s as i64,
             sync,
+            metrics_addr: Mutex::new(None),
         }
+    }
+
+    /// Records where `/metrics` is served (shown in `/status`).
+    pub fn set_metrics_addr(&self, addr: String) {
+        *self.metrics_addr.lock().expect("status lock") = Some(addr);
     }
 
     /// Replaces the board.
@@ -155,6 +162,8 @@ impl HealthSource for StatusBoard {
                     .unwrap_or(serde_json::Value::Null),
             );
             obj.insert("now".into(), serde_json::to_value(now).unwrap_or_default());
+            let addr = self.metrics_addr.lock().expect("status lock").clone();
+            obj.insert("metrics_addr".into(), addr.into());
             if let Some(s) = &self.sync {
                 obj.insert("config".into(), s.to_json());
             }
