@@ -226,9 +226,22 @@ impl Lifecycle {
         }
     }
 
+    /// Records an error for `/status`; logs it at warn level, except a
+    /// repeat of the previous error within 30 s (debug), so an outage does
+    /// not flood the log but never goes silent.
     fn error(&mut self, msg: String) {
-        tracing::warn!(error = %msg, "agent error");
-        self.last_error = Some((msg, Utc::now()));
+        let now = Utc::now();
+        let repeat = self
+            .last_error
+            .as_ref()
+            .is_some_and(|(m, at)| *m == msg && now - *at < Duration::seconds(30));
+        if repeat {
+            tracing::debug!(error = %msg, "agent error (repeated)");
+            return;
+        } else {
+            tracing::warn!(error = %msg, "agent error");
+        }
+        self.last_error = Some((msg, now));
     }
 
     fn note_vault<T>(&mut self, r: &Result<T, VaultError>) {
@@ -852,6 +865,11 @@ impl Lifecycle {
             Err(e) => {
                 self.m.issuances.with_label_values(&["error"]).inc();
                 self.counts.issuances_failed += 1;
+                if matches!(e, VaultError::Connect { .. }) {
+                    // Vault never saw the request: no role was created, so
+                    // it does not count against the cap.
+                    self.st.issued_at.retain(|t| *t != now);
+                }
                 if e.is_permission() && !self.established {
                     return Err(Fatal::Permission(format!(
                         "cannot issue database credentials: {e}"
