@@ -15,20 +15,20 @@ pub const ROLE_ID_ENV: &str = "RISKFEAT_AGENT_ROLE_ID";
 /// A missing or bad input file.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("{what} file {path}: cannot read: {source}")]
+    #[error("{what} {path}: cannot read: {source}")]
     Read {
         what: &'static str,
         path: String,
         source: std::io::Error,
     },
-    #[error("{what} file {path} is empty")]
+    #[error("{what} {path} is empty")]
     Empty { what: &'static str, path: String },
     #[error("{what}: not configured (set {hint})")]
     Missing {
         what: &'static str,
         hint: &'static str,
     },
-    #[error("{what} file {path}: {message}")]
+    #[error("{what} {path}: {message}")]
     Invalid {
         what: &'static str,
         path: String,

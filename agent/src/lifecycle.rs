@@ -288,6 +288,13 @@ impl Lifecycle {
         self.resume().await;
         loop {
             let r = self.step().await;
+            if r.is_err() && !self.established {
+                // Refused at start-up: do not leave a live token behind.
+                if let Some(t) = self.st.token.take() {
+                    let revoke = self.vault.revoke_self(&t.token);
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), revoke).await;
+                }
+            }
             self.save_state();
             self.refresh_board();
             r?;

@@ -128,7 +128,7 @@ fn vault_message(body: &[u8]) -> String {
         Ok(e) if !e.errors.is_empty() => e.errors.join("; "),
         _ => String::from_utf8_lossy(body).trim().to_string(),
     };
-    let msg = msg.replace('\n', " ");
+    let msg = msg.split_whitespace().collect::<Vec<_>>().join(" ");
     if msg.is_empty() {
         "no error message".to_string()
     } else if msg.len() > 300 {
