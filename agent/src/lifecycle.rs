@@ -335,8 +335,13 @@ impl Lifecycle {
     /// Loads what a previous run left: db.json's generation, the token
     /// (checked with lookup-self); leases are checked once a token exists.
     async fn resume(&mut self) {
+        // Generations only grow, even if the state file was lost: a reused
+        // number could match an old ack and retire a lease in use.
         if let Ok(c) = DbCredential::load(&self.shared.db_json()) {
             self.st.generation = self.st.generation.max(c.generation);
+        }
+        if let Some(ack) = WorkerAck::load(&self.shared.worker_ack()) {
+            self.st.generation = self.st.generation.max(ack.generation);
         }
         let now = Utc::now();
         if let Some(t) = self.st.token.clone() {
