@@ -1271,6 +1271,7 @@ impl Lifecycle {
             issuance_cap_per_minute: self.cfg.lifecycle.max_issuances_per_minute,
             last_error: self.last_error.as_ref().map(|e| e.0.clone()),
             last_error_at: self.last_error.as_ref().map(|e| e.1),
+            last_step_at: Some(now),
         });
         m.ready.set(self.board.readiness(now).is_ok() as i64);
     }

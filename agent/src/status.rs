@@ -72,6 +72,8 @@ pub struct Board {
     pub issuance_cap_per_minute: u32,
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
+    /// When the lifecycle last finished a step (liveness).
+    pub last_step_at: Option<DateTime<Utc>>,
 }
 
 /// The shared board plus what readiness needs.
@@ -142,7 +144,22 @@ impl StatusBoard {
     }
 }
 
+/// A lifecycle that has not finished a step for this long is stuck (a
+/// step waits at most for the replica check and a few timed-out requests;
+/// the loop wakes at least once a minute).
+const STUCK_AFTER_S: i64 = 300;
+
 impl HealthSource for StatusBoard {
+    fn live(&self) -> Result<(), String> {
+        let b = self.board.lock().expect("status lock");
+        match b.last_step_at {
+            Some(t) if (Utc::now() - t).num_seconds() > STUCK_AFTER_S => Err(format!(
+                "the credential lifecycle has not made progress since {t}"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn ready(&self) -> Result<(), String> {
         self.readiness(Utc::now())
     }
