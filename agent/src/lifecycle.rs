@@ -112,6 +112,8 @@ pub struct Lifecycle {
     vault_view: VaultView,
     counts: Counts,
     last_error: Option<(String, DateTime<Utc>)>,
+    /// Errors logged at warn level in the last 30 s.
+    logged_errors: std::collections::HashMap<String, DateTime<Utc>>,
 }
 
 /// What the lifecycle needs at construction.
@@ -167,6 +169,7 @@ impl Lifecycle {
             vault_view: VaultView::default(),
             counts: Counts::default(),
             last_error: None,
+            logged_errors: Default::default(),
         }
     }
 
@@ -227,19 +230,17 @@ impl Lifecycle {
     }
 
     /// Records an error for `/status`; logs it at warn level, except a
-    /// repeat of the previous error within 30 s (debug), so an outage does
-    /// not flood the log but never goes silent.
+    /// repeat of the same error within 30 s (debug), so an outage does not
+    /// flood the log but never goes silent.
     fn error(&mut self, msg: String) {
         let now = Utc::now();
-        let repeat = self
-            .last_error
-            .as_ref()
-            .is_some_and(|(m, at)| *m == msg && now - *at < Duration::seconds(30));
-        if repeat {
+        let window = Duration::seconds(30);
+        self.logged_errors.retain(|_, at| now - *at < window);
+        if self.logged_errors.contains_key(&msg) {
             tracing::debug!(error = %msg, "agent error (repeated)");
-            return;
         } else {
             tracing::warn!(error = %msg, "agent error");
+            self.logged_errors.insert(msg.clone(), now);
         }
         self.last_error = Some((msg, now));
     }
@@ -813,6 +814,8 @@ impl Lifecycle {
         match &self.st.current {
             None => Some("no credential"),
             Some(c) if c.expires_at <= now => Some("credential expired"),
+            // Renewals lag (outage): replace it (or fall back) in time.
+            Some(c) if c.expires_at - now <= self.min_left(c) => Some("credential about to expire"),
             Some(c) => match c.deadline(self.st.token.as_ref()) {
                 Some(d) if d - now <= self.lead() => Some("rotation"),
                 _ => None,
@@ -864,7 +867,15 @@ impl Lifecycle {
         } else {
             token
         };
-        tracing::info!(reason = why, "issuing a new database credential");
+        if self.issue_retry.failures == 0 {
+            tracing::info!(reason = why, "issuing a new database credential");
+        } else {
+            tracing::debug!(
+                reason = why,
+                attempt = self.issue_retry.failures + 1,
+                "issuing a new database credential"
+            );
+        }
         self.st.issued_at.push(now);
         let (mount, role) = (
             self.cfg.database.mount.clone(),
