@@ -1363,6 +1363,132 @@ mod tests {
         }
     }
 
+    fn lifecycle(lifecycle_toml: &str) -> Lifecycle {
+        let text = format!(
+            r#"
+            shared_dir = "/nonexistent"
+            [vault]
+            addr = "http://127.0.0.1:1"
+            secret_id_file = "/s"
+            [database]
+            primary = {{ host = "p", port = 5432, dbname = "riskfeat" }}
+            replica = {{ host = "r", port = 5432, dbname = "riskfeat" }}
+            [lifecycle]
+            {lifecycle_toml}
+            "#
+        );
+        let cfg = Config::parse("t.toml", &text, &Default::default()).unwrap();
+        let vault =
+            VaultClient::new(&cfg.vault.addr, std::time::Duration::from_secs(1), None).unwrap();
+        let (_tx, rx) = watch::channel(false);
+        Lifecycle::new(
+            Arc::new(cfg),
+            vault,
+            AgentMetrics::new(),
+            Arc::new(StatusBoard::new(10, None)),
+            Inputs {
+                role_id: Secret::new("r"),
+                secret: Some(SecretIdSource::Plain(Secret::new("s"))),
+                fallback: None,
+                state: AgentState::default(),
+            },
+            rx,
+        )
+    }
+
+    fn lease(now: DateTime<Utc>, duration_s: i64) -> LeaseState {
+        LeaseState {
+            generation: 1,
+            lease_id: "database/creds/r/1".into(),
+            username: "u".into(),
+            password: Secret::new("p"),
+            issued_at: now,
+            expires_at: now + Duration::seconds(duration_s),
+            lease_duration_s: duration_s as u64,
+            renewable: true,
+            hard_end: None,
+            token_serial: 1,
+            token_end: None,
+            next_renew_at: now + Duration::seconds(duration_s * 2 / 3),
+            retire_by: None,
+        }
+    }
+
+    #[test]
+    fn lead_is_clamped_to_half_the_lifetimes() {
+        let mut l = lifecycle("rotate_lead_s = 600");
+        assert_eq!(l.lead(), Duration::seconds(600));
+        l.st.max_ttl_s = Some(20);
+        assert_eq!(l.lead(), Duration::seconds(10));
+        l.st.token_max_ttl_s = Some(12);
+        assert_eq!(l.lead(), Duration::seconds(6));
+    }
+
+    #[test]
+    fn when_a_new_credential_is_needed() {
+        let now = Utc::now();
+        let mut l = lifecycle("rotate_lead_s = 8");
+        assert_eq!(l.need_credential(now), Some("no credential"));
+        l.st.current = Some(lease(now, 60));
+        assert_eq!(l.need_credential(now), None, "renewable, no known end");
+        l.st.current.as_mut().unwrap().hard_end = Some(now + Duration::seconds(30));
+        assert_eq!(l.need_credential(now), None);
+        assert_eq!(
+            l.need_credential(now + Duration::seconds(23)),
+            Some("rotation"),
+            "within the lead of the max_ttl end"
+        );
+        // Renewals lagging: close to expiry (a quarter of a 60 s lease).
+        let mut c = lease(now, 60);
+        c.expires_at = now + Duration::seconds(5);
+        l.st.current = Some(c);
+        assert_eq!(l.need_credential(now), Some("credential about to expire"));
+        assert_eq!(
+            l.need_credential(now + Duration::seconds(6)),
+            Some("credential expired")
+        );
+    }
+
+    #[test]
+    fn issuance_cap_window() {
+        let now = Utc::now();
+        let mut l = lifecycle("max_issuances_per_minute = 2");
+        assert!(l.cap_free_at(now).is_none());
+        l.st.issued_at = vec![now - Duration::seconds(50), now - Duration::seconds(10)];
+        assert_eq!(l.cap_free_at(now), Some(now + Duration::seconds(10)));
+        l.st.issued_at = vec![now - Duration::seconds(70), now - Duration::seconds(10)];
+        assert!(
+            l.cap_free_at(now).is_none(),
+            "older than a minute does not count"
+        );
+    }
+
+    #[test]
+    fn sleeps_until_the_next_renewal_not_busy() {
+        let now = Utc::now();
+        let mut l = lifecycle("rotate_lead_s = 8");
+        l.leases_verified = true;
+        l.st.token = Some(TokenState {
+            token: Secret::new("t"),
+            serial: 1,
+            obtained_at: now,
+            expires_at: now + Duration::seconds(3600),
+            ttl_s: 3600,
+            renewable: true,
+            hard_end: None,
+            next_renew_at: now + Duration::seconds(2400),
+        });
+        l.st.current = Some(lease(now, 600));
+        let wake = l.next_wake(now);
+        assert_eq!(
+            wake,
+            now + Duration::seconds(60),
+            "at most a minute, here the cap"
+        );
+        l.st.current.as_mut().unwrap().next_renew_at = now + Duration::seconds(30);
+        assert_eq!(l.next_wake(now), now + Duration::seconds(30));
+    }
+
     #[test]
     fn retry_gate() {
         let now = Utc::now();
