@@ -1,1 +1,146 @@
-fn main() {}
+//! `riskfeat-worker`: serves risk features over HTTP from the PostgreSQL
+//! replica, with the credential and feature parameters the agent publishes
+//! in the shared directory.
+//!
+//! Thin entry point: flags, then [`run::run`] or the health probe. Exit
+//! codes (docs/worker.md): 0 ok, 1 runtime failure, 64 bad flags/config,
+//! 66 shared dir missing, 78 shared dir not tmpfs/ramfs without `allow_disk`.
+
+mod app;
+mod config;
+mod features;
+mod health;
+mod http;
+mod lag;
+mod metrics;
+mod params;
+mod pool;
+mod reload;
+mod run;
+mod watch;
+
+use clap::{Parser, Subcommand};
+use riskfeat_shared::health::ProbeKind;
+use riskfeat_shared::telemetry::LogFormat;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The default config file; when absent (and not given explicitly) every
+/// key takes its default.
+const DEFAULT_CONFIG: &str = "/etc/riskfeat/worker.toml";
+
+#[derive(Parser)]
+#[command(name = "riskfeat-worker", version, about = "riskfeat feature server")]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, global = true, env = "RISKFEAT_WORKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override `shared_dir`.
+    #[arg(long, global = true, env = "RISKFEAT_SHARED_DIR")]
+    shared_dir: Option<PathBuf>,
+    /// Override `listen` (HTTP address, e.g. 127.0.0.1:8080).
+    #[arg(long, global = true, env = "RISKFEAT_WORKER_LISTEN")]
+    listen: Option<String>,
+    /// Override `log_format` (text or json).
+    #[arg(long, global = true, env = "RISKFEAT_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Override `log_level` (e.g. info, debug, riskfeat_worker=debug).
+    #[arg(long, global = true, env = "RISKFEAT_LOG")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker (the default).
+    Run,
+    /// Ask a running worker over its health socket; exit 0 when healthy.
+    Probe {
+        /// live, ready or status.
+        kind: ProbeKind,
+        /// Health socket; default `<shared_dir>/worker.sock`.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Validate the config file and exit (0 valid, 64 invalid).
+    CheckConfig,
+}
+
+fn load(cli: &Cli) -> Result<config::Config, config::ConfigError> {
+    let overrides = config::Overrides {
+        shared_dir: cli.shared_dir.clone(),
+        listen: cli.listen.clone(),
+        log_format: cli.log_format,
+        log_level: cli.log_level.clone(),
+    };
+    match &cli.config {
+        Some(p) => config::Config::load(p, &overrides),
+        None if !Path::new(DEFAULT_CONFIG).exists() => {
+            config::Config::parse("(defaults)", "", &overrides)
+        }
+        None => config::Config::load(Path::new(DEFAULT_CONFIG), &overrides),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 64 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Some(Command::Probe { kind, ref socket }) => {
+            let socket = socket.clone().unwrap_or_else(|| match load(&cli) {
+                Ok(c) => c.socket_path(),
+                Err(_) => cli
+                    .shared_dir
+                    .clone()
+                    .unwrap_or_else(|| riskfeat_shared::layout::DEFAULT_SHARED_DIR.into())
+                    .join("worker.sock"),
+            });
+            riskfeat_shared::health::probe_command(&socket, kind)
+        }
+        Some(Command::CheckConfig) => match load(&cli) {
+            Ok(_) => {
+                println!("config ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("riskfeat-worker: {e}");
+                ExitCode::from(64)
+            }
+        },
+        None | Some(Command::Run) => {
+            let cfg = match load(&cli) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("riskfeat-worker: {e}");
+                    return ExitCode::from(64);
+                }
+            };
+            riskfeat_shared::telemetry::init(cfg.log_format, &cfg.log_level);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("riskfeat-worker: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(run::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, code = e.code, "riskfeat-worker stopped");
+                    eprintln!("riskfeat-worker: {e}");
+                    ExitCode::from(e.code)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The HTTP API (documented in docs/api.md): features of one user, of a
+//! batch of users in one database round trip, and `/metrics`. Errors are
+//! JSON `{"error":{"code":"...","message":"..."}}` with a stable `code`.
+
+use crate::app::{App, QueryFailure, ReadContext};
+use crate::features::{compute, Features, Row};
+use crate::pool::{DbError, SQL_BATCH, SQL_ONE};
+use axum::body::Bytes;
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The routes, with the request-duration middleware.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/features/{user_id}", get(one))
+        .route("/v1/features/batch", post(batch))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
+        .with_state(app)
+}
+
+async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let resp = next.run(req).await;
+    app.metrics
+        .request_duration
+        .with_label_values(&[route.as_str(), resp.status().as_str()])
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// A JSON error with a stable code.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<QueryFailure> for ApiError {
+    fn from(f: QueryFailure) -> Self {
+        let unavailable = StatusCode::SERVICE_UNAVAILABLE;
+        match f {
+            QueryFailure::NoCredential => ApiError::new(
+                unavailable,
+                "no_credential",
+                "no usable database credential yet",
+            ),
+            QueryFailure::Db(DbError::PoolTimeout(d)) => ApiError::new(
+                unavailable,
+                "pool_exhausted",
+                format!("no free database connection within {d:?}"),
+            ),
+            QueryFailure::Db(e @ (DbError::Connect { .. } | DbError::Closed)) => {
+                ApiError::new(unavailable, "database_unavailable", e.to_string())
+            }
+            QueryFailure::Db(e @ DbError::Query(_)) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "database_error",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+/// What every successful answer carries besides the features.
+#[derive(Serialize)]
+struct Meta {
+    config_version: u64,
+    credential_generation: u64,
+    replica_lag_ms: Option<u64>,
+    stale: bool,
+    degraded: bool,
+    source: &'static str,
+}
+
+fn meta(app: &App, ctx: ReadContext, generation: u64, config_version: u64) -> Meta {
+    Meta {
+        config_version,
+        credential_generation: generation,
+        replica_lag_ms: ctx.lag_ms,
+        stale: ctx.stale,
+        degraded: app.fallback.load(Ordering::Relaxed),
+        source: if ctx.use_primary {
+            "primary"
+        } else {
+            "replica"
+        },
+    }
+}
+
+#[derive(Serialize)]
+struct OneResponse {
+    user_id: i64,
+    features: Features,
+    #[serde(flatten)]
+    meta: Meta,
+}
+
+#[derive(Serialize)]
+struct UserFeatures {
+    user_id: i64,
+    features: Features,
+}
+
+#[derive(Serialize)]
+struct BatchResponse {
+    results: Vec<UserFeatures>,
+    #[serde(flatten)]
+    meta: Meta,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    user_ids: Vec<i64>,
+}
+
+fn parse_user_id(raw: &str) -> Result<i64, ApiError> {
+    match raw.parse::<i64>() {
+        Ok(id) if id >= 0 => Ok(id),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_user_id",
+            format!("user id {raw:?} is not a non-negative 64-bit integer"),
+        )),
+    }
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+async fn one(State(app): State<Arc<App>>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+    let user_id = parse_user_id(&raw)?;
+    let params = app.params.load_full();
+    let ctx = app.read_context();
+    let lookback = params.lookback as i64;
+    let (rows, generation) = app.query(ctx, SQL_ONE, &[&user_id, &lookback]).await?;
+    let rows: Vec<Row> = rows
+        .iter()
+        .map(|r| Row {
+            amount: r.get(0),
+            ts_us: r.get(1),
+        })
+        .collect();
+    let features = compute(&rows, &params, now_us());
+    Ok(Json(OneResponse {
+        user_id,
+        features,
+        meta: meta(&app, ctx, generation, params.version),
+    })
+    .into_response())
+}
+
+async fn batch(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: BatchRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("expected {{\"user_ids\": [integers]}}: {e}"),
+        )
+    })?;
+    if req.user_ids.len() > app.cfg.max_batch {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "batch_too_large",
+            format!(
+                "{} user ids; at most {} per request",
+                req.user_ids.len(),
+                app.cfg.max_batch
+            ),
+        ));
+    }
+    if let Some(bad) = req.user_ids.iter().find(|id| **id < 0) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_user_id",
+            format!("user id {bad} is negative"),
+        ));
+    }
+    let params = app.params.load_full();
+    let ctx = app.read_context();
+    let mut ids = req.user_ids.clone();
+    ids.sort_unstable();
+    ids.dedup();
+    let lookback = params.lookback as i64;
+    let (generation, mut by_user) = if ids.is_empty() {
+        let g = app.pools.load().as_ref().map(|p| p.generation);
+        (g.ok_or(QueryFailure::NoCredential)?, HashMap::new())
+    } else {
+        let (rows, generation) = app.query(ctx, SQL_BATCH, &[&ids, &lookback]).await?;
+        let mut by_user: HashMap<i64, Vec<Row>> = HashMap::with_capacity(ids.len());
+        for r in &rows {
+            by_user.entry(r.get(0)).or_default().push(Row {
+                amount: r.get(1),
+                ts_us: r.get(2),
+            });
+        }
+        (generation, by_user)
+    };
+    let now = now_us();
+    let mut results = Vec::with_capacity(req.user_ids.len());
+    for id in &req.user_ids {
+        let rows = by_user.entry(*id).or_default();
+        rows.sort_unstable_by(|a, b| b.ts_us.cmp(&a.ts_us));
+        results.push(UserFeatures {
+            user_id: *id,
+            features: compute(rows, &params, now),
+        });
+    }
+    Ok(Json(BatchResponse {
+        results,
+        meta: meta(&app, ctx, generation, params.version),
+    })
+    .into_response())
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    app.refresh_gauges();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        riskfeat_shared::metrics::render(&app.metrics.registry),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_are_checked() {
+        assert_eq!(parse_user_id("42").unwrap(), 42);
+        assert_eq!(parse_user_id("abc").unwrap_err().code, "bad_user_id");
+        assert_eq!(parse_user_id("-1").unwrap_err().code, "bad_user_id");
+        assert_eq!(
+            parse_user_id("99999999999999999999").unwrap_err().code,
+            "bad_user_id"
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! The worker's Prometheus metrics (`riskfeat_worker_*`). Labels never
+//! carry a username, a password or a user id.
+
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// Every metric the worker exports.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub request_duration: HistogramVec,
+    pub pool_connections: IntGaugeVec,
+    pub pool_max_size: IntGauge,
+    pub pool_waiting: IntGauge,
+    pub pool_wait_timeouts: IntCounter,
+    pub pools_draining: IntGauge,
+    pub credential_generation: IntGauge,
+    pub credential_swaps: IntCounter,
+    pub credential_failures: IntCounterVec,
+    pub credential_fallback: IntGauge,
+    pub config_version: IntGauge,
+    pub config_reloads: IntCounterVec,
+    pub replica_lag: Gauge,
+    pub replica_stale: IntGauge,
+    pub db_retries: IntCounter,
+    pub reads: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("static metric definition");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("unique metric name");
+                m
+            }};
+        }
+        let buckets = vec![
+            0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025,
+            0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        Metrics {
+            request_duration: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "riskfeat_worker_http_request_duration_seconds",
+                    "HTTP request duration by route and status."
+                )
+                .buckets(buckets),
+                &["route", "status"]
+            )),
+            pool_connections: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "riskfeat_worker_pool_connections",
+                    "Replica pool connections of the credential in use, by state (idle, in_use)."
+                ),
+                &["state"]
+            )),
+            pool_max_size: reg!(IntGauge::new(
+                "riskfeat_worker_pool_max_connections",
+                "Configured replica pool size."
+            )),
+            pool_waiting: reg!(IntGauge::new(
+                "riskfeat_worker_pool_waiting_requests",
+                "Requests waiting for a pooled connection now."
+            )),
+            pool_wait_timeouts: reg!(IntCounter::new(
+                "riskfeat_worker_pool_wait_timeouts_total",
+                "Requests that found no free connection within pool_wait_timeout_ms."
+            )),
+            pools_draining: reg!(IntGauge::new(
+                "riskfeat_worker_pools_draining",
+                "Pools of older credentials still finishing in-flight queries."
+            )),
+            credential_generation: reg!(IntGauge::new(
+                "riskfeat_worker_credential_generation",
+                "Generation of the credential the pool uses (0: none yet)."
+            )),
+            credential_swaps: reg!(IntCounter::new(
+                "riskfeat_worker_credential_swaps_total",
+                "Pools swapped in for a new credential generation."
+            )),
+            credential_failures: reg!(IntCounterVec::new(
+                Opts::new(
+                    "riskfeat_worker_credential_failures_total",
+                    "db.json files or credentials rejected (the previous pool stays), by reason."
+                ),
+                &["reason"]
+            )),
+            credential_fallback: reg!(IntGauge::new(
+                "riskfeat_worker_credential_fallback",
+                "1 while the credential in use is the static fallback (responses degraded)."
+            )),
+            config_version: reg!(IntGauge::new(
+                "riskfeat_worker_config_version",
+                "Version of the feature config in force (0: built-in defaults)."
+            )),
+            config_reloads: reg!(IntCounterVec::new(
+                Opts::new(
+                    "riskfeat_worker_config_reloads_total",
+                    "Feature config files applied (ok) or rejected (rejected)."
+                ),
+                &["result"]
+            )),
+            replica_lag: reg!(Gauge::new(
+                "riskfeat_worker_replica_lag_seconds",
+                "Replica replay lag as last measured."
+            )),
+            replica_stale: reg!(IntGauge::new(
+                "riskfeat_worker_replica_stale",
+                "1 while the replica lag exceeds max_replica_lag_ms."
+            )),
+            db_retries: reg!(IntCounter::new(
+                "riskfeat_worker_db_retries_total",
+                "Queries retried on a fresh connection after a connection error."
+            )),
+            reads: reg!(IntCounterVec::new(
+                Opts::new(
+                    "riskfeat_worker_db_reads_total",
+                    "Feature queries by source (replica, primary)."
+                ),
+                &["source"]
+            )),
+            registry,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,183 @@
+//! Feature parameters from `config/<namespace>.json`: validation of the
+//! items the worker understands (unknown keys are ignored with a warning,
+//! other teams may share the namespace); a wrong type or range rejects the
+//! whole file so the last good parameters stay in force.
+
+use riskfeat_shared::config_file::ConfigSnapshot;
+use serde::Serialize;
+
+/// The parameters in force, with the config version they came from
+/// (0 = built-in defaults, no file seen yet).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeatureParams {
+    pub version: u64,
+    pub lookback: usize,
+    pub ma_window: usize,
+    pub zscore_above: f64,
+    pub count_1h_above: u64,
+    pub amount_24h_above: f64,
+}
+
+impl Default for FeatureParams {
+    fn default() -> Self {
+        Self {
+            version: 0,
+            lookback: 50,
+            ma_window: 10,
+            zscore_above: 3.0,
+            count_1h_above: 20,
+            amount_24h_above: 10_000.0,
+        }
+    }
+}
+
+/// The keys this worker reads.
+pub const KNOWN_KEYS: [&str; 5] = [
+    "lookback",
+    "ma_window",
+    "zscore_above",
+    "count_1h_above",
+    "amount_24h_above",
+];
+
+/// A rejected config: every problem at once.
+#[derive(Debug, thiserror::Error)]
+#[error("config version {version} rejected: {}", problems.join("; "))]
+pub struct ParamsError {
+    pub version: u64,
+    pub problems: Vec<String>,
+}
+
+impl FeatureParams {
+    /// Validates a snapshot; returns the parameters and the unknown keys
+    /// (to warn about).
+    pub fn from_snapshot(snap: &ConfigSnapshot) -> Result<(Self, Vec<String>), ParamsError> {
+        let mut p = FeatureParams {
+            version: snap.version,
+            ..Default::default()
+        };
+        let mut problems = Vec::new();
+        let int = |key: &str, problems: &mut Vec<String>| -> Option<i64> {
+            let v = snap.items.get(key)?;
+            match v.as_i64() {
+                Some(n) => Some(n),
+                None => {
+                    problems.push(format!("{key} = {v}: expected an integer"));
+                    None
+                }
+            }
+        };
+        let float = |key: &str, problems: &mut Vec<String>| -> Option<f64> {
+            let v = snap.items.get(key)?;
+            match v.as_f64() {
+                Some(n) if n.is_finite() => Some(n),
+                _ => {
+                    problems.push(format!("{key} = {v}: expected a number"));
+                    None
+                }
+            }
+        };
+        if let Some(n) = int("lookback", &mut problems) {
+            if (1..=1000).contains(&n) {
+                p.lookback = n as usize;
+            } else {
+                problems.push(format!("lookback = {n}: expected 1..=1000"));
+            }
+        }
+        if let Some(n) = int("ma_window", &mut problems) {
+            if n >= 1 {
+                p.ma_window = n as usize;
+            } else {
+                problems.push(format!("ma_window = {n}: expected at least 1"));
+            }
+        }
+        if p.ma_window > p.lookback {
+            problems.push(format!(
+                "ma_window = {} is larger than lookback = {}",
+                p.ma_window, p.lookback
+            ));
+        }
+        if let Some(x) = float("zscore_above", &mut problems) {
+            if x >= 0.0 {
+                p.zscore_above = x;
+            } else {
+                problems.push(format!("zscore_above = {x}: expected >= 0"));
+            }
+        }
+        if let Some(n) = int("count_1h_above", &mut problems) {
+            if n >= 0 {
+                p.count_1h_above = n as u64;
+            } else {
+                problems.push(format!("count_1h_above = {n}: expected >= 0"));
+            }
+        }
+        if let Some(x) = float("amount_24h_above", &mut problems) {
+            if x >= 0.0 {
+                p.amount_24h_above = x;
+            } else {
+                problems.push(format!("amount_24h_above = {x}: expected >= 0"));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ParamsError {
+                version: snap.version,
+                problems,
+            });
+        }
+        let unknown = snap
+            .items
+            .keys()
+            .filter(|k| !KNOWN_KEYS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        Ok((p, unknown))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn snap(items: serde_json::Value) -> ConfigSnapshot {
+        ConfigSnapshot {
+            namespace: "features".into(),
+            version: 7,
+            items: serde_json::from_value(items).unwrap(),
+        }
+    }
+
+    #[test]
+    fn defaults_fill_missing_keys_and_unknown_keys_are_listed() {
+        let (p, unknown) =
+            FeatureParams::from_snapshot(&snap(json!({"lookback": 20, "other_team": 1}))).unwrap();
+        assert_eq!(p.lookback, 20);
+        assert_eq!(p.ma_window, 10);
+        assert_eq!(p.version, 7);
+        assert_eq!(unknown, vec!["other_team".to_string()]);
+    }
+
+    #[test]
+    fn every_problem_rejects_the_whole_file() {
+        let err = FeatureParams::from_snapshot(&snap(json!({
+            "lookback": 5, "ma_window": 9, "zscore_above": "high", "count_1h_above": -1
+        })))
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("ma_window = 9 is larger than lookback = 5"),
+            "{msg}"
+        );
+        assert!(msg.contains("zscore_above"), "{msg}");
+        assert!(msg.contains("count_1h_above = -1"), "{msg}");
+        assert!(msg.contains("version 7"), "{msg}");
+    }
+
+    #[test]
+    fn lookback_range() {
+        assert!(FeatureParams::from_snapshot(&snap(json!({"lookback": 0}))).is_err());
+        assert!(FeatureParams::from_snapshot(&snap(json!({"lookback": 1001}))).is_err());
+        assert!(FeatureParams::from_snapshot(&snap(json!({"lookback": 1.5}))).is_err());
+        assert!(FeatureParams::from_snapshot(&snap(json!({"lookback": 1000}))).is_ok());
+    }
+}

@@ -1,0 +1,307 @@
+//! Connection pools for one credential generation, and the queries that run
+//! on them.
+//!
+//! A [`DbPools`] holds a pool against the replica (where features are read)
+//! and a lazily-filled one against the primary (used only by the `primary`
+//! lag policy), both with the same credential: Vault creates the dynamic role
+//! on the primary and it reaches the replica by replay, so it exists on both.
+//! A new generation gets a new `DbPools`, filled and validated *before* it is
+//! swapped in (see [`crate::reload`]); requests hold an `Arc<DbPools>` for
+//! their duration, so the old pools drain naturally and are closed when the
+//! last request using them is done.
+//!
+//! Queries are prepared once per connection (statement cache). A query that
+//! fails because its connection died (SQLSTATE 57P01/57P02/57P03, 28P01,
+//! class 08, closed socket) is retried once on a fresh connection.
+
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use riskfeat_shared::creds::{DbCredential, Endpoint};
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::NoTls;
+
+/// The last `$2` transactions of user `$1`, newest first.
+pub const SQL_ONE: &str = "SELECT amount::float8, (extract(epoch FROM ts) * 1000000)::int8 \
+     FROM transactions WHERE user_id = $1 ORDER BY ts DESC LIMIT $2";
+
+/// The last `$2` transactions of each user in `$1`, in one round trip.
+pub const SQL_BATCH: &str =
+    "SELECT u.id, t.amount::float8, (extract(epoch FROM t.ts) * 1000000)::int8 \
+     FROM unnest($1::int8[]) AS u(id) CROSS JOIN LATERAL \
+     (SELECT amount, ts FROM transactions WHERE user_id = u.id ORDER BY ts DESC LIMIT $2) t";
+
+/// Replica lag in milliseconds: 0 on a primary or when everything received
+/// has been replayed, else the age of the last replayed transaction.
+pub const SQL_LAG: &str = "SELECT CASE \
+       WHEN NOT pg_is_in_recovery() THEN 0::float8 \
+       WHEN pg_last_wal_receive_lsn() IS NOT NULL \
+            AND pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0::float8 \
+       ELSE COALESCE(GREATEST(0, EXTRACT(EPOCH FROM (clock_timestamp() - pg_last_xact_replay_timestamp())) * 1000), 0)::float8 \
+     END";
+
+/// Pool tuning from the worker config.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub size: usize,
+    pub wait_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub statement_timeout: Duration,
+}
+
+/// Why a pool could not be built, validated or used.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to {target} as {user}: {message}")]
+    Connect {
+        target: String,
+        user: String,
+        message: String,
+    },
+    #[error("no free database connection within {0:?}")]
+    PoolTimeout(Duration),
+    #[error("the pool was closed")]
+    Closed,
+    #[error("query failed: {0}")]
+    Query(String),
+}
+
+impl DbError {
+    /// True when the error means "this connection or credential is gone",
+    /// worth one retry on a fresh connection.
+    pub fn is_connection(&self) -> bool {
+        matches!(self, DbError::Connect { .. } | DbError::Closed)
+    }
+}
+
+/// Pools for one credential generation.
+pub struct DbPools {
+    pub generation: u64,
+    pub username: String,
+    pub replica_endpoint: Endpoint,
+    pub primary_endpoint: Endpoint,
+    pub replica: Pool,
+    pub primary: Pool,
+    replica_cfg: tokio_postgres::Config,
+    primary_cfg: tokio_postgres::Config,
+    pub built_at_utc: chrono::DateTime<chrono::Utc>,
+    settings: PoolSettings,
+}
+
+impl std::fmt::Debug for DbPools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbPools")
+            .field("generation", &self.generation)
+            .field("username", &self.username)
+            .finish()
+    }
+}
+
+fn pg_config(ep: &Endpoint, cred: &DbCredential, s: &PoolSettings) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    c.host(&ep.host)
+        .port(ep.port)
+        .dbname(&ep.dbname)
+        .user(&cred.username)
+        .password(cred.password.expose())
+        .application_name("riskfeat-worker")
+        .connect_timeout(s.connect_timeout)
+        .keepalives(true)
+        .options(format!(
+            "-c statement_timeout={}",
+            s.statement_timeout.as_millis().max(1)
+        ));
+    c
+}
+
+fn make_pool(ep: &Endpoint, cred: &DbCredential, s: &PoolSettings) -> Pool {
+    let mgr = Manager::from_config(
+        pg_config(ep, cred, s),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(mgr)
+        .max_size(s.size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(s.wait_timeout))
+        .create_timeout(Some(s.connect_timeout + Duration::from_millis(500)))
+        .recycle_timeout(Some(Duration::from_secs(1)))
+        .build()
+        .expect("runtime and sizes are set")
+}
+
+fn target(ep: &Endpoint) -> String {
+    format!("{}:{}/{}", ep.host, ep.port, ep.dbname)
+}
+
+impl DbPools {
+    /// Pools for `cred` (no connection made yet).
+    pub fn new(cred: &DbCredential, settings: &PoolSettings) -> Self {
+        DbPools {
+            generation: cred.generation,
+            username: cred.username.clone(),
+            replica_endpoint: cred.replica.clone(),
+            primary_endpoint: cred.primary.clone(),
+            replica: make_pool(&cred.replica, cred, settings),
+            primary: make_pool(&cred.primary, cred, settings),
+            replica_cfg: pg_config(&cred.replica, cred, settings),
+            primary_cfg: pg_config(&cred.primary, cred, settings),
+            built_at_utc: chrono::Utc::now(),
+            settings: settings.clone(),
+        }
+    }
+
+    /// Opens `warm` replica connections at once, and on each prepares the
+    /// feature statements and runs one, so that the pool is known to work
+    /// (login on the replica, SELECT granted) and is warm before it serves.
+    pub async fn validate(&self, warm: usize) -> Result<(), DbError> {
+        let mut conns = Vec::with_capacity(warm);
+        let results = futures::future::join_all((0..warm.max(1)).map(|_| self.replica.get())).await;
+        for r in results {
+            let conn = r.map_err(|e| self.pool_error(e, &self.replica_endpoint))?;
+            conns.push(conn);
+        }
+        for conn in &conns {
+            let one = conn.prepare_cached(SQL_ONE).await.map_err(query_err)?;
+            conn.prepare_cached(SQL_BATCH).await.map_err(query_err)?;
+            conn.query(&one, &[&-1i64, &1i64])
+                .await
+                .map_err(query_err)?;
+        }
+        Ok(())
+    }
+
+    fn pool_error(&self, e: PoolError, ep: &Endpoint) -> DbError {
+        match e {
+            PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+                DbError::PoolTimeout(self.settings.wait_timeout)
+            }
+            PoolError::Closed => DbError::Closed,
+            PoolError::Backend(e) => DbError::Connect {
+                target: target(ep),
+                user: self.username.clone(),
+                message: describe_pg(&e),
+            },
+            other => DbError::Connect {
+                target: target(ep),
+                user: self.username.clone(),
+                message: other.to_string(),
+            },
+        }
+    }
+
+    /// Closes both pools: idle connections are dropped now, busy ones when
+    /// they are returned.
+    pub fn close(&self) {
+        self.replica.close();
+        self.primary.close();
+    }
+
+    /// Runs a prepared query on `pool` (replica or primary). `fresh` skips
+    /// the pool and opens a new connection (the retry path).
+    pub async fn query(
+        &self,
+        use_primary: bool,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        fresh: bool,
+    ) -> Result<Vec<tokio_postgres::Row>, DbError> {
+        let (pool, ep, cfg) = if use_primary {
+            (&self.primary, &self.primary_endpoint, &self.primary_cfg)
+        } else {
+            (&self.replica, &self.replica_endpoint, &self.replica_cfg)
+        };
+        if fresh {
+            // Throw away idle connections that are already known dead.
+            pool.retain(|c, _| !c.is_closed());
+            let (client, connection) = cfg
+                .connect(NoTls)
+                .await
+                .map_err(|e| self.pool_error(PoolError::Backend(e), ep))?;
+            let task = tokio::spawn(connection);
+            let result = async {
+                let stmt = client.prepare(sql).await?;
+                client.query(&stmt, params).await
+            }
+            .await;
+            drop(client);
+            let _ = task.await;
+            return result.map_err(query_err);
+        }
+        let conn: Object = pool.get().await.map_err(|e| self.pool_error(e, ep))?;
+        let result = async {
+            let stmt = conn.prepare_cached(sql).await?;
+            conn.query(&stmt, params).await
+        }
+        .await;
+        match result {
+            Ok(rows) => Ok(rows),
+            Err(e) => {
+                if conn_dead(&e) {
+                    // Never return a dead connection to the pool.
+                    drop(Object::take(conn));
+                }
+                Err(query_err(e))
+            }
+        }
+    }
+
+    /// (size, available, waiting) of the replica pool.
+    pub fn stats(&self) -> (usize, usize, usize) {
+        let s = self.replica.status();
+        (s.size, s.available, s.waiting)
+    }
+
+    pub fn max_size(&self) -> usize {
+        self.settings.size
+    }
+}
+
+/// True for errors that mean the connection (or its role) is gone.
+pub fn conn_dead(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::INVALID_PASSWORD
+                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                || code.code().starts_with("08")
+        }
+        // No SQLSTATE and not "closed": an I/O error on the socket.
+        None => true,
+    }
+}
+
+fn query_err(e: tokio_postgres::Error) -> DbError {
+    if conn_dead(&e) {
+        DbError::Closed
+    } else {
+        DbError::Query(describe_pg(&e))
+    }
+}
+
+/// A one-line description of a PostgreSQL error (never contains a password:
+/// tokio-postgres errors do not echo the connection string).
+pub fn describe_pg(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            s
+        }
+    }
+}

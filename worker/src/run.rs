@@ -1,0 +1,126 @@
+//! Wiring: shared-dir check, HTTP listener, health socket, the reload and
+//! lag loops, and the SIGTERM drain (stop accepting, finish in-flight
+//! requests, close pools, exit).
+
+use crate::app::App;
+use crate::config::Config;
+use crate::health::Health;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A fatal error with its exit code (sysexits).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Fatal {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Fatal {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks the shared dir: present (66), memory-backed unless `allow_disk` (78).
+pub fn check_shared_dir(cfg: &Config) -> Result<(), Fatal> {
+    let dir = &cfg.shared_dir;
+    if !dir.is_dir() {
+        return Err(Fatal::new(
+            66,
+            format!(
+                "shared_dir {} does not exist or is not a directory",
+                dir.display()
+            ),
+        ));
+    }
+    match riskfeat_shared::fs_check::fs_kind(dir) {
+        Ok(kind) if kind.is_memory() || cfg.allow_disk => Ok(()),
+        Ok(kind) => Err(Fatal::new(
+            78,
+            format!(
+                "shared_dir {} is on {kind}, not tmpfs/ramfs: credentials would reach a disk \
+                 (set allow_disk = true to accept)",
+                dir.display()
+            ),
+        )),
+        Err(e) => Err(Fatal::new(
+            66,
+            format!("cannot stat shared_dir {}: {e}", dir.display()),
+        )),
+    }
+}
+
+/// Runs the worker until SIGTERM/SIGINT.
+pub async fn run(cfg: Config) -> Result<(), Fatal> {
+    check_shared_dir(&cfg)?;
+    let addr = cfg.listen_addr();
+    let shutdown_timeout = Duration::from_secs(cfg.shutdown_timeout_s);
+    let app = Arc::new(App::new(cfg));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Fatal::new(1, format!("cannot listen on {addr}: {e}")))?;
+    let local = listener.local_addr().unwrap_or(addr);
+    let socket = app.cfg.socket_path();
+    let health_listener = riskfeat_shared::health::bind(&socket)
+        .map_err(|e| Fatal::new(1, format!("cannot bind {}: {e}", socket.display())))?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let health = tokio::spawn(riskfeat_shared::health::serve(
+        health_listener,
+        socket.clone(),
+        Arc::new(Health(app.clone())),
+        wait_stop(stop_rx.clone()),
+    ));
+    let reload = tokio::spawn(crate::reload::run(app.clone(), stop_rx.clone()));
+    let lag = tokio::spawn(crate::lag::run(app.clone(), stop_rx.clone()));
+
+    tracing::info!(%local, socket = %socket.display(), namespace = %app.cfg.namespace, "riskfeat-worker listening");
+    let (http_stop_tx, http_stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, crate::http::router(app.clone()))
+        .with_graceful_shutdown(wait_stop(http_stop_rx));
+    let mut server = tokio::spawn(async move { server.await });
+
+    let signal = wait_for_signal();
+    tokio::select! {
+        s = signal => tracing::info!(signal = s, "draining in-flight requests, then exiting"),
+        r = &mut server => {
+            let _ = stop_tx.send(true);
+            return Err(Fatal::new(1, format!("HTTP server stopped: {r:?}")));
+        }
+    }
+    app.shutting_down.store(true, Ordering::Relaxed);
+    let _ = http_stop_tx.send(true);
+    match tokio::time::timeout(shutdown_timeout, &mut server).await {
+        Ok(_) => tracing::info!("all in-flight requests answered"),
+        Err(_) => tracing::warn!(
+            ?shutdown_timeout,
+            "in-flight requests still running at the shutdown timeout"
+        ),
+    }
+    let _ = stop_tx.send(true);
+    let _ = reload.await;
+    let _ = lag.await;
+    let _ = health.await;
+    if let Some(p) = app.pools.swap(None) {
+        p.close();
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
