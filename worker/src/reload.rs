@@ -97,6 +97,10 @@ async fn reconcile_credential(app: &Arc<App>, seen: &mut Seen) {
         return;
     }
     let new_bytes = seen.db_bytes.as_deref() != Some(&bytes[..]);
+    if new_bytes {
+        // A new file: a new credential gets a fresh backoff.
+        seen.backoff = Duration::from_millis(app.cfg.retry_initial_ms);
+    }
     seen.db_bytes = Some(bytes.clone());
     let cred = match DbCredential::from_slice(&path.display().to_string(), &bytes) {
         Ok(c) => c,
