@@ -1,1 +1,25 @@
-//! Test harness.
+//! `riskfeat-tests`: the test harness. Real components on ephemeral loopback
+//! ports in temp dirs, torn down on drop (also when a test panics):
+//!
+//! - [`pg`]: PostgreSQL 15 primary + streaming replica, scram-sha-256,
+//!   roles and schema from `k8s/bootstrap/postgres/`;
+//! - [`bao`]: OpenBao `server -dev` (installed into a cache dir if needed);
+//! - [`stack`]: both, bootstrapped like production from `k8s/bootstrap/vault/`
+//!   (see [`bootstrap`]), plus the AppRole files and a tmpfs shared dir;
+//! - [`proxy`]: a TCP proxy to cut or slow a link;
+//! - [`process`]: the binaries under test as child processes;
+//! - [`data`]: deterministic transactions and a COPY loader.
+
+pub mod bao;
+pub mod bootstrap;
+pub mod data;
+pub mod pg;
+pub mod process;
+pub mod proxy;
+pub mod stack;
+
+pub use bao::Bao;
+pub use pg::{PgCluster, PgServer};
+pub use process::{binary, wait_until, ChildProc};
+pub use proxy::TcpProxy;
+pub use stack::{AppRole, IssuedCreds, Stack, StackOptions};

@@ -1,0 +1,2 @@
+CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';
+GRANT feature_reader TO "{{name}}";

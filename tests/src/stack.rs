@@ -1,0 +1,375 @@
+//! The whole test stack: PostgreSQL primary + replica ([`crate::pg`]),
+//! OpenBao ([`crate::bao`]) bootstrapped like production from
+//! `k8s/bootstrap/vault/` (AppRole `riskfeat-agent` with the agent's policy,
+//! the database secrets engine on the PRIMARY, role `feature-reader`), the
+//! AppRole's role_id/secret_id in 0600 files, a shared dir on tmpfs, and an
+//! optional [`TcpProxy`] in front of Vault.
+
+use crate::bao::Bao;
+use crate::bootstrap::{self, APPROLE_MOUNT, APPROLE_ROLE, DB_CONNECTION, DB_MOUNT, DB_ROLE};
+use crate::pg::PgCluster;
+use crate::proxy::TcpProxy;
+use anyhow::Context;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What a test can choose about its stack.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// `default_ttl` of the database role.
+    pub default_ttl: Duration,
+    /// `max_ttl` of the database role.
+    pub max_ttl: Duration,
+    /// `token_ttl` of the AppRole role.
+    pub token_ttl: Duration,
+    pub token_max_ttl: Option<Duration>,
+    /// Periodic tokens when set.
+    pub token_period: Option<Duration>,
+    /// Start a streaming replica.
+    pub replica: bool,
+    /// Put a [`TcpProxy`] in front of Vault ([`Stack::vault_addr`] uses it).
+    pub vault_proxy: bool,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            default_ttl: Duration::from_secs(3600),
+            max_ttl: Duration::from_secs(24 * 3600),
+            token_ttl: Duration::from_secs(3600),
+            token_max_ttl: None,
+            token_period: None,
+            replica: true,
+            vault_proxy: false,
+        }
+    }
+}
+
+/// The AppRole the agent logs in with.
+pub struct AppRole {
+    pub role_name: String,
+    pub role_id: String,
+    pub secret_id: String,
+    /// 0600 files in a temp dir of their own (removed on drop).
+    pub role_id_file: PathBuf,
+    pub secret_id_file: PathBuf,
+    pub approle_mount: String,
+    pub db_mount: String,
+    pub db_role: String,
+    dir: tempfile::TempDir,
+}
+
+impl AppRole {
+    /// The temp dir holding the role_id and secret_id files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A credential issued by [`Stack::issue_creds`].
+#[derive(Debug, Clone)]
+pub struct IssuedCreds {
+    pub username: String,
+    pub password: String,
+    pub lease_id: String,
+    pub lease_duration: u64,
+    pub renewable: bool,
+}
+
+/// PostgreSQL + OpenBao + AppRole + shared dir; everything stops and every
+/// temp dir goes when it is dropped (also while a test panics).
+pub struct Stack {
+    pub pg: PgCluster,
+    pub bao: Bao,
+    pub approle: AppRole,
+    /// Under `/dev/shm` (tmpfs) when it exists, mode 0750.
+    pub shared_dir: tempfile::TempDir,
+    pub vault_proxy: Option<TcpProxy>,
+    opts: StackOptions,
+    agent_token: tokio::sync::Mutex<Option<String>>,
+}
+
+impl Stack {
+    /// Starts and bootstraps everything (PostgreSQL and OpenBao in
+    /// parallel).
+    pub async fn start(opts: StackOptions) -> anyhow::Result<Stack> {
+        let (pg, bao) = tokio::try_join!(PgCluster::start(opts.replica), Bao::start())?;
+        let approle = bootstrap_vault(&bao, &pg, &opts).await?;
+        let shared_dir = shared_dir()?;
+        let vault_proxy = if opts.vault_proxy {
+            let upstream = bao
+                .addr
+                .trim_start_matches("http://")
+                .parse()
+                .context("parsing Vault's address")?;
+            Some(TcpProxy::start(upstream).await?)
+        } else {
+            None
+        };
+        Ok(Stack {
+            pg,
+            bao,
+            approle,
+            shared_dir,
+            vault_proxy,
+            opts,
+            agent_token: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`, through the proxy when there is one.
+    pub fn vault_addr(&self) -> String {
+        match &self.vault_proxy {
+            Some(p) => p.http_url(),
+            None => self.bao.addr.clone(),
+        }
+    }
+
+    /// The options the stack was started with.
+    pub fn options(&self) -> &StackOptions {
+        &self.opts
+    }
+
+    /// Logs in with the AppRole (role_id + secret_id) and returns the token.
+    pub async fn approle_login(&self) -> anyhow::Result<String> {
+        let v = self
+            .bao
+            .request(
+                None,
+                Method::POST,
+                &format!("auth/{APPROLE_MOUNT}/login"),
+                Some(json!({"role_id": self.approle.role_id, "secret_id": self.approle.secret_id})),
+            )
+            .await
+            .context("AppRole login")?;
+        str_at(&v, &["auth", "client_token"])
+    }
+
+    /// Issues a credential like the agent does: AppRole token (one, kept
+    /// and renewed by logging in again when refused), then
+    /// `GET database/creds/feature-reader`. Talks to Vault directly, not
+    /// through the proxy.
+    pub async fn issue_creds(&self) -> anyhow::Result<IssuedCreds> {
+        let path = format!("{DB_MOUNT}/creds/{DB_ROLE}");
+        let mut guard = self.agent_token.lock().await;
+        let token = match guard.as_ref() {
+            Some(t) => t.clone(),
+            None => {
+                let t = self.approle_login().await?;
+                *guard = Some(t.clone());
+                t
+            }
+        };
+        drop(guard);
+        let (status, mut v) = self
+            .bao
+            .request_raw(Some(&token), Method::GET, &path, None)
+            .await?;
+        if status == reqwest::StatusCode::FORBIDDEN {
+            let t = self.approle_login().await?;
+            *self.agent_token.lock().await = Some(t.clone());
+            v = self.bao.request(Some(&t), Method::GET, &path, None).await?;
+        } else if !status.is_success() {
+            anyhow::bail!(
+                "Vault GET /v1/{path}: HTTP {status}: {}",
+                v.get("errors").unwrap_or(&v)
+            );
+        }
+        Ok(IssuedCreds {
+            username: str_at(&v, &["data", "username"])?,
+            password: str_at(&v, &["data", "password"])?,
+            lease_id: str_at(&v, &["lease_id"])?,
+            lease_duration: v["lease_duration"]
+                .as_u64()
+                .context("lease_duration missing")?,
+            renewable: v["renewable"].as_bool().unwrap_or(false),
+        })
+    }
+
+    /// A new secret_id of the `riskfeat-agent` AppRole (root token).
+    pub async fn new_secret_id(&self) -> anyhow::Result<String> {
+        let v = self
+            .bao
+            .api(
+                Method::POST,
+                &format!("auth/{APPROLE_MOUNT}/role/{APPROLE_ROLE}/secret-id"),
+                None,
+            )
+            .await?;
+        str_at(&v, &["data", "secret_id"])
+    }
+
+    /// Every process the stack runs (postgres postmasters, bao, proxy
+    /// excluded): for teardown checks.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.bao.pid()];
+        pids.extend(self.pg.primary.pid());
+        if let Some(r) = &self.pg.replica {
+            pids.extend(r.pid());
+        }
+        pids
+    }
+
+    /// Every temp dir the stack made: for teardown checks.
+    pub fn temp_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![
+            self.pg.primary.dir().to_path_buf(),
+            self.bao.home().to_path_buf(),
+            self.bao
+                .log_path()
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+            self.approle.dir().to_path_buf(),
+            self.shared_dir.path().to_path_buf(),
+        ];
+        if let Some(r) = &self.pg.replica {
+            dirs.push(r.dir().to_path_buf());
+        }
+        dirs
+    }
+}
+
+fn str_at(v: &Value, path: &[&str]) -> anyhow::Result<String> {
+    let mut cur = v;
+    for key in path {
+        cur = &cur[*key];
+    }
+    cur.as_str()
+        .map(str::to_string)
+        .with_context(|| format!("Vault response has no {}", path.join(".")))
+}
+
+fn secs(d: Duration) -> u64 {
+    d.as_secs().max(1)
+}
+
+/// The production set-up of `k8s/bootstrap/vault/bootstrap.sh`, through the
+/// HTTP API.
+async fn bootstrap_vault(
+    bao: &Bao,
+    pg: &PgCluster,
+    opts: &StackOptions,
+) -> anyhow::Result<AppRole> {
+    bao.api(
+        Method::POST,
+        &format!("sys/auth/{APPROLE_MOUNT}"),
+        Some(json!({"type": "approle"})),
+    )
+    .await?;
+    bao.api(
+        Method::PUT,
+        &format!("sys/policies/acl/{}", bootstrap::AGENT_POLICY),
+        Some(json!({"policy": bootstrap::AGENT_POLICY_HCL})),
+    )
+    .await?;
+    let mut role = json!({
+        "token_policies": [bootstrap::AGENT_POLICY],
+        "token_ttl": secs(opts.token_ttl),
+    });
+    if let Some(max) = opts.token_max_ttl {
+        role["token_max_ttl"] = json!(secs(max));
+    }
+    if let Some(period) = opts.token_period {
+        role["token_period"] = json!(secs(period));
+    }
+    bao.api(
+        Method::POST,
+        &format!("auth/{APPROLE_MOUNT}/role/{APPROLE_ROLE}"),
+        Some(role),
+    )
+    .await?;
+    let role_id = str_at(
+        &bao.api(
+            Method::GET,
+            &format!("auth/{APPROLE_MOUNT}/role/{APPROLE_ROLE}/role-id"),
+            None,
+        )
+        .await?,
+        &["data", "role_id"],
+    )?;
+    let secret_id = str_at(
+        &bao.api(
+            Method::POST,
+            &format!("auth/{APPROLE_MOUNT}/role/{APPROLE_ROLE}/secret-id"),
+            None,
+        )
+        .await?,
+        &["data", "secret_id"],
+    )?;
+
+    bao.api(
+        Method::POST,
+        &format!("sys/mounts/{DB_MOUNT}"),
+        Some(json!({"type": "database"})),
+    )
+    .await?;
+    let p = &pg.primary;
+    bao.api(
+        Method::POST,
+        &format!("{DB_MOUNT}/config/{DB_CONNECTION}"),
+        Some(json!({
+            "plugin_name": "postgresql-database-plugin",
+            "connection_url": format!(
+                "postgresql://{{{{username}}}}:{{{{password}}}}@{}:{}/{}?sslmode=disable",
+                p.host, p.port, p.dbname
+            ),
+            "username": "vault_admin",
+            "password": pg.vault_admin_password,
+            "allowed_roles": [DB_ROLE],
+            "verify_connection": true,
+        })),
+    )
+    .await
+    .context("configuring the database secrets engine")?;
+    bao.api(
+        Method::POST,
+        &format!("{DB_MOUNT}/roles/{DB_ROLE}"),
+        Some(json!({
+            "db_name": DB_CONNECTION,
+            "creation_statements": [bootstrap::CREATION_SQL],
+            "revocation_statements": [bootstrap::REVOCATION_SQL],
+            "default_ttl": secs(opts.default_ttl),
+            "max_ttl": secs(opts.max_ttl),
+        })),
+    )
+    .await?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("riskfeat-approle-")
+        .tempdir()?;
+    let role_id_file = dir.path().join("role_id");
+    let secret_id_file = dir.path().join("secret_id");
+    for (path, value) in [(&role_id_file, &role_id), (&secret_id_file, &secret_id)] {
+        std::fs::write(path, value).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(AppRole {
+        role_name: APPROLE_ROLE.to_string(),
+        role_id,
+        secret_id,
+        role_id_file,
+        secret_id_file,
+        approle_mount: APPROLE_MOUNT.to_string(),
+        db_mount: DB_MOUNT.to_string(),
+        db_role: DB_ROLE.to_string(),
+        dir,
+    })
+}
+
+/// A fresh shared dir: under `/dev/shm` (tmpfs) when it exists, mode 0750.
+fn shared_dir() -> anyhow::Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("riskfeat-shared-");
+    let dir = if Path::new("/dev/shm").is_dir() {
+        builder.tempdir_in("/dev/shm")
+    } else {
+        builder.tempdir()
+    }
+    .context("creating the shared dir")?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750))?;
+    Ok(dir)
+}
