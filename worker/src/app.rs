@@ -122,14 +122,11 @@ impl App {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<(Vec<tokio_postgres::Row>, u64), QueryFailure> {
         let pools = self.pools.load_full().ok_or(QueryFailure::NoCredential)?;
-        self.metrics
-            .reads
-            .with_label_values(&[if ctx.use_primary {
-                "primary"
-            } else {
-                "replica"
-            }])
-            .inc();
+        if ctx.use_primary {
+            self.metrics.reads_primary.inc();
+        } else {
+            self.metrics.reads_replica.inc();
+        }
         match pools.query(ctx.use_primary, sql, params, false).await {
             Ok(rows) => Ok((rows, pools.generation)),
             Err(e) if e.is_connection() => {

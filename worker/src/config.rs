@@ -78,7 +78,7 @@ fn default_namespace() -> String {
     "features".into()
 }
 fn default_pool_size() -> usize {
-    16
+    8
 }
 fn default_pool_wait_timeout_ms() -> u64 {
     2000
@@ -309,7 +309,7 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:8080");
         assert_eq!(c.namespace, "features");
         assert_eq!(c.lag_policy, LagPolicy::MarkStale);
-        assert_eq!(c.pool_size, 16);
+        assert_eq!(c.pool_size, 8);
         assert_eq!(c.max_batch, 1000);
     }
 

@@ -25,7 +25,8 @@ pub struct Metrics {
     pub replica_lag: Gauge,
     pub replica_stale: IntGauge,
     pub db_retries: IntCounter,
-    pub reads: IntCounterVec,
+    pub reads_replica: IntCounter,
+    pub reads_primary: IntCounter,
 }
 
 impl Metrics {
@@ -44,7 +45,16 @@ impl Metrics {
             0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025,
             0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ];
+        let reads = reg!(IntCounterVec::new(
+            Opts::new(
+                "riskfeat_worker_db_reads_total",
+                "Feature queries by source (replica, primary)."
+            ),
+            &["source"]
+        ));
         Metrics {
+            reads_replica: reads.with_label_values(&["replica"]),
+            reads_primary: reads.with_label_values(&["primary"]),
             request_duration: reg!(HistogramVec::new(
                 HistogramOpts::new(
                     "riskfeat_worker_http_request_duration_seconds",
@@ -117,13 +127,6 @@ impl Metrics {
             db_retries: reg!(IntCounter::new(
                 "riskfeat_worker_db_retries_total",
                 "Queries retried on a fresh connection after a connection error."
-            )),
-            reads: reg!(IntCounterVec::new(
-                Opts::new(
-                    "riskfeat_worker_db_reads_total",
-                    "Feature queries by source (replica, primary)."
-                ),
-                &["source"]
             )),
             registry,
         }

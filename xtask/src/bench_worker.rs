@@ -1,8 +1,554 @@
-//! `cargo xtask bench_worker` (not written yet).
+//! `cargo xtask bench worker`: the worker over HTTP against pgbench running
+//! the worker's own SQL (the ceiling), and a rotation scenario.
+//!
+//! 1. Starts the harness (PostgreSQL primary + streaming replica, OpenBao),
+//!    loads `users x per_user` transactions (default 40k x 50 = 2M) with
+//!    `riskfeat_tests::data`, waits for the replica.
+//! 2. Issues a dynamic credential through the AppRole and publishes it in
+//!    `db.json`, builds and starts the release worker.
+//! 3. For each concurrency (1 and 16): a Rust load generator (one
+//!    keep-alive HTTP/1.1 connection per client, random users) for
+//!    `--duration` seconds, then pgbench with the worker's single-user query
+//!    (`-M prepared`, same concurrency, same credential, same replica).
+//! 4. Rotation: `--rotation-duration` seconds of load at concurrency 16
+//!    while a fresh credential is published every `--rotate-every` seconds
+//!    (the old lease revoked once the worker acknowledged the new one, as
+//!    the agent does); counts non-2xx answers and transport errors.
+//!
+//! Prints a markdown section and appends it to docs/benchmarks.md.
+
+use anyhow::{bail, Context};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use riskfeat_shared::atomic::{write_json_atomic, WriteOptions};
+use riskfeat_shared::creds::DbCredential;
+use riskfeat_tests::{wait_until, ChildProc, IssuedCreds, Stack, StackOptions};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Users to load.
+    #[arg(long, default_value_t = 40_000)]
+    users: u64,
+    /// Transactions per user.
+    #[arg(long, default_value_t = 50)]
+    per_user: u64,
+    /// Seconds of load per measurement.
+    #[arg(long, default_value_t = 15)]
+    duration: u64,
+    /// Concurrencies to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    concurrency: Vec<usize>,
+    /// Seconds of the rotation scenario (0 skips it).
+    #[arg(long, default_value_t = 60)]
+    rotation_duration: u64,
+    /// Seconds between rotations.
+    #[arg(long, default_value_t = 5)]
+    rotate_every: u64,
+    /// Worker pool size.
+    #[arg(long, default_value_t = 16)]
+    pool_size: usize,
+    /// Do not append to docs/benchmarks.md.
+    #[arg(long)]
+    no_record: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+const PGBENCH_SQL: &str = "\\set uid random(1, :users)\n\
+SELECT amount::float8, (extract(epoch FROM ts) * 1000000)::int8 FROM transactions \
+WHERE user_id = :uid ORDER BY ts DESC LIMIT 50;\n";
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let root = crate::workspace_root();
+    eprintln!("bench worker: building the release worker");
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "riskfeat-worker",
+            "--bin",
+            "riskfeat-worker",
+        ])
+        .current_dir(&root)
+        .status()
+        .context("run cargo build --release")?;
+    if !status.success() {
+        bail!("cargo build --release -p riskfeat-worker failed");
+    }
+    let worker_bin = root.join("target/release/riskfeat-worker");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(bench(&args, &worker_bin))?;
+    println!("{report}");
+    if !args.no_record {
+        let path = root.join("docs/benchmarks.md");
+        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push('\n');
+        text.push_str(&report);
+        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+        eprintln!("bench worker: appended to {}", path.display());
+    }
+    Ok(())
+}
+
+fn credential(stack: &Stack, generation: u64, c: &IssuedCreds) -> DbCredential {
+    let now = chrono::Utc::now();
+    DbCredential {
+        generation,
+        username: c.username.clone(),
+        password: riskfeat_shared::Secret::new(c.password.clone()),
+        lease_id: c.lease_id.clone(),
+        lease_duration_s: c.lease_duration,
+        renewable: c.renewable,
+        issued_at: now,
+        expires_at: now + chrono::Duration::seconds(c.lease_duration as i64),
+        fallback: false,
+        primary: stack.pg.primary.endpoint(),
+        replica: stack.pg.replica().endpoint(),
+    }
+}
+
+async fn worker_generation(shared: &Path) -> Option<u64> {
+    riskfeat_shared::ack::WorkerAck::load(&shared.join("worker.json")).map(|a| a.generation)
+}
+
+async fn bench(args: &Args, worker_bin: &Path) -> anyhow::Result<String> {
+    eprintln!("bench worker: starting PostgreSQL primary + replica and OpenBao");
+    let stack = Stack::start(StackOptions::default()).await?;
+    let su = stack.pg.primary.connect_superuser().await?;
+    let t = Instant::now();
+    let n = riskfeat_tests::data::load(
+        &su,
+        riskfeat_tests::data::generate(args.users, args.per_user, 42),
+    )
+    .await?;
+    su.batch_execute("ANALYZE transactions").await?;
+    eprintln!(
+        "bench worker: loaded {n} transactions in {:.1?}",
+        t.elapsed()
+    );
+    stack.pg.wait_replica_caught_up().await?;
+    let shared = stack.shared_dir.path().to_path_buf();
+    let issued = stack.issue_creds().await?;
+    let mut generation = 1u64;
+    write_json_atomic(
+        &shared.join("db.json"),
+        &credential(&stack, generation, &issued),
+        WriteOptions::SHARED,
+    )?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let cfg_dir = tempfile::tempdir()?;
+    let cfg = cfg_dir.path().join("worker.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "shared_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\npool_size = {}\nlog_level = \"warn\"\n",
+            shared.display(),
+            args.pool_size
+        ),
+    )?;
+    let worker = ChildProc::spawn(worker_bin, &["run", "--config", cfg.to_str().unwrap()], &[])?;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let shared2 = shared.clone();
+    wait_until(
+        Duration::from_secs(60),
+        "worker acknowledged generation 1",
+        || {
+            let s = shared2.clone();
+            async move { worker_generation(&s).await == Some(1) }
+        },
+    )
+    .await
+    .with_context(|| worker.logs())?;
+
+    let replica = stack.pg.replica();
+    let mut rows = Vec::new();
+    for &c in &args.concurrency {
+        // Warm-up, then measure.
+        let _ = load(addr, c, args.users, Duration::from_secs(2)).await?;
+        let http = load(addr, c, args.users, Duration::from_secs(args.duration)).await?;
+        eprintln!("bench worker: HTTP c={c}: {:.0} req/s", http.rate);
+        let pg = pgbench(replica, &issued, c, args.users, args.duration)?;
+        eprintln!("bench worker: pgbench c={c}: {:.0} tps", pg.rate);
+        rows.push((c, http, pg));
+    }
+
+    let mut rotation = None;
+    if args.rotation_duration > 0 {
+        let c = 16;
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
+        let tasks: Vec<_> = (0..c)
+            .map(|i| {
+                tokio::spawn(client_loop(
+                    addr,
+                    args.users,
+                    i as u64,
+                    stop.clone(),
+                    counters.clone(),
+                    None,
+                ))
+            })
+            .collect();
+        let start = Instant::now();
+        let mut previous = issued.clone();
+        let mut rotations = 0;
+        while start.elapsed() < Duration::from_secs(args.rotation_duration) {
+            tokio::time::sleep(Duration::from_secs(args.rotate_every)).await;
+            let fresh = stack.issue_creds().await?;
+            generation += 1;
+            write_json_atomic(
+                &shared.join("db.json"),
+                &credential(&stack, generation, &fresh),
+                WriteOptions::SHARED,
+            )?;
+            let s = shared.clone();
+            let g = generation;
+            wait_until(
+                Duration::from_secs(30),
+                "worker acknowledged the new generation",
+                || {
+                    let s = s.clone();
+                    async move { worker_generation(&s).await == Some(g) }
+                },
+            )
+            .await
+            .with_context(|| worker.logs())?;
+            // Give the old pool time to drain, then revoke like the agent.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            stack
+                .bao
+                .api(
+                    reqwest::Method::PUT,
+                    "sys/leases/revoke",
+                    Some(serde_json::json!({"lease_id": previous.lease_id})),
+                )
+                .await?;
+            previous = fresh;
+            rotations += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await??;
+        }
+        rotation = Some((
+            rotations,
+            start.elapsed(),
+            counters.ok.load(Ordering::Relaxed),
+            counters.non_2xx.load(Ordering::Relaxed),
+            counters.transport.load(Ordering::Relaxed),
+        ));
+    }
+    drop(worker);
+    Ok(render(args, &rows, rotation))
+}
+
+#[derive(Default)]
+struct Counters {
+    ok: AtomicU64,
+    non_2xx: AtomicU64,
+    transport: AtomicU64,
+}
+
+/// Results of one measurement.
+struct Measured {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    count: u64,
+    errors: u64,
+}
+
+/// One client: a keep-alive connection, GETs of random users until `stop`;
+/// latencies (µs) pushed into `lat` when given.
+async fn client_loop(
+    addr: std::net::SocketAddr,
+    users: u64,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    mut lat: Option<&mut Vec<u32>>,
+) -> anyhow::Result<()> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut sender: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> = None;
+    while !stop.load(Ordering::Relaxed) {
+        if sender.as_ref().is_none_or(|s| s.is_closed()) {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    stream.set_nodelay(true)?;
+                    let (s, conn) =
+                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                            .await?;
+                    tokio::spawn(conn);
+                    sender = Some(s);
+                }
+                Err(_) => {
+                    counters.transport.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+        }
+        let s = sender.as_mut().expect("connected");
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let user = (x >> 33) % users + 1;
+        let req = hyper::Request::get(format!("/v1/features/{user}"))
+            .header("host", "bench")
+            .body(Empty::<Bytes>::new())?;
+        let t = Instant::now();
+        let result = async {
+            s.ready().await?;
+            let resp = s.send_request(req).await?;
+            let status = resp.status();
+            resp.into_body().collect().await?;
+            Ok::<_, hyper::Error>(status)
+        }
+        .await;
+        let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        match result {
+            Ok(st) if st.is_success() => {
+                counters.ok.fetch_add(1, Ordering::Relaxed);
+                if let Some(l) = lat.as_deref_mut() {
+                    l.push(us);
+                }
+            }
+            Ok(_) => {
+                counters.non_2xx.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                counters.transport.fetch_add(1, Ordering::Relaxed);
+                sender = None;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn load(
+    addr: std::net::SocketAddr,
+    c: usize,
+    users: u64,
+    duration: Duration,
+) -> anyhow::Result<Measured> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new(Counters::default());
+    let tasks: Vec<_> = (0..c)
+        .map(|i| {
+            let (stop, counters) = (stop.clone(), counters.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(1 << 16);
+                client_loop(addr, users, i as u64 + 7, stop, counters, Some(&mut lat)).await?;
+                Ok::<_, anyhow::Error>(lat)
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if all.is_empty() {
+            return 0.0;
+        }
+        let i = ((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1;
+        all[i] as f64 / 1000.0
+    };
+    Ok(Measured {
+        rate: all.len() as f64 / elapsed,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        count: all.len() as u64,
+        errors: counters.non_2xx.load(Ordering::Relaxed)
+            + counters.transport.load(Ordering::Relaxed),
+    })
+}
+
+fn pgbench_bin() -> String {
+    let p = "/usr/lib/postgresql/15/bin/pgbench";
+    if Path::new(p).exists() {
+        p.into()
+    } else {
+        "pgbench".into()
+    }
+}
+
+fn pgbench(
+    replica: &riskfeat_tests::PgServer,
+    creds: &IssuedCreds,
+    c: usize,
+    users: u64,
+    duration: u64,
+) -> anyhow::Result<Measured> {
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("features.sql");
+    std::fs::write(&script, PGBENCH_SQL)?;
+    let prefix = dir.path().join("pgb");
+    let out = std::process::Command::new(pgbench_bin())
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            &c.to_string(),
+            "-j",
+            &c.min(2).to_string(),
+            "-T",
+            &duration.to_string(),
+            "-D",
+            &format!("users={users}"),
+            "-f",
+            script.to_str().unwrap(),
+            "-l",
+            "--log-prefix",
+            prefix.to_str().unwrap(),
+            "-h",
+            &replica.host,
+            "-p",
+            &replica.port.to_string(),
+            "-U",
+            &creds.username,
+            &replica.dbname,
+        ])
+        .env("PGPASSWORD", &creds.password)
+        .output()
+        .context("run pgbench")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "pgbench failed: {}\n{}",
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rate = stdout
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("tps = ")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .context("no tps in pgbench output")?;
+    let mut lat: Vec<u32> = Vec::new();
+    for entry in std::fs::read_dir(dir.path())? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("pgb")
+        {
+            for line in std::fs::read_to_string(&path)?.lines() {
+                if let Some(us) = line.split_whitespace().nth(2).and_then(|v| v.parse().ok()) {
+                    lat.push(us);
+                }
+            }
+        }
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i] as f64 / 1000.0
+    };
+    Ok(Measured {
+        rate,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        count: lat.len() as u64,
+        errors: 0,
+    })
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpus} CPUs (nproc), {model}")
+}
+
+fn render(
+    args: &Args,
+    rows: &[(usize, Measured, Measured)],
+    rotation: Option<(u32, Duration, u64, u64, u64)>,
+) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "## riskfeat-worker vs pgbench ({})\n\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    ));
+    s.push_str(&format!(
+        "Machine: {}. Command: `cargo xtask bench worker` (users {}, per_user {}, {} s per \
+         measurement, pool_size {}). Data: {} transactions; worker = release build over \
+         HTTP/1.1 keep-alive (one connection per client, random users, load generator in \
+         the same machine); pgbench = the worker's single-user query, `-M prepared`, same \
+         credential, same replica, same concurrency. PostgreSQL, worker and load generator \
+         share the cores.\n\n",
+        machine(),
+        args.users,
+        args.per_user,
+        args.duration,
+        args.pool_size,
+        args.users * args.per_user
+    ));
+    s.push_str("| concurrency | worker req/s | worker p50 ms | worker p99 ms | pgbench tps | pgbench p50 ms | pgbench p99 ms | worker / pgbench | worker errors |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    for (c, h, p) in rows {
+        s.push_str(&format!(
+            "| {c} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.0}% | {} |\n",
+            h.rate,
+            h.p50_ms,
+            h.p99_ms,
+            p.rate,
+            p.p50_ms,
+            p.p99_ms,
+            if p.rate > 0.0 {
+                100.0 * h.rate / p.rate
+            } else {
+                0.0
+            },
+            h.errors
+        ));
+        let _ = (h.count, p.count);
+    }
+    if let Some((rotations, took, ok, non2xx, transport)) = rotation {
+        s.push_str(&format!(
+            "\nRotation: {:.0} s of load at concurrency 16 while a fresh credential was \
+             published every {} s ({rotations} rotations, written by the bench like the agent \
+             would, old lease revoked after the worker's ack): {ok} answers 2xx, **{non2xx} \
+             non-2xx**, {transport} transport errors.\n",
+            took.as_secs_f64(),
+            args.rotate_every
+        ));
+    }
+    s
 }
