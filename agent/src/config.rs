@@ -274,22 +274,37 @@ impl Config {
                 message: e.to_string().trim_end().replace('\n', " "),
             })?;
         fn check<T: DeserializeOwned>(name: &str, v: &toml::Value, out: &mut Vec<String>) {
-            // Re-parsing the section's own text gives errors that quote
-            // the offending line (the key), not only the type mismatch.
-            let text = match v {
-                toml::Value::Table(t) => toml::to_string(t).ok(),
-                _ => None,
+            let toml::Value::Table(table) = v else {
+                if let Err(e) = T::deserialize(v.clone()) {
+                    out.push(format!("[{name}]: {}", e.message().trim_end()));
+                }
+                return;
             };
-            let r = match &text {
-                Some(text) => toml::from_str::<T>(text)
-                    .map(|_| ())
-                    .map_err(|e| describe_toml_error(&e.to_string())),
-                None => T::deserialize(v.clone())
-                    .map(|_| ())
-                    .map_err(|e| e.message().to_string()),
-            };
-            if let Err(msg) = r {
+            // Serde stops at the first error of a table: drop the offending
+            // key and try again, so every bad key of the section is named.
+            // Re-parsing the section's own text gives errors that quote the
+            // offending line.
+            let mut table = table.clone();
+            let mut removed: Vec<String> = Vec::new();
+            for _ in 0..32 {
+                let text = toml::to_string(&table).unwrap_or_default();
+                let Err(e) = toml::from_str::<T>(&text) else {
+                    return;
+                };
+                let full = e.to_string();
+                let msg = describe_toml_error(&full);
+                if removed
+                    .iter()
+                    .any(|k| msg.contains(&format!("missing field `{k}`")))
+                {
+                    return;
+                }
                 out.push(format!("[{name}]: {msg}"));
+                let key = offending_key(&full);
+                match key.filter(|k| table.remove(k).is_some()) {
+                    Some(k) => removed.push(k),
+                    None => return,
+                }
             }
         }
         let mut problems = Vec::new();
@@ -330,12 +345,7 @@ impl Config {
             #[serde(default)]
             log_format: Option<LogFormat>,
         }
-        if let Err(e) = TopLevel::deserialize(toml::Value::Table(top)) {
-            problems.push(format!(
-                "top level: {}",
-                e.message().trim_end().replace('\n', " ")
-            ));
-        }
+        check::<TopLevel>("top level", &toml::Value::Table(top), &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 path: path.to_string(),
@@ -439,6 +449,22 @@ impl Config {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.vault.request_timeout_s)
     }
+}
+
+/// The key an error is about: an unknown field's name, else the key of the
+/// quoted source line (`key = value`).
+fn offending_key(full: &str) -> Option<String> {
+    if let Some(rest) = full.split("unknown field `").nth(1) {
+        return rest.split('`').next().map(str::to_string);
+    }
+    full.lines().find_map(|l| {
+        let (num, rest) = l.trim().split_once('|')?;
+        if num.trim().is_empty() || !num.trim().chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let key = rest.split('=').next()?.trim();
+        (!key.is_empty() && !key.starts_with('[')).then(|| key.trim_matches('"').to_string())
+    })
 }
 
 /// `at `line`: message` from toml's multi-line error with a source snippet.
