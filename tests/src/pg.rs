@@ -7,7 +7,8 @@
 //! user and the data dirs belong to it. A data dir made by `initdb` is cached
 //! once (under a file lock) in [`crate::process::cache_dir`] and copied for
 //! each server. Dropping a [`PgServer`] stops it (immediate shutdown, then
-//! SIGKILL of its process group) and removes its directory.
+//! SIGKILL of its process group) and removes its directory; if the test
+//! process dies without dropping it, the postmaster gets SIGQUIT.
 
 use crate::bootstrap;
 use crate::process::{cache_dir, free_port, lock_file, log_tail, random_token};
@@ -260,7 +261,9 @@ impl PgServer {
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0);
-        let child = cmd.spawn().context("starting postgres")?;
+        // Immediate shutdown if the test process dies without dropping us.
+        let child =
+            crate::process::spawn_tied(cmd, Signal::SIGQUIT).context("starting postgres")?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -77,6 +77,52 @@ pub(crate) fn log_tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// A spawn request for the spawner thread.
+type SpawnRequest = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawns `cmd` so that it gets `on_parent_death` when this test process
+/// ends for any reason (also SIGKILL, or Ctrl-C of `cargo test`, which
+/// skip every `Drop`): `PR_SET_PDEATHSIG`, set after the uid change. The
+/// kernel sends it when the spawning *thread* exits, so every spawn goes
+/// through one thread that lives as long as the process.
+pub(crate) fn spawn_tied(mut cmd: Command, on_parent_death: Signal) -> std::io::Result<Child> {
+    static SPAWNER: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<SpawnRequest>>> =
+        std::sync::OnceLock::new();
+    let parent = std::process::id() as i32;
+    // SAFETY: the closure only makes async-signal-safe syscalls.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(on_parent_death)?;
+            // The parent may have died before the prctl.
+            if nix::unistd::getppid().as_raw() != parent {
+                let _ = nix::sys::signal::raise(on_parent_death);
+            }
+            Ok(())
+        });
+    }
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("riskfeat-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("starting the spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, reply_tx))
+        .map_err(|_| std::io::Error::other("spawner thread gone"))?;
+    reply_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("spawner thread gone"))?
+}
+
 /// Polls `f` every 50 ms until it returns true; fails after `timeout`,
 /// naming `what` it waited for.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut f: F) -> anyhow::Result<()>
@@ -136,7 +182,8 @@ fn target_profile_dir() -> PathBuf {
 
 /// A child process for a test: its stdout and stderr go to one log file
 /// ([`ChildProc::logs`]); it runs in its own process group (a terminal's
-/// Ctrl-C does not reach it); dropping it kills (SIGKILL) and reaps it.
+/// Ctrl-C does not reach it); dropping it kills (SIGKILL) and reaps it, and
+/// it gets SIGKILL if the test process dies without dropping it.
 pub struct ChildProc {
     child: Child,
     exited: Option<ExitStatus>,
@@ -171,9 +218,7 @@ impl ChildProc {
             .stdout(out)
             .stderr(err)
             .process_group(0);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", cmd.get_program().to_string_lossy()))?;
+        let child = spawn_tied(cmd, Signal::SIGKILL).with_context(|| format!("starting {name}"))?;
         Ok(ChildProc {
             child,
             exited: None,

@@ -252,6 +252,92 @@ fn teardown_leaves_no_process_or_temp_dir_after_drop_and_after_panic() {
     );
 }
 
+/// Not a test on its own: the child process of
+/// `processes_end_when_the_test_process_is_killed`. Starts a stack, writes
+/// its pids to `$RISKFEAT_HELPER_OUT`, and waits to be killed.
+#[test]
+#[ignore = "helper, run by processes_end_when_the_test_process_is_killed"]
+fn helper_hold_a_stack_until_killed() {
+    let Some(out) = std::env::var_os("RISKFEAT_HELPER_OUT") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let stack = Stack::start(StackOptions::default()).await.unwrap();
+        let pids: Vec<String> = stack.pids().iter().map(u32::to_string).collect();
+        let dirs: Vec<String> = stack
+            .temp_dirs()
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        let tmp = PathBuf::from(&out).with_extension("tmp");
+        std::fs::write(&tmp, format!("{}\n{}\n", pids.join(" "), dirs.join(" "))).unwrap();
+        std::fs::rename(&tmp, &out).unwrap();
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        drop(stack);
+    });
+}
+
+/// SIGKILL (or Ctrl-C) of a test process runs no `Drop`: the servers are
+/// tied to the process (`PR_SET_PDEATHSIG`) and end anyway. Temp dirs are
+/// the one thing left then; this test removes them itself.
+#[test]
+fn processes_end_when_the_test_process_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("helper.out");
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "helper_hold_a_stack_until_killed",
+            "--nocapture",
+        ])
+        .env("RISKFEAT_HELPER_OUT", &out)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !out.exists() {
+        assert!(helper.try_wait().unwrap().is_none(), "helper exited early");
+        assert!(
+            Instant::now() < deadline,
+            "helper did not start a stack in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut lines = text.lines();
+    let roots: Vec<u32> = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let dirs: Vec<PathBuf> = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .map(PathBuf::from)
+        .collect();
+    let procs = process_tree(&roots);
+    assert!(procs.len() >= 4, "{procs:?}");
+
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !still_alive(&procs).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        still_alive(&procs),
+        vec![],
+        "processes outlived the killed test process"
+    );
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
 async fn echo_server() -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
