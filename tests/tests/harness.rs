@@ -803,3 +803,38 @@ async fn generated_data_is_deterministic_and_loads_with_copy() {
         assert_eq!(row.get::<_, String>(4), t.category);
     }
 }
+
+#[test]
+fn child_proc_captures_output_signals_waits_and_kills_on_drop() {
+    let sh = std::path::Path::new("/bin/sh");
+    let script = "echo to-stdout; echo to-stderr >&2; echo \"env=$RISKFEAT_X\"; \
+                  trap 'echo got-term; exit 3' TERM; while :; do sleep 0.05; done";
+    let mut child =
+        riskfeat_tests::ChildProc::spawn(sh, &["-c", script], &[("RISKFEAT_X", "42")]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !child.logs().contains("env=42") {
+        assert!(Instant::now() < deadline, "{}", child.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        child.wait_exit(Duration::from_millis(100)),
+        None,
+        "still running"
+    );
+    child.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = child
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits on SIGTERM");
+    assert_eq!(status.code(), Some(3));
+    let logs = child.logs();
+    for line in ["to-stdout", "to-stderr", "got-term"] {
+        assert!(logs.contains(line), "{logs}");
+    }
+
+    let sleeper = riskfeat_tests::ChildProc::spawn(sh, &["-c", "exec sleep 100"], &[]).unwrap();
+    let procs = process_tree(&[sleeper.pid()]);
+    let log_dir = sleeper.log_path().parent().unwrap().to_path_buf();
+    assert_eq!(procs.len(), 1);
+    drop(sleeper);
+    assert_eq!(leftovers(&procs, &[log_dir]), (vec![], vec![]));
+}
