@@ -318,6 +318,31 @@ async fn credential_swaps_under_load_fail_no_request() {
         previous = (cred, issued);
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
+    // Connections killed under requests (SQLSTATE 57P01): retried once on a
+    // fresh connection, no request fails. Kill until one was caught mid-query.
+    let su = stack.pg.replica().connect_superuser().await.unwrap();
+    let client = reqwest::Client::new();
+    let mut retries = 0.0;
+    for _ in 0..30 {
+        su.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = 'riskfeat-worker' AND backend_type = 'client backend'",
+            &[],
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        retries = metrics(&client, &w)
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix("riskfeat_worker_db_retries_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if retries >= 1.0 {
+            break;
+        }
+    }
+    assert!(retries >= 1.0, "a killed connection was retried");
     let (ok, failures) = load.finish().await;
     assert!(ok > 50, "the load made progress ({ok} answers)");
     assert!(
@@ -328,7 +353,6 @@ async fn credential_swaps_under_load_fail_no_request() {
         &failures[..failures.len().min(10)],
         w.proc.logs()
     );
-    let client = reqwest::Client::new();
     let m = metrics(&client, &w).await;
     assert!(m.contains("riskfeat_worker_credential_generation 4"), "{m}");
     assert!(

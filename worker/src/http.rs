@@ -235,7 +235,7 @@ async fn batch(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, Api
     let mut results = Vec::with_capacity(req.user_ids.len());
     for id in &req.user_ids {
         let rows = by_user.entry(*id).or_default();
-        rows.sort_unstable_by(|a, b| b.ts_us.cmp(&a.ts_us));
+        rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.ts_us));
         results.push(UserFeatures {
             user_id: *id,
             features: compute(rows, &params, now),

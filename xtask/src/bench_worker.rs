@@ -49,7 +49,7 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     rotate_every: u64,
     /// Worker pool size.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 8)]
     pool_size: usize,
     /// Do not append to docs/benchmarks.md.
     #[arg(long)]
