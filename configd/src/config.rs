@@ -1,0 +1,405 @@
+//! The configd config file (TOML, `deny_unknown_fields`) and the tokens file.
+//!
+//! Every problem is collected and reported at once. The database DSN and the
+//! tokens are secrets: they are read from files and kept in
+//! [`riskfeat_shared::Secret`].
+
+use riskfeat_shared::Secret;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file(s) could not be read (exit 66).
+    #[error("{0}")]
+    Input(String),
+    /// Invalid content, every problem listed (exit 64).
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// The raw file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// HTTP listen address (API, `/healthz`, `/readyz`, `/metrics`).
+    #[serde(default = "d_listen")]
+    pub listen: String,
+    /// File holding the PostgreSQL DSN (libpq `key=value` or URL).
+    pub database_url_file: PathBuf,
+    /// Tokens file (TOML or JSON): `[[tokens]] name, token, role, namespaces`.
+    pub tokens_file: PathBuf,
+    /// Largest JSON value of one item, bytes.
+    #[serde(default = "d_max_value_bytes")]
+    pub max_value_bytes: usize,
+    /// Largest request body, bytes.
+    #[serde(default = "d_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Versions of change log kept per namespace (older are compacted).
+    #[serde(default = "d_retention")]
+    pub retention_versions: u64,
+    /// Seconds between compaction runs.
+    #[serde(default = "d_compact_interval")]
+    pub compact_interval_s: u64,
+    /// Watchers woken per wake tick.
+    #[serde(default = "d_wake_batch")]
+    pub wake_batch: usize,
+    /// Milliseconds between wake ticks.
+    #[serde(default = "d_wake_interval")]
+    pub wake_interval_ms: u64,
+    /// Seconds between fallback scans of the namespaces table.
+    #[serde(default = "d_scan_interval")]
+    pub scan_interval_s: u64,
+    /// Largest long-poll timeout a client may ask for, seconds.
+    #[serde(default = "d_max_poll")]
+    pub max_poll_timeout_s: u64,
+    /// Database pool size.
+    #[serde(default = "d_pool")]
+    pub pool_size: usize,
+    /// Load every namespace into the cache at start (under an advisory lock).
+    #[serde(default = "d_true")]
+    pub warm_up: bool,
+}
+
+fn d_listen() -> String {
+    "127.0.0.1:8070".into()
+}
+fn d_max_value_bytes() -> usize {
+    64 * 1024
+}
+fn d_max_body_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn d_retention() -> u64 {
+    1000
+}
+fn d_compact_interval() -> u64 {
+    60
+}
+fn d_wake_batch() -> usize {
+    500
+}
+fn d_wake_interval() -> u64 {
+    5
+}
+fn d_scan_interval() -> u64 {
+    5
+}
+fn d_max_poll() -> u64 {
+    120
+}
+fn d_pool() -> usize {
+    8
+}
+fn d_true() -> bool {
+    true
+}
+
+/// A bearer token's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Read,
+}
+
+/// One token from the tokens file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    pub name: String,
+    pub token: Secret,
+    pub role: Role,
+    pub namespaces: Vec<String>,
+}
+
+impl TokenEntry {
+    /// True when this token may touch `ns`.
+    pub fn allows(&self, ns: &str) -> bool {
+        self.namespaces.iter().any(|n| n == "*" || n == ns)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    tokens: Vec<TokenEntry>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: Secret,
+    pub tokens: Vec<TokenEntry>,
+    pub max_value_bytes: usize,
+    pub max_body_bytes: usize,
+    pub retention_versions: u64,
+    pub compact_interval: Duration,
+    pub wake_batch: usize,
+    pub wake_interval: Duration,
+    pub scan_interval: Duration,
+    pub max_poll_timeout: Duration,
+    pub pool_size: usize,
+    pub warm_up: bool,
+}
+
+fn read_secret_file(path: &Path, what: &str) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Input(format!("{what} {}: cannot read: {e}", path.display())))?;
+    let text = text.trim().to_string();
+    if text.is_empty() {
+        return Err(ConfigError::Input(format!(
+            "{what} {}: empty",
+            path.display()
+        )));
+    }
+    Ok(text)
+}
+
+/// Parses a tokens file (TOML, or JSON when it starts with `{`).
+pub fn parse_tokens(text: &str, path: &Path) -> Result<Vec<TokenEntry>, Vec<String>> {
+    let parsed: Result<TokensFile, String> = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    } else {
+        toml::from_str(text).map_err(|e| e.to_string())
+    };
+    let file = parsed.map_err(|e| vec![format!("tokens_file {}: {e}", path.display())])?;
+    let mut problems = Vec::new();
+    for (i, t) in file.tokens.iter().enumerate() {
+        if t.token.expose().len() < 8 {
+            problems.push(format!(
+                "tokens[{i}] ({}): token shorter than 8 characters",
+                t.name
+            ));
+        }
+        if t.namespaces.is_empty() {
+            problems.push(format!("tokens[{i}] ({}): namespaces is empty", t.name));
+        }
+        for ns in &t.namespaces {
+            if ns != "*" && !riskfeat_shared::layout::valid_namespace(ns) {
+                problems.push(format!(
+                    "tokens[{i}] ({}): invalid namespace {ns:?}",
+                    t.name
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(file.tokens)
+    } else {
+        Err(problems)
+    }
+}
+
+impl Config {
+    /// Parses and validates the TOML text; `base` resolves relative paths.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: FileConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Invalid(vec![e.to_string()]))?;
+        let mut problems = Vec::new();
+        let listen = raw.listen.parse::<SocketAddr>().map_err(|_| {
+            problems.push(format!("listen: {:?} is not an address:port", raw.listen));
+        });
+        let check = |ok: bool, msg: &str, problems: &mut Vec<String>| {
+            if !ok {
+                problems.push(msg.to_string());
+            }
+        };
+        check(
+            raw.max_value_bytes >= 16,
+            "max_value_bytes: must be at least 16",
+            &mut problems,
+        );
+        check(
+            raw.max_body_bytes >= raw.max_value_bytes,
+            "max_body_bytes: must be at least max_value_bytes",
+            &mut problems,
+        );
+        check(
+            raw.retention_versions >= 1,
+            "retention_versions: must be at least 1",
+            &mut problems,
+        );
+        check(
+            raw.wake_batch >= 1,
+            "wake_batch: must be at least 1",
+            &mut problems,
+        );
+        check(
+            raw.scan_interval_s >= 1,
+            "scan_interval_s: must be at least 1",
+            &mut problems,
+        );
+        check(
+            raw.compact_interval_s >= 1,
+            "compact_interval_s: must be at least 1",
+            &mut problems,
+        );
+        check(
+            (1..=3600).contains(&raw.max_poll_timeout_s),
+            "max_poll_timeout_s: must be 1..=3600",
+            &mut problems,
+        );
+        check(
+            (1..=256).contains(&raw.pool_size),
+            "pool_size: must be 1..=256",
+            &mut problems,
+        );
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let db_path = resolve(&raw.database_url_file);
+        let tok_path = resolve(&raw.tokens_file);
+        let database_url = match read_secret_file(&db_path, "database_url_file") {
+            Ok(s) => {
+                if let Err(e) = s.parse::<tokio_postgres::Config>() {
+                    problems.push(format!(
+                        "database_url_file {}: not a valid DSN: {e}",
+                        db_path.display()
+                    ));
+                }
+                Some(Secret::new(s))
+            }
+            Err(ConfigError::Input(m)) => {
+                if problems.is_empty() {
+                    return Err(ConfigError::Input(m));
+                }
+                problems.push(m);
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let tokens = match read_secret_file(&tok_path, "tokens_file") {
+            Ok(text) => match parse_tokens(&text, &tok_path) {
+                Ok(t) => t,
+                Err(p) => {
+                    problems.extend(p);
+                    Vec::new()
+                }
+            },
+            Err(ConfigError::Input(m)) => {
+                if problems.is_empty() {
+                    return Err(ConfigError::Input(m));
+                }
+                problems.push(m);
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        Ok(Config {
+            listen: listen.expect("checked"),
+            database_url: database_url.expect("checked"),
+            tokens,
+            max_value_bytes: raw.max_value_bytes,
+            max_body_bytes: raw.max_body_bytes,
+            retention_versions: raw.retention_versions,
+            compact_interval: Duration::from_secs(raw.compact_interval_s),
+            wake_batch: raw.wake_batch,
+            wake_interval: Duration::from_millis(raw.wake_interval_ms),
+            scan_interval: Duration::from_secs(raw.scan_interval_s),
+            max_poll_timeout: Duration::from_secs(raw.max_poll_timeout_s),
+            pool_size: raw.pool_size,
+            warm_up: raw.warm_up,
+        })
+    }
+
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::Input(format!("config {}: cannot read: {e}", path.display()))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|e| match e {
+            ConfigError::Invalid(p) => ConfigError::Invalid(
+                p.into_iter()
+                    .map(|m| format!("{}: {m}", path.display()))
+                    .collect(),
+            ),
+            other => other,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(tokens: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("db"),
+            "host=127.0.0.1 port=5432 user=x dbname=y\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("tokens.toml"), tokens).unwrap();
+        dir
+    }
+
+    const TOKENS: &str =
+        "[[tokens]]\nname='a'\ntoken='0123456789'\nrole='admin'\nnamespaces=['*']\n";
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let dir = setup(TOKENS);
+        let cfg = Config::parse(
+            "database_url_file='db'\ntokens_file='tokens.toml'\n",
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 8070);
+        assert_eq!(cfg.tokens.len(), 1);
+        assert!(cfg.tokens[0].allows("anything"));
+    }
+
+    #[test]
+    fn every_problem_at_once() {
+        let dir = setup("[[tokens]]\nname='a'\ntoken='short'\nrole='read'\nnamespaces=[]\n");
+        let err = Config::parse(
+            "listen='nope'\ndatabase_url_file='db'\ntokens_file='tokens.toml'\nwake_batch=0\n",
+            dir.path(),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "listen",
+            "wake_batch",
+            "shorter than 8",
+            "namespaces is empty",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_rejected() {
+        let dir = setup(TOKENS);
+        let err = Config::parse(
+            "database_url_file='db'\ntokens_file='tokens.toml'\nbogus=1\n",
+            dir.path(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn json_tokens_file() {
+        let t = parse_tokens(
+            r#"{"tokens":[{"name":"r","token":"abcdefghij","role":"read","namespaces":["features"]}]}"#,
+            Path::new("t.json"),
+        )
+        .unwrap();
+        assert!(t[0].allows("features") && !t[0].allows("other"));
+        assert_eq!(t[0].role, Role::Read);
+    }
+}

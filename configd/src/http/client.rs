@@ -1,0 +1,244 @@
+//! Client endpoints (read role): long-poll watch of one or several
+//! namespaces, and changes since a version (incremental or snapshot).
+
+use super::{authorize, check_ns, param_u64, parse_body, query, ApiError, AppState};
+use crate::config::Role;
+use crate::watch::Registered;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+struct Held<'a>(&'a crate::metrics::Metrics);
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.watchers.dec();
+    }
+}
+
+fn timeout_of(st: &AppState, q: Option<u64>) -> Duration {
+    let t = Duration::from_secs(q.unwrap_or(30));
+    t.min(st.cfg.max_poll_timeout)
+}
+
+/// Waits until one of `seen` changes or the timeout; `fields` name each
+/// namespace for errors. Returns the changed namespaces with their versions.
+async fn wait_any(
+    st: &AppState,
+    seen: &BTreeMap<String, u64>,
+    field_of: impl Fn(&str) -> String,
+    timeout: Duration,
+) -> Result<BTreeMap<String, u64>, ApiError> {
+    // Load (single-flight) and validate every namespace first.
+    for (ns, v) in seen {
+        let state = st.cache.get(ns).await.map_err(|e| {
+            let mut e = ApiError::store(e, ns);
+            if e.status == StatusCode::NOT_FOUND {
+                e.field = Some(field_of(ns));
+            }
+            e
+        })?;
+        if *v > state.version {
+            return Err(ApiError::bad(
+                &field_of(ns),
+                format!(
+                    "version {v} of namespace {ns:?} is from the future (current is {})",
+                    state.version
+                ),
+            ));
+        }
+    }
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let deadline = tokio::time::Instant::now() + timeout;
+    st.metrics.watchers.inc();
+    let _held = Held(&st.metrics);
+    loop {
+        let mut changed = BTreeMap::new();
+        for (ns, v) in seen {
+            match st.cache.hubs().register(ns, *v, &tx) {
+                Registered::Changed(now) => {
+                    changed.insert(ns.clone(), now);
+                }
+                Registered::Waiting => {}
+                Registered::Unknown => {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "namespace_not_found",
+                        Some(field_of(ns)),
+                        format!("namespace {ns:?} does not exist (deleted)"),
+                    ))
+                }
+            }
+        }
+        if !changed.is_empty() {
+            return Ok(changed);
+        }
+        tokio::select! {
+            _ = rx.recv() => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(BTreeMap::new()),
+        }
+    }
+}
+
+/// `GET /v1/namespaces/{ns}/watch?version=V&timeout_s=T`.
+pub async fn watch_one(
+    State(st): State<Arc<AppState>>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    check_ns(&ns, "namespace")?;
+    authorize(
+        &st.cfg,
+        &headers,
+        Role::Read,
+        &[(&ns, "namespace".to_string())],
+    )?;
+    let q = query(q, &["version", "timeout_s"])?;
+    let version = param_u64(&q, "version", Some(0))?;
+    let timeout = timeout_of(
+        &st,
+        q.get("timeout_s")
+            .map(|_| param_u64(&q, "timeout_s", None))
+            .transpose()?,
+    );
+    let seen = BTreeMap::from([(ns.clone(), version)]);
+    let changed = wait_any(&st, &seen, |_| "version".to_string(), timeout).await?;
+    Ok(match changed.get(&ns) {
+        Some(v) => Json(json!({"namespace": ns, "version": v})).into_response(),
+        None => StatusCode::NOT_MODIFIED.into_response(),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchBody {
+    namespaces: BTreeMap<String, u64>,
+    timeout_s: Option<u64>,
+}
+
+/// `POST /v1/watch` `{"namespaces":{"a":3},"timeout_s":30}`.
+pub async fn watch_many(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            "invalid_request",
+            Some("body".to_string()),
+            e.body_text(),
+        )
+    })?;
+    authorize(&st.cfg, &headers, Role::Read, &[])?;
+    let req: WatchBody = parse_body(&body)?;
+    if req.namespaces.is_empty() {
+        return Err(ApiError::bad("namespaces", "namespaces is empty"));
+    }
+    if req.namespaces.len() > 1000 {
+        return Err(ApiError::bad(
+            "namespaces",
+            "at most 1000 namespaces per watch",
+        ));
+    }
+    let mut scopes = Vec::new();
+    for ns in req.namespaces.keys() {
+        check_ns(ns, &format!("namespaces.{ns}"))?;
+        scopes.push((ns.as_str(), format!("namespaces.{ns}")));
+    }
+    authorize(&st.cfg, &headers, Role::Read, &scopes)?;
+    let timeout = timeout_of(&st, req.timeout_s);
+    let changed = wait_any(
+        &st,
+        &req.namespaces,
+        |ns| format!("namespaces.{ns}"),
+        timeout,
+    )
+    .await?;
+    Ok(if changed.is_empty() {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        Json(json!({"changed": changed})).into_response()
+    })
+}
+
+/// `GET /v1/namespaces/{ns}/changes?from=V`.
+pub async fn changes(
+    State(st): State<Arc<AppState>>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    check_ns(&ns, "namespace")?;
+    authorize(
+        &st.cfg,
+        &headers,
+        Role::Read,
+        &[(&ns, "namespace".to_string())],
+    )?;
+    let q = query(q, &["from"])?;
+    let from = param_u64(&q, "from", None)?;
+    let state = st
+        .cache
+        .get(&ns)
+        .await
+        .map_err(|e| ApiError::store(e, &ns))?;
+    if from > state.version {
+        return Err(ApiError::bad(
+            "from",
+            format!(
+                "version {from} is from the future (namespace {ns:?} is at {})",
+                state.version
+            ),
+        ));
+    }
+    let json_ct = (header::CONTENT_TYPE, "application/json");
+    if state.incremental_from(from) {
+        let body = state.changes_body(from);
+        st.metrics
+            .response_bytes
+            .with_label_values(&["ops"])
+            .inc_by(body.len() as u64);
+        return Ok(([json_ct], body).into_response());
+    }
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim().starts_with("gzip")));
+    let bytes = state.snapshot(gzip, &st.metrics).await;
+    let len = bytes.len() as u64;
+    if gzip {
+        st.metrics
+            .response_bytes
+            .with_label_values(&["snapshot_gzip"])
+            .inc_by(len);
+        Ok((
+            [
+                json_ct,
+                (header::CONTENT_ENCODING, "gzip"),
+                (header::VARY, "accept-encoding"),
+            ],
+            Body::from(bytes),
+        )
+            .into_response())
+    } else {
+        st.metrics
+            .response_bytes
+            .with_label_values(&["snapshot"])
+            .inc_by(len);
+        Ok((
+            [json_ct, (header::VARY, "accept-encoding")],
+            Body::from(bytes),
+        )
+            .into_response())
+    }
+}
