@@ -961,3 +961,52 @@ fn grafana_dashboard_parses_and_uses_real_metrics() {
     assert!(names.len() >= 8, "dashboard uses only {names:?}");
     assert_metrics_exist(DASHBOARD, &names);
 }
+
+/// The config files the manifests ship are accepted by the binaries
+/// themselves (`check-config`: unknown keys, types and values), so the
+/// manifests stay in step with agent/src/config.rs and worker/src/config.rs.
+#[test]
+fn shipped_configs_pass_the_binaries_check_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let configd_checks = std::fs::read_dir(repo_root().join("configd/src"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|s| s.contains("CheckConfig")));
+    for overlay in OVERLAYS {
+        let docs = rendered(overlay);
+        let worker_pod = &object(docs, "Deployment", "riskfeat-worker")["spec"]["template"]["spec"];
+        let configd_pod =
+            &object(docs, "Deployment", "riskfeat-configd")["spec"]["template"]["spec"];
+        let mut checks = vec![
+            ("riskfeat-agent", worker_pod, "agent-config", "agent.toml"),
+            (
+                "riskfeat-worker",
+                worker_pod,
+                "worker-config",
+                "worker.toml",
+            ),
+        ];
+        if configd_checks {
+            checks.push(("riskfeat-configd", configd_pod, "config", "configd.toml"));
+        } else {
+            eprintln!("NOT CHECKED: riskfeat-configd has no check-config command yet");
+        }
+        for (bin, pod, vol, file) in checks {
+            let cm_name = volume(pod, vol)["configMap"]["name"].as_str().unwrap();
+            let text = object(docs, "ConfigMap", cm_name)["data"][file]
+                .as_str()
+                .unwrap();
+            let path = tmp.path().join(format!("{overlay}-{file}"));
+            std::fs::write(&path, text).unwrap();
+            let exe = riskfeat_tests::binary(bin);
+            let (ok, out) = run(Command::new(&exe)
+                .arg("--config")
+                .arg(&path)
+                .arg("check-config")
+                .env_remove("RISKFEAT_SHARED_DIR")
+                .env_remove("RISKFEAT_LOG"));
+            assert!(ok, "{overlay}: {bin} rejects the shipped {file}:\n{out}");
+        }
+    }
+}
