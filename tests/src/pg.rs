@@ -8,7 +8,8 @@
 //! once (under a file lock) in [`crate::process::cache_dir`] and copied for
 //! each server. Dropping a [`PgServer`] stops it (immediate shutdown, then
 //! SIGKILL of its process group) and removes its directory; if the test
-//! process dies without dropping it, the postmaster gets SIGQUIT.
+//! process dies without dropping it, the postmaster gets SIGQUIT, and the
+//! next test process removes the directory.
 
 use crate::bootstrap;
 use crate::process::{cache_dir, free_port, lock_file, log_tail, random_token};
@@ -107,15 +108,62 @@ fn give_to_server(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A temp dir the server user owns, mode 0700.
+/// Marks a server temp dir with the test process that owns it.
+const OWNER_FILE: &str = "riskfeat-owner";
+
+/// A temp dir the server user owns, mode 0700, marked with our pid (see
+/// [`sweep_stale_dirs`]).
 fn server_temp_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(sweep_stale_dirs);
     let dir = tempfile::Builder::new()
         .prefix(prefix)
         .tempdir()
         .context("creating a temp dir")?;
+    fs::write(
+        dir.path().join(OWNER_FILE),
+        process_identity(std::process::id()).unwrap_or_default(),
+    )?;
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))?;
     give_to_server(dir.path())?;
     Ok(dir)
+}
+
+/// `"<pid> <start time>"` of a live process, from `/proc/<pid>/stat`.
+fn process_identity(pid: u32) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let start = stat[stat.rfind(')')? + 2..].split_whitespace().nth(19)?;
+    Some(format!("{pid} {start}"))
+}
+
+/// Removes server dirs of test processes that died without dropping them
+/// (SIGKILL, Ctrl-C: their servers got SIGQUIT, their dirs stayed). A dir
+/// goes only when its owner process is gone and no postmaster runs in it.
+/// Runs once per process, before the first server dir is made.
+fn sweep_stale_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with("riskfeat-pg-") {
+            continue;
+        }
+        let Ok(owner) = fs::read_to_string(path.join(OWNER_FILE)) else {
+            continue;
+        };
+        let owner_pid = owner.split(' ').next().and_then(|p| p.parse::<u32>().ok());
+        let owner_alive =
+            owner_pid.is_some_and(|pid| process_identity(pid).as_deref() == Some(owner.trim()));
+        let postmaster_alive = fs::read_to_string(path.join("data").join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
+            .is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok());
+        if !owner_alive && !postmaster_alive {
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
 }
 
 /// The cached initdb'ed data dir and its superuser password; made once.

@@ -279,8 +279,9 @@ fn helper_hold_a_stack_until_killed() {
 }
 
 /// SIGKILL (or Ctrl-C) of a test process runs no `Drop`: the servers are
-/// tied to the process (`PR_SET_PDEATHSIG`) and end anyway. Temp dirs are
-/// the one thing left then; this test removes them itself.
+/// tied to the process (`PR_SET_PDEATHSIG`) and end anyway. The servers'
+/// temp dirs are removed by the next process that uses the harness; the
+/// small ones (bao home, AppRole files, shared dir) are removed here.
 #[test]
 fn processes_end_when_the_test_process_is_killed() {
     let dir = tempfile::tempdir().unwrap();
@@ -333,6 +334,29 @@ fn processes_end_when_the_test_process_is_killed() {
         vec![],
         "processes outlived the killed test process"
     );
+    // The next harness user removes the dead process's server dirs.
+    let pg_dirs: Vec<&PathBuf> = dirs
+        .iter()
+        .filter(|d| {
+            d.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("riskfeat-pg-")
+        })
+        .collect();
+    assert_eq!(pg_dirs.len(), 2, "{dirs:?}");
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "generated_data_is_deterministic_and_loads_with_copy",
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for d in &pg_dirs {
+        assert!(!d.exists(), "{} was not swept", d.display());
+    }
     for d in dirs {
         let _ = std::fs::remove_dir_all(d);
     }
