@@ -159,6 +159,25 @@ fn parse_user_id(raw: &str) -> Result<i64, ApiError> {
     }
 }
 
+/// Rows from the (amounts, timestamps) arrays of `SQL_ONE`.
+fn decode_arrays(r: &tokio_postgres::Row) -> Vec<Row> {
+    decode_arrays_at(r, 0)
+}
+
+/// Rows from the arrays in columns `at` and `at + 1` (NULL = no rows).
+fn decode_arrays_at(r: &tokio_postgres::Row, at: usize) -> Vec<Row> {
+    let amounts: Option<Vec<f64>> = r.get(at);
+    let ts: Option<Vec<i64>> = r.get(at + 1);
+    match (amounts, ts) {
+        (Some(a), Some(t)) => a
+            .into_iter()
+            .zip(t)
+            .map(|(amount, ts_us)| Row { amount, ts_us })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
@@ -169,13 +188,7 @@ async fn one(State(app): State<Arc<App>>, Path(raw): Path<String>) -> Result<Res
     let ctx = app.read_context();
     let lookback = params.lookback as i64;
     let (rows, generation) = app.query(ctx, SQL_ONE, &[&user_id, &lookback]).await?;
-    let rows: Vec<Row> = rows
-        .iter()
-        .map(|r| Row {
-            amount: r.get(0),
-            ts_us: r.get(1),
-        })
-        .collect();
+    let rows = rows.first().map(decode_arrays).unwrap_or_default();
     let features = compute(&rows, &params, now_us());
     Ok(Json(OneResponse {
         user_id,
@@ -224,10 +237,7 @@ async fn batch(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, Api
         let (rows, generation) = app.query(ctx, SQL_BATCH, &[&ids, &lookback]).await?;
         let mut by_user: HashMap<i64, Vec<Row>> = HashMap::with_capacity(ids.len());
         for r in &rows {
-            by_user.entry(r.get(0)).or_default().push(Row {
-                amount: r.get(1),
-                ts_us: r.get(2),
-            });
+            by_user.insert(r.get(0), decode_arrays_at(r, 1));
         }
         (generation, by_user)
     };

@@ -23,15 +23,21 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
-/// The last `$2` transactions of user `$1`, newest first.
-pub const SQL_ONE: &str = "SELECT amount::float8, (extract(epoch FROM ts) * 1000000)::int8 \
-     FROM transactions WHERE user_id = $1 ORDER BY ts DESC LIMIT $2";
+/// The last `$2` transactions of user `$1`, newest first, as ONE row of two
+/// arrays (amounts, timestamps in µs): one protocol message instead of 50
+/// rows, which is what the worker's CPU pays for per row. NULLs for a user
+/// without transactions.
+pub const SQL_ONE: &str =
+    "SELECT array_agg(s.a ORDER BY s.t DESC), array_agg(s.t ORDER BY s.t DESC) \
+     FROM (SELECT amount::float8 AS a, (extract(epoch FROM ts) * 1000000)::int8 AS t \
+     FROM transactions WHERE user_id = $1 ORDER BY ts DESC LIMIT $2) s";
 
-/// The last `$2` transactions of each user in `$1`, in one round trip.
+/// The same for each user in `$1`, in one round trip: one row per user.
 pub const SQL_BATCH: &str =
-    "SELECT u.id, t.amount::float8, (extract(epoch FROM t.ts) * 1000000)::int8 \
-     FROM unnest($1::int8[]) AS u(id) CROSS JOIN LATERAL \
-     (SELECT amount, ts FROM transactions WHERE user_id = u.id ORDER BY ts DESC LIMIT $2) t";
+    "SELECT u.id, x.a, x.t FROM unnest($1::int8[]) AS u(id) CROSS JOIN LATERAL \
+     (SELECT array_agg(s.a ORDER BY s.t DESC) AS a, array_agg(s.t ORDER BY s.t DESC) AS t \
+     FROM (SELECT amount::float8 AS a, (extract(epoch FROM ts) * 1000000)::int8 AS t \
+     FROM transactions WHERE user_id = u.id ORDER BY ts DESC LIMIT $2) s) x";
 
 /// Replica lag in milliseconds: 0 on a primary or when everything received
 /// has been replayed, else the age of the last replayed transaction.

@@ -56,9 +56,12 @@ pub struct Args {
     no_record: bool,
 }
 
+/// The worker's `SQL_ONE` (worker/src/pool.rs) with `$1` = a random user
+/// and `$2` = the default lookback of 50.
 const PGBENCH_SQL: &str = "\\set uid random(1, :users)\n\
-SELECT amount::float8, (extract(epoch FROM ts) * 1000000)::int8 FROM transactions \
-WHERE user_id = :uid ORDER BY ts DESC LIMIT 50;\n";
+SELECT array_agg(s.a ORDER BY s.t DESC), array_agg(s.t ORDER BY s.t DESC) \
+FROM (SELECT amount::float8 AS a, (extract(epoch FROM ts) * 1000000)::int8 AS t \
+FROM transactions WHERE user_id = :uid ORDER BY ts DESC LIMIT 50) s;\n";
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let root = crate::workspace_root();
