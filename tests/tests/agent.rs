@@ -336,7 +336,7 @@ async fn token_expiry_never_takes_live_credentials_with_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_outage_keeps_the_credential_and_recovers() {
     let stack = Stack::start(StackOptions {
-        default_ttl: SECS(20),
+        default_ttl: SECS(30),
         max_ttl: SECS(300),
         vault_proxy: true,
         ..Default::default()
@@ -360,7 +360,8 @@ async fn vault_outage_keeps_the_credential_and_recovers() {
     let proxy = stack.vault_proxy.as_ref().expect("vault proxy");
 
     proxy.cut();
-    // Longer than one renewal interval (2/3 of 20 s).
+    let cut_at = tokio::time::Instant::now();
+    // Longer than one renewal interval (2/3 of 30 s, +-10%).
     wait_until(SECS(40), "outage reported", || async {
         status(&stack)
             .await
@@ -377,6 +378,8 @@ async fn vault_outage_keeps_the_credential_and_recovers() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    // Stay cut past one full renewal interval.
+    tokio::time::sleep_until(cut_at + SECS(23)).await;
     let m = metrics(&stack).await.unwrap();
     assert!(sample(&m, "riskfeat_agent_lease_renewals_total{result=\"error\"}").unwrap() >= 1.0);
     // The credential stays published and usable.
