@@ -1,17 +1,27 @@
-//! Config sync with riskfeat-configd: long-polls the configured namespaces,
-//! applies incremental changes to a local copy and publishes
-//! `config/<namespace>.json` atomically.
+//! Config sync with riskfeat-configd: long-polls the configured namespaces
+//! (`POST /v1/watch`), fetches what changed (`GET /changes?from=V`: the
+//! operations after V, or a full snapshot when V is 0 or compacted away),
+//! applies it to a local copy and publishes `config/<namespace>.json`
+//! atomically (0640) only when something changed.
 //!
-//! PLACEHOLDER written by the agent owner so that `main.rs` / `config.rs`
-//! compile against the agreed signatures. The configd owner replaces the
-//! body of this module (it may become a directory `config_sync/`); keep
-//! `Settings`, `SyncStatus` and `run` with these shapes, or tell the agent
-//! owner what changed.
+//! The last known config of every namespace is also kept in
+//! `config-cache/<namespace>.json` (0600, agent-private): on start it is
+//! published before configd is even asked, so a restart while configd is
+//! down still gives the worker its config. Errors back off exponentially
+//! with jitter; versions and errors go to `/status` and metrics.
 
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use rand::Rng;
+use riskfeat_shared::atomic::{write_json_atomic, WriteOptions};
+use riskfeat_shared::config_file::ConfigSnapshot;
 use riskfeat_shared::layout::SharedDir;
+use riskfeat_shared::Secret;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// The `[configd]` section of the agent's config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +37,12 @@ pub struct Settings {
     /// Long-poll timeout asked of configd, seconds.
     #[serde(default = "default_poll_timeout_s")]
     pub poll_timeout_s: u64,
+    /// First retry delay after an error, seconds.
+    #[serde(default = "default_backoff_initial_s")]
+    pub backoff_initial_s: f64,
+    /// Longest retry delay, seconds.
+    #[serde(default = "default_backoff_max_s")]
+    pub backoff_max_s: f64,
 }
 
 fn default_namespaces() -> Vec<String> {
@@ -37,17 +53,37 @@ fn default_poll_timeout_s() -> u64 {
     30
 }
 
+fn default_backoff_initial_s() -> f64 {
+    0.5
+}
+
+fn default_backoff_max_s() -> f64 {
+    30.0
+}
+
 impl Settings {
     /// Every problem with the settings, all at once (empty when valid).
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if self.addr.is_empty() {
-            out.push("configd.addr is empty".to_string());
+        if !(self.addr.starts_with("http://") || self.addr.starts_with("https://")) {
+            out.push(format!(
+                "configd.addr {:?} must be an http:// or https:// URL",
+                self.addr
+            ));
+        }
+        if self.namespaces.is_empty() {
+            out.push("configd.namespaces is empty".to_string());
         }
         for ns in &self.namespaces {
             if !riskfeat_shared::layout::valid_namespace(ns) {
                 out.push(format!("configd.namespaces: invalid namespace name {ns:?}"));
             }
+        }
+        if !(1..=600).contains(&self.poll_timeout_s) {
+            out.push("configd.poll_timeout_s must be 1..=600".to_string());
+        }
+        if !(self.backoff_initial_s > 0.0 && self.backoff_max_s >= self.backoff_initial_s) {
+            out.push("configd.backoff_initial_s must be > 0 and <= backoff_max_s".to_string());
         }
         out
     }
@@ -61,8 +97,17 @@ pub struct SyncStatus {
 
 #[derive(Debug, Default, Clone, Serialize)]
 struct SyncState {
-    versions: std::collections::BTreeMap<String, u64>,
+    /// Published version per namespace.
+    versions: BTreeMap<String, u64>,
+    /// Where each namespace's published config came from: `configd` or
+    /// `cache` (last known, configd not reached yet).
+    sources: BTreeMap<String, String>,
+    /// Last error per namespace (cleared on success).
+    errors: BTreeMap<String, String>,
+    /// Last error of the sync loop as a whole (cleared on success).
     last_error: Option<String>,
+    /// Whether the last request to configd succeeded.
+    connected: bool,
 }
 
 impl SyncStatus {
@@ -76,6 +121,415 @@ impl SyncStatus {
         let state = self.inner.lock().expect("sync status lock").clone();
         serde_json::to_value(state).unwrap_or(serde_json::Value::Null)
     }
+
+    fn update(&self, f: impl FnOnce(&mut SyncState)) {
+        f(&mut self.inner.lock().expect("sync status lock"));
+    }
+}
+
+struct Metrics {
+    version: IntGaugeVec,
+    updates: IntCounterVec,
+    errors: IntCounterVec,
+    bytes: IntCounterVec,
+}
+
+impl Metrics {
+    fn new(registry: &prometheus::Registry) -> Metrics {
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(
+            r: &prometheus::Registry,
+            c: T,
+        ) -> T {
+            let _ = r.register(Box::new(c.clone()));
+            c
+        }
+        Metrics {
+            version: reg(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "riskfeat_agent_config_version",
+                        "configd version published per namespace",
+                    ),
+                    &["namespace"],
+                )
+                .expect("metric"),
+            ),
+            updates: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "riskfeat_agent_config_updates_total",
+                        "config/<ns>.json publishes by kind (snapshot, incremental, cache)",
+                    ),
+                    &["namespace", "kind"],
+                )
+                .expect("metric"),
+            ),
+            errors: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "riskfeat_agent_config_sync_errors_total",
+                        "Failed configd requests by kind",
+                    ),
+                    &["kind"],
+                )
+                .expect("metric"),
+            ),
+            bytes: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "riskfeat_agent_config_downloaded_bytes_total",
+                        "Bytes downloaded from configd (on the wire) by kind",
+                    ),
+                    &["kind"],
+                )
+                .expect("metric"),
+            ),
+        }
+    }
+}
+
+/// A failed exchange with configd.
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error("token file {path}: {message}")]
+    Token { path: String, message: String },
+    #[error("configd unreachable: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("configd answered {status}: {message}")]
+    Status {
+        status: u16,
+        field: Option<String>,
+        message: String,
+    },
+    #[error("configd sent an invalid body: {0}")]
+    Body(String),
+    #[error("{0}")]
+    Write(#[from] riskfeat_shared::atomic::AtomicWriteError),
+}
+
+impl SyncError {
+    fn kind(&self) -> &'static str {
+        match self {
+            SyncError::Token { .. } => "token",
+            SyncError::Http(_) => "http",
+            SyncError::Status { .. } => "status",
+            SyncError::Body(_) => "body",
+            SyncError::Write(_) => "write",
+        }
+    }
+}
+
+/// The local copy of one namespace.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Local {
+    version: u64,
+    items: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ChangesBody {
+    to: u64,
+    snapshot: bool,
+    #[serde(default)]
+    items: Option<BTreeMap<String, serde_json::Value>>,
+    #[serde(default)]
+    ops: Option<Vec<OpBody>>,
+}
+
+#[derive(Deserialize)]
+struct OpBody {
+    op: String,
+    key: String,
+    #[serde(default)]
+    value: serde_json::Value,
+}
+
+struct Syncer {
+    settings: Settings,
+    shared: SharedDir,
+    status: Arc<SyncStatus>,
+    metrics: Metrics,
+    http: reqwest::Client,
+    locals: BTreeMap<String, Local>,
+}
+
+async fn error_of(resp: reqwest::Response) -> SyncError {
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    SyncError::Status {
+        status,
+        field: body["error"]["field"].as_str().map(str::to_string),
+        message: body["error"]["message"]
+            .as_str()
+            .unwrap_or("(no message)")
+            .to_string(),
+    }
+}
+
+impl Syncer {
+    fn token(&self) -> Result<Secret, SyncError> {
+        let path = &self.settings.token_file;
+        let err = |message: String| SyncError::Token {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let t = text.trim();
+        if t.is_empty() {
+            return Err(err("empty".into()));
+        }
+        Ok(Secret::new(t))
+    }
+
+    fn cache_path(&self, ns: &str) -> PathBuf {
+        self.shared.config_cache_dir().join(format!("{ns}.json"))
+    }
+
+    /// Publishes `local` for `ns` (config file, then private cache).
+    fn publish(&mut self, ns: &str, local: Local, kind: &str) -> Result<(), SyncError> {
+        let snap = ConfigSnapshot {
+            namespace: ns.to_string(),
+            version: local.version,
+            items: local.items.clone(),
+        };
+        let outcome = write_json_atomic(&self.shared.config_json(ns), &snap, WriteOptions::SHARED)?;
+        write_json_atomic(&self.cache_path(ns), &snap, WriteOptions::PRIVATE)?;
+        if outcome == riskfeat_shared::atomic::WriteOutcome::Written {
+            tracing::info!(
+                namespace = ns,
+                version = local.version,
+                kind,
+                "config published"
+            );
+            self.metrics.updates.with_label_values(&[ns, kind]).inc();
+        }
+        self.metrics
+            .version
+            .with_label_values(&[ns])
+            .set(local.version as i64);
+        let source = if kind == "cache" { "cache" } else { "configd" };
+        self.status.update(|s| {
+            s.versions.insert(ns.to_string(), local.version);
+            s.sources.insert(ns.to_string(), source.to_string());
+            if source == "configd" {
+                s.errors.remove(ns);
+            }
+        });
+        self.locals.insert(ns.to_string(), local);
+        Ok(())
+    }
+
+    /// Publishes the last known config of every namespace, if any.
+    fn restore_cache(&mut self) {
+        for ns in self.settings.namespaces.clone() {
+            let path = self.cache_path(&ns);
+            if !path.exists() {
+                continue;
+            }
+            match ConfigSnapshot::load(&path) {
+                Ok(s) if s.namespace == ns => {
+                    let local = Local {
+                        version: s.version,
+                        items: s.items,
+                    };
+                    if let Err(e) = self.publish(&ns, local, "cache") {
+                        tracing::warn!(namespace = %ns, error = %e, "cannot publish the cached config");
+                    }
+                }
+                Ok(_) => {
+                    tracing::warn!(path = %path.display(), "cached config is for another namespace; ignored")
+                }
+                Err(e) => tracing::warn!(error = %e, "cached config unreadable; ignored"),
+            }
+        }
+    }
+
+    /// Fetches and applies the changes of `ns` after the local version.
+    async fn fetch(&mut self, ns: &str, token: &Secret) -> Result<(), SyncError> {
+        let local = self.locals.get(ns).cloned().unwrap_or_default();
+        let mut from = local.version;
+        let resp = loop {
+            let resp = self
+                .http
+                .get(format!(
+                    "{}/v1/namespaces/{ns}/changes?from={from}",
+                    self.settings.addr.trim_end_matches('/')
+                ))
+                .bearer_auth(token.expose())
+                .header(reqwest::header::ACCEPT_ENCODING, "gzip")
+                .send()
+                .await?;
+            if resp.status() == reqwest::StatusCode::BAD_REQUEST && from > 0 {
+                // Our version is ahead of configd (its database was restored
+                // or recreated): start over from a snapshot.
+                let e = error_of(resp).await;
+                tracing::warn!(namespace = ns, from, error = %e, "local version ahead of configd; taking a snapshot");
+                from = 0;
+                continue;
+            }
+            if !resp.status().is_success() {
+                return Err(error_of(resp).await);
+            }
+            break resp;
+        };
+        let gz = resp
+            .headers()
+            .get(reqwest::header::CONTENT_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+        let raw = resp.bytes().await?;
+        let body = if gz {
+            let mut out = Vec::with_capacity(raw.len() * 4);
+            flate2::read::GzDecoder::new(&raw[..])
+                .read_to_end(&mut out)
+                .map_err(|e| SyncError::Body(format!("gzip: {e}")))?;
+            out
+        } else {
+            raw.to_vec()
+        };
+        let parsed: ChangesBody =
+            serde_json::from_slice(&body).map_err(|e| SyncError::Body(e.to_string()))?;
+        let mut next = if from == local.version {
+            local.clone()
+        } else {
+            Local::default()
+        };
+        let kind = if parsed.snapshot {
+            next.items = parsed
+                .items
+                .ok_or_else(|| SyncError::Body("snapshot without items".into()))?;
+            self.metrics
+                .bytes
+                .with_label_values(&["snapshot"])
+                .inc_by(raw.len() as u64);
+            "snapshot"
+        } else {
+            for op in parsed.ops.unwrap_or_default() {
+                match op.op.as_str() {
+                    "upsert" => {
+                        next.items.insert(op.key, op.value);
+                    }
+                    "delete" => {
+                        next.items.remove(&op.key);
+                    }
+                    other => return Err(SyncError::Body(format!("unknown op {other:?}"))),
+                }
+            }
+            self.metrics
+                .bytes
+                .with_label_values(&["incremental"])
+                .inc_by(raw.len() as u64);
+            "incremental"
+        };
+        next.version = parsed.to;
+        let first = !self
+            .status
+            .inner
+            .lock()
+            .expect("sync status lock")
+            .sources
+            .get(ns)
+            .is_some_and(|s| s == "configd");
+        if next != local || first {
+            self.publish(ns, next, kind)?;
+        }
+        Ok(())
+    }
+
+    /// One round: fetch what is missing, then one long-poll.
+    async fn round(&mut self, synced: &mut BTreeSet<String>) -> Result<(), SyncError> {
+        let token = self.token()?;
+        let mut first_error = None;
+        for ns in self.settings.namespaces.clone() {
+            if synced.contains(&ns) {
+                continue;
+            }
+            match self.fetch(&ns, &token).await {
+                Ok(()) => {
+                    synced.insert(ns.clone());
+                }
+                Err(e) => {
+                    self.note_error(Some(&ns), &e);
+                    if matches!(e, SyncError::Http(_)) {
+                        return Err(e);
+                    }
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.status.update(|s| s.connected = true);
+        if synced.is_empty() {
+            return Err(first_error.expect("some namespace failed"));
+        }
+        // Namespaces that failed (e.g. not created yet) are retried soon.
+        let timeout = if synced.len() < self.settings.namespaces.len() {
+            self.settings.poll_timeout_s.min(5)
+        } else {
+            self.settings.poll_timeout_s
+        };
+        let watch: BTreeMap<&str, u64> = synced
+            .iter()
+            .map(|ns| (ns.as_str(), self.locals.get(ns).map_or(0, |l| l.version)))
+            .collect();
+        let resp = self
+            .http
+            .post(format!(
+                "{}/v1/watch",
+                self.settings.addr.trim_end_matches('/')
+            ))
+            .bearer_auth(token.expose())
+            .timeout(Duration::from_secs(timeout + 15))
+            .json(&serde_json::json!({"namespaces": watch, "timeout_s": timeout}))
+            .send()
+            .await?;
+        match resp.status().as_u16() {
+            304 => {}
+            200 => {
+                let body: serde_json::Value = resp
+                    .json()
+                    .await
+                    .map_err(|e| SyncError::Body(e.to_string()))?;
+                if let Some(changed) = body["changed"].as_object() {
+                    for ns in changed.keys() {
+                        synced.remove(ns);
+                    }
+                }
+            }
+            _ => {
+                let e = error_of(resp).await;
+                if let SyncError::Status { field: Some(f), .. } = &e {
+                    if let Some(ns) = f.strip_prefix("namespaces.") {
+                        // That namespace is gone or out of date: refetch it.
+                        synced.remove(ns);
+                        self.note_error(Some(ns), &e);
+                        return Ok(());
+                    }
+                }
+                return Err(e);
+            }
+        }
+        if first_error.is_none() {
+            self.status.update(|s| s.last_error = None);
+        }
+        Ok(())
+    }
+
+    fn note_error(&self, ns: Option<&str>, e: &SyncError) {
+        self.metrics.errors.with_label_values(&[e.kind()]).inc();
+        let text = e.to_string();
+        self.status.update(|s| {
+            if let Some(ns) = ns {
+                s.errors.insert(ns.to_string(), text.clone());
+            }
+            if matches!(e, SyncError::Http(_)) {
+                s.connected = false;
+            }
+            s.last_error = Some(text);
+        });
+    }
 }
 
 /// Runs the sync loop until `shutdown` turns true.
@@ -86,7 +540,72 @@ pub async fn run(
     registry: prometheus::Registry,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let _ = (settings, shared, status, registry);
-    tracing::warn!("config sync is not implemented yet (placeholder)");
-    let _ = shutdown.wait_for(|stop| *stop).await;
+    for dir in [shared.config_dir(), shared.config_cache_dir()] {
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot create config directory");
+        }
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(
+            shared.config_cache_dir(),
+            std::fs::Permissions::from_mode(0o700),
+        );
+        let _ =
+            std::fs::set_permissions(shared.config_dir(), std::fs::Permissions::from_mode(0o750));
+    }
+    let http = match reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(settings.poll_timeout_s + 60))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the HTTP client; config sync disabled");
+            return;
+        }
+    };
+    let mut s = Syncer {
+        metrics: Metrics::new(&registry),
+        settings,
+        shared,
+        status,
+        http,
+        locals: BTreeMap::new(),
+    };
+    s.restore_cache();
+    let initial = Duration::from_secs_f64(s.settings.backoff_initial_s);
+    let max = Duration::from_secs_f64(s.settings.backoff_max_s);
+    let mut backoff = initial;
+    let mut synced = BTreeSet::new();
+    let mut last_logged: Option<(String, std::time::Instant)> = None;
+    loop {
+        let result = tokio::select! {
+            r = s.round(&mut synced) => r,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        match result {
+            Ok(()) => backoff = initial,
+            Err(e) => {
+                s.note_error(None, &e);
+                let text = e.to_string();
+                // Log a repeated error at most every 30 s.
+                let quiet = last_logged
+                    .as_ref()
+                    .is_some_and(|(t, at)| *t == text && at.elapsed() < Duration::from_secs(30));
+                if !quiet {
+                    tracing::warn!(error = %text, retry_in_ms = backoff.as_millis() as u64, "config sync failed");
+                    last_logged = Some((text, std::time::Instant::now()));
+                }
+                synced.clear();
+                let jitter = rand::rng().random_range(0.5..1.0);
+                let wait = backoff.mul_f64(jitter);
+                backoff = (backoff * 2).min(max);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,166 @@
+//! riskfeat-configd with the agent's config client, end to end: the real
+//! agent (real OpenBao + PostgreSQL via the harness) and the real configd.
+
+use riskfeat_shared::config_file::ConfigSnapshot;
+use riskfeat_tests::{binary, wait_until, ChildProc, Stack, StackOptions};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const ADMIN: &str = "admin-token-0123456789";
+const READER: &str = "reader-token-0123456789";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn agent_config(stack: &Stack, dir: &Path, configd_port: u16) -> PathBuf {
+    let primary = stack.pg.primary.endpoint();
+    let replica = stack.pg.replica().endpoint();
+    std::fs::write(dir.join("configd.token"), READER).unwrap();
+    let text = format!(
+        r#"
+shared_dir = "{shared}"
+metrics_addr = "127.0.0.1:0"
+log_level = "info,riskfeat_agent=debug"
+
+[vault]
+addr = "{vault}"
+role_id_file = "{role_id}"
+secret_id_file = "{secret_id}"
+
+[database]
+primary = {{ host = "{ph}", port = {pp}, dbname = "{pd}" }}
+replica = {{ host = "{rh}", port = {rp}, dbname = "{rd}" }}
+
+[configd]
+addr = "http://127.0.0.1:{configd_port}"
+token_file = "{token}"
+namespaces = ["features"]
+poll_timeout_s = 5
+backoff_initial_s = 0.2
+backoff_max_s = 1.0
+"#,
+        shared = stack.shared_dir.path().display(),
+        vault = stack.vault_addr(),
+        role_id = stack.approle.role_id_file.display(),
+        secret_id = stack.approle.secret_id_file.display(),
+        ph = primary.host,
+        pp = primary.port,
+        pd = primary.dbname,
+        rh = replica.host,
+        rp = replica.port,
+        rd = replica.dbname,
+        token = dir.join("configd.token").display(),
+    );
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn start_configd(stack: &Stack, dir: &Path, port: u16) -> ChildProc {
+    std::fs::write(dir.join("db.dsn"), stack.pg.primary.superuser_dsn()).unwrap();
+    std::fs::write(
+        dir.join("tokens.toml"),
+        format!(
+            "[[tokens]]\nname='admin'\ntoken='{ADMIN}'\nrole='admin'\nnamespaces=['*']\n\
+             [[tokens]]\nname='agent'\ntoken='{READER}'\nrole='read'\nnamespaces=['features']\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("configd.toml"),
+        format!("listen='127.0.0.1:{port}'\ndatabase_url_file='db.dsn'\ntokens_file='tokens.toml'\n"),
+    )
+    .unwrap();
+    let cfg = dir.join("configd.toml");
+    ChildProc::spawn(&binary("riskfeat-configd"), &["--config", cfg.to_str().unwrap()], &[]).unwrap()
+}
+
+async fn admin(method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
+    let mut r = reqwest::Client::new().request(method, url).bearer_auth(ADMIN);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    match r.send().await {
+        Ok(resp) => {
+            let s = resp.status().as_u16();
+            (s, resp.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+fn published(stack: &Stack) -> Option<ConfigSnapshot> {
+    ConfigSnapshot::load(&stack.shared_dir.path().join("config/features.json")).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_publishes_last_known_config_with_configd_down_then_converges() {
+    let stack = Stack::start(StackOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // A last known config from a previous run.
+    let cache_dir = stack.shared_dir.path().join("config-cache");
+    std::fs::create_dir_all(&cache_dir).unwrap();
+    let cached = ConfigSnapshot {
+        namespace: "features".into(),
+        version: 1,
+        items: [("lookback".to_string(), json!(40))].into_iter().collect(),
+    };
+    riskfeat_shared::atomic::write_json_atomic(
+        &cache_dir.join("features.json"),
+        &cached,
+        riskfeat_shared::atomic::WriteOptions::PRIVATE,
+    )
+    .unwrap();
+    let cfg = agent_config(&stack, dir.path(), port);
+    let agent = ChildProc::spawn(&binary("riskfeat-agent"), &["run", "--config", cfg.to_str().unwrap()], &[]).unwrap();
+    // configd is down: the cached config is published anyway.
+    wait_until(Duration::from_secs(30), "cached config published", || async {
+        published(&stack).is_some_and(|s| s == cached)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    let mode = std::fs::metadata(stack.shared_dir.path().join("config/features.json")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o640);
+
+    // configd comes up with versions 1 (the same item) and 2.
+    let configd = start_configd(&stack, dir.path(), port);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until(Duration::from_secs(30), "configd up", || {
+        let url = format!("{base}/v1/admin/namespaces/features");
+        async move { admin(reqwest::Method::PUT, url, None).await.0 == 201 }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", configd.logs()));
+    let publish = |changes: Value| admin(reqwest::Method::POST, format!("{base}/v1/admin/namespaces/features/publish"), Some(json!({"changes": changes})));
+    assert_eq!(publish(json!([{"op": "upsert", "key": "lookback", "value": 40}])).await.0, 200);
+    assert_eq!(publish(json!([{"op": "upsert", "key": "ma_window", "value": 5}])).await.0, 200);
+    wait_until(Duration::from_secs(30), "agent converged to version 2", || async {
+        published(&stack).is_some_and(|s| s.version == 2 && s.items.get("ma_window") == Some(&json!(5)))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    // A later publish arrives incrementally, a delete included.
+    assert_eq!(publish(json!([{"op": "delete", "key": "lookback"}])).await.0, 200);
+    wait_until(Duration::from_secs(30), "agent at version 3", || async {
+        published(&stack).is_some_and(|s| s.version == 3 && !s.items.contains_key("lookback"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    // The private cache follows, and /status reports the version.
+    let cache = ConfigSnapshot::load(&cache_dir.join("features.json")).unwrap();
+    assert_eq!(cache.version, 3);
+    let (_, body) = riskfeat_shared::health::request(
+        &stack.shared_dir.path().join("agent.sock"),
+        riskfeat_shared::health::ProbeKind::Status,
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    let st: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(st["config"]["versions"]["features"], 3, "{st}");
+    assert_eq!(st["config"]["sources"]["features"], "configd", "{st}");
+    assert!(!body.contains(READER), "no token in /status");
+}
