@@ -839,3 +839,117 @@ async fn without_fallback_an_outage_at_start_keeps_the_agent_unready() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrapped_secret_id_is_unwrapped_once_and_its_file_deleted() {
+    let stack = Stack::start(opts(60, 600)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A response-wrapped secret_id, as a CI/CD system would hand it over.
+    let url = format!(
+        "{}/v1/auth/{}/role/{}/secret-id",
+        stack.bao.addr, stack.approle.approle_mount, stack.approle.role_name
+    );
+    let wrapped: Value = reqwest::Client::new()
+        .post(&url)
+        .header("X-Vault-Token", &stack.bao.root_token)
+        .header("X-Vault-Wrap-TTL", "120s")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let wrapping_token = wrapped["wrap_info"]["token"].as_str().unwrap().to_string();
+    let file = dir.path().join("wrapped-secret-id");
+    std::fs::write(&file, &wrapping_token).unwrap();
+    let cfg = write_config(&stack, dir.path(), "", "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!(
+            "secret_id_file = \"{}\"",
+            stack.approle.secret_id_file.display()
+        ),
+        &format!(
+            "secret_id_file = \"{}\"\nsecret_id_wrapped = true\ndelete_secret_id_after_read = true",
+            file.display()
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut agent = spawn_agent(&cfg, &[]);
+    let first = wait_published(&stack, 1, SECS(60)).await;
+    assert!(!file.exists(), "secret_id file deleted after reading");
+    assert!(agent
+        .logs()
+        .contains("unwrapped the response-wrapped secret_id"));
+    assert!(!agent.logs().contains(&wrapping_token));
+    // The wrapping token is spent and the file gone: a restart still works.
+    agent.signal(Signal::SIGKILL);
+    agent.wait_exit(SECS(10)).unwrap();
+    let agent2 = spawn_agent(&cfg, &[]);
+    wait_until(SECS(30), "restarted agent ready", || ready(&stack))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent2.logs()));
+    assert_eq!(db_json(&stack).unwrap().lease_id, first.lease_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool() {
+    let Ok(out) = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("promtool not installed (Debian package prometheus); skipping the lint");
+        return;
+    };
+    assert!(out.status.success());
+    let stack = Stack::start(opts(60, 600)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(&stack, dir.path(), "", "");
+    let _agent = spawn_agent(&cfg, &[]);
+    wait_published(&stack, 1, SECS(60)).await;
+    wait_until(SECS(20), "ready", || ready(&stack))
+        .await
+        .unwrap();
+    let page = metrics(&stack).await.unwrap();
+    for family in [
+        "riskfeat_agent_vault_logins_total",
+        "riskfeat_agent_token_renewals_total",
+        "riskfeat_agent_lease_renewals_total",
+        "riskfeat_agent_credential_issuances_total",
+        "riskfeat_agent_lease_revocations_total",
+        "riskfeat_agent_vault_request_duration_seconds",
+        "riskfeat_agent_credential_expiry_timestamp_seconds",
+        "riskfeat_agent_published_generation",
+    ] {
+        assert!(
+            page.contains(&format!("# TYPE {family} ")),
+            "{family} missing:\n{page}"
+        );
+    }
+    assert_eq!(
+        sample(&page, "riskfeat_agent_published_generation"),
+        Some(1.0)
+    );
+    let expiry = sample(&page, "riskfeat_agent_credential_expiry_timestamp_seconds").unwrap();
+    assert!(expiry > chrono::Utc::now().timestamp() as f64);
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
