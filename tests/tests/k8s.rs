@@ -963,44 +963,28 @@ fn grafana_dashboard_parses_and_uses_real_metrics() {
 }
 
 /// The config files the manifests ship are accepted by the binaries
-/// themselves (`check-config`: unknown keys, types and values), so the
-/// manifests stay in step with agent/src/config.rs and worker/src/config.rs.
+/// themselves (unknown keys, types and values), so the manifests stay in
+/// step with agent/src/config.rs, worker/src/config.rs and
+/// configd/src/config.rs.
 #[test]
-fn shipped_configs_pass_the_binaries_check_config() {
+fn shipped_configs_are_accepted_by_the_binaries() {
     let tmp = tempfile::tempdir().unwrap();
-    let configd_checks = std::fs::read_dir(repo_root().join("configd/src"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|s| s.contains("CheckConfig")));
     for overlay in OVERLAYS {
         let docs = rendered(overlay);
         let worker_pod = &object(docs, "Deployment", "riskfeat-worker")["spec"]["template"]["spec"];
-        let configd_pod =
-            &object(docs, "Deployment", "riskfeat-configd")["spec"]["template"]["spec"];
-        let mut checks = vec![
-            ("riskfeat-agent", worker_pod, "agent-config", "agent.toml"),
-            (
-                "riskfeat-worker",
-                worker_pod,
-                "worker-config",
-                "worker.toml",
-            ),
-        ];
-        if configd_checks {
-            checks.push(("riskfeat-configd", configd_pod, "config", "configd.toml"));
-        } else {
-            eprintln!("NOT CHECKED: riskfeat-configd has no check-config command yet");
-        }
-        for (bin, pod, vol, file) in checks {
-            let cm_name = volume(pod, vol)["configMap"]["name"].as_str().unwrap();
+        for (bin, vol, file) in [
+            ("riskfeat-agent", "agent-config", "agent.toml"),
+            ("riskfeat-worker", "worker-config", "worker.toml"),
+        ] {
+            let cm_name = volume(worker_pod, vol)["configMap"]["name"]
+                .as_str()
+                .unwrap();
             let text = object(docs, "ConfigMap", cm_name)["data"][file]
                 .as_str()
                 .unwrap();
             let path = tmp.path().join(format!("{overlay}-{file}"));
             std::fs::write(&path, text).unwrap();
-            let exe = riskfeat_tests::binary(bin);
-            let (ok, out) = run(Command::new(&exe)
+            let (ok, out) = run(Command::new(riskfeat_tests::binary(bin))
                 .arg("--config")
                 .arg(&path)
                 .arg("check-config")
@@ -1008,5 +992,59 @@ fn shipped_configs_pass_the_binaries_check_config() {
                 .env_remove("RISKFEAT_LOG"));
             assert!(ok, "{overlay}: {bin} rejects the shipped {file}:\n{out}");
         }
+        // configd has no check-config: start it on the shipped file with its
+        // secret files replaced by harmless stand-ins and a database that
+        // is not there. A config it rejects exits 64 (or 66 for an input
+        // file) at once; an accepted one gets as far as the database.
+        let configd_pod =
+            &object(docs, "Deployment", "riskfeat-configd")["spec"]["template"]["spec"];
+        let mut cfg = config_file(docs, configd_pod, "config", "configd.toml");
+        let db = tmp.path().join(format!("{overlay}-database_url"));
+        std::fs::write(&db, "host=127.0.0.1 port=1 user=nobody dbname=riskfeat\n").unwrap();
+        let tokens = tmp.path().join(format!("{overlay}-tokens.toml"));
+        std::fs::write(
+            &tokens,
+            "[[tokens]]\nname = \"k8s-test\"\ntoken = \"stand-in-not-a-secret\"\nrole = \"read\"\nnamespaces = [\"*\"]\n",
+        )
+        .unwrap();
+        for (key, path) in [("database_url_file", &db), ("tokens_file", &tokens)] {
+            assert!(
+                cfg.contains_key(key),
+                "{overlay}: configd.toml has no {key}"
+            );
+            cfg.insert(key.into(), path.display().to_string().into());
+        }
+        cfg.insert("listen".into(), "127.0.0.1:0".into());
+        let path = tmp.path().join(format!("{overlay}-configd.toml"));
+        std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+        let mut child = Command::new(riskfeat_tests::binary("riskfeat-configd"))
+            .arg("--config")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn riskfeat-configd");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        let code = status.and_then(|s| s.code());
+        assert!(
+            !matches!(code, Some(64) | Some(66)),
+            "{overlay}: riskfeat-configd rejects the shipped configd.toml (exit {code:?}):\n{err}"
+        );
     }
 }
