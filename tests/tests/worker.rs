@@ -30,6 +30,9 @@ use std::time::Duration;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
+/// (amount, ts) of one inserted transaction.
+type Txn = (f64, DateTime<Utc>);
+
 /// A running worker and how to reach it.
 struct Worker {
     proc: ChildProc,
@@ -473,7 +476,7 @@ struct Reference {
 /// Plain loops, no shared code with the worker.
 fn reference(rows: &[(f64, DateTime<Utc>)], lookback: usize, ma_window: usize) -> Reference {
     let mut sorted: Vec<(f64, DateTime<Utc>)> = rows.to_vec();
-    sorted.sort_by(|a, b| b.1.cmp(&a.1));
+    sorted.sort_by_key(|r| std::cmp::Reverse(r.1));
     sorted.truncate(lookback);
     let n = sorted.len();
     let now = Utc::now();
@@ -579,7 +582,7 @@ async fn features_match_a_reference_and_config_reloads_hot() {
     let stack = start_stack().await;
     let now = Utc::now();
     let mins = |m: i64| now - ChronoDuration::minutes(m);
-    let mut users: Vec<(i64, Vec<(f64, DateTime<Utc>)>)> = vec![
+    let mut users: Vec<(i64, Vec<Txn>)> = vec![
         (100, vec![]),                                               // empty
         (101, vec![(42.17, mins(3))]),                               // single transaction
         (102, vec![(5.0, mins(2)), (5.0, mins(4)), (5.0, mins(6))]), // zero std
@@ -1017,4 +1020,59 @@ async fn api_errors_probes_and_sigterm_drain() {
     );
     assert!(w.proc.logs().contains("draining in-flight requests"));
     assert!(!w.socket.exists(), "health socket removed");
+}
+
+#[test]
+fn exit_codes_for_bad_config_and_shared_dir() {
+    let bin = binary("riskfeat-worker");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&bin)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Bad config: every problem listed, exit 64.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "pool_sise = 3\nlag_policy = \"fastest\"\n").unwrap();
+    let (code, err) = run(&["run", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("pool_sise") && err.contains("lag_policy"),
+        "{err}"
+    );
+    let (code, _) = run(&["--bogus-flag"]);
+    assert_eq!(code, Some(64));
+    // Missing shared dir: 66.
+    let ok = dir.path().join("ok.toml");
+    std::fs::write(&ok, "listen = \"127.0.0.1:0\"\n").unwrap();
+    let missing = dir.path().join("nope");
+    let (code, err) = run(&[
+        "run",
+        "--config",
+        ok.to_str().unwrap(),
+        "--shared-dir",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(66), "{err}");
+    // A disk directory without allow_disk: 78 (when the temp dir is on disk).
+    let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    if !riskfeat_shared::fs_check::fs_kind(disk.path())
+        .unwrap()
+        .is_memory()
+    {
+        let (code, err) = run(&[
+            "run",
+            "--config",
+            ok.to_str().unwrap(),
+            "--shared-dir",
+            disk.path().to_str().unwrap(),
+        ]);
+        assert_eq!(code, Some(78), "{err}");
+        assert!(err.contains("allow_disk"), "{err}");
+    }
 }

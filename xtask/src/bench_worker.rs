@@ -496,7 +496,11 @@ fn machine() -> String {
                 .map(|m| m.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpus} CPUs (nproc), {model}")
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    format!("{cpus} CPUs (nproc), {model}; 1-min load average {load} when the report was written (other work on the machine skews the figures)")
 }
 
 fn render(
