@@ -930,6 +930,38 @@ fn alert_rules_pass_promtool_and_cover_every_failure_mode() {
             "docs/operations.md has no section for {alert} ({anchor})"
         );
     }
+    // Every alert links a section of docs/operations.md that exists.
+    let ops = std::fs::read_to_string(root.join("docs/operations.md"))
+        .unwrap()
+        .to_lowercase();
+    let rules: Value = serde_norway::from_str(&rules_text).expect("rules parse");
+    let mut count = 0;
+    for group in arr(&rules["groups"]) {
+        for rule in arr(&group["rules"]) {
+            let Some(alert) = rule["alert"].as_str() else {
+                continue;
+            };
+            count += 1;
+            let desc = rule["annotations"]["description"].as_str().unwrap_or("");
+            let anchor = desc
+                .split("docs/operations.md#")
+                .nth(1)
+                .map(|a| a.trim_end_matches('.'))
+                .unwrap_or_else(|| {
+                    panic!("{alert}: description links no docs/operations.md section")
+                });
+            assert!(
+                ops.contains(&format!("\n### {anchor}\n")),
+                "{alert}: docs/operations.md has no section #{anchor}"
+            );
+            assert!(
+                rule["annotations"]["summary"].is_string(),
+                "{alert}: summary"
+            );
+            assert!(rule["labels"]["severity"].is_string(), "{alert}: severity");
+        }
+    }
+    assert!(count >= 6, "only {count} alerts");
     assert_metrics_exist(RULES, &metric_names(&rules_text));
     let Some(promtool) = promtool() else { return };
     let (ok, out) = run(Command::new(&promtool)
