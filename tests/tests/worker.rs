@@ -1076,3 +1076,114 @@ fn exit_codes_for_bad_config_and_shared_dir() {
         assert!(err.contains("allow_disk"), "{err}");
     }
 }
+
+/// An agent config for `stack` (the real riskfeat-agent rotates).
+fn write_agent_config(stack: &Stack, dir: &std::path::Path, lifecycle: &str) -> PathBuf {
+    let primary = stack.pg.primary.endpoint();
+    let replica = stack.pg.replica().endpoint();
+    let text = format!(
+        r#"
+shared_dir = "{shared}"
+metrics_addr = "127.0.0.1:0"
+
+[vault]
+addr = "{vault}"
+role_id_file = "{role_id}"
+secret_id_file = "{secret_id}"
+request_timeout_s = 2.0
+
+[database]
+primary = {{ host = "{ph}", port = {pp}, dbname = "{pd}" }}
+replica = {{ host = "{rh}", port = {rp}, dbname = "{rd}" }}
+
+[lifecycle]
+backoff_initial_s = 0.2
+backoff_max_s = 2.0
+{lifecycle}
+"#,
+        shared = stack.shared_dir.path().display(),
+        vault = stack.vault_addr(),
+        role_id = stack.approle.role_id_file.display(),
+        secret_id = stack.approle.secret_id_file.display(),
+        ph = primary.host,
+        pp = primary.port,
+        pd = primary.dbname,
+        rh = replica.host,
+        rp = replica.port,
+        rd = replica.dbname,
+    );
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_agent_rotations_under_load_fail_no_request() {
+    let stack = Stack::start(StackOptions {
+        default_ttl: SECS(5),
+        max_ttl: SECS(20),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    insert_rows(&stack, 1, &[(10.0, Utc::now()), (20.0, Utc::now())]).await;
+    stack.pg.wait_replica_caught_up().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_agent_config(
+        &stack,
+        dir.path(),
+        "rotate_lead_s = 8\nack_grace_s = 120\nmax_issuances_per_minute = 20\nmax_ttl_hint_s = 20",
+    );
+    let agent = ChildProc::spawn(
+        &binary("riskfeat-agent"),
+        &["run", "--config", cfg.to_str().unwrap()],
+        &[],
+    )
+    .expect("spawn riskfeat-agent");
+    let w = spawn_worker(&stack, "pool_size = 4");
+    let socket = w.socket.clone();
+    wait_until(SECS(60), "worker ready with the agent's credential", || {
+        let socket = socket.clone();
+        async move {
+            request(&socket, ProbeKind::Ready, SECS(2))
+                .await
+                .map(|r| r.0 == 200)
+                .unwrap_or(false)
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nagent:\n{}\nworker:\n{}", agent.logs(), w.proc.logs()));
+    let first = status(&w).await["credential"]["generation"]
+        .as_u64()
+        .unwrap();
+    let load = Load::start(&w.base, 8, vec![1, 2, 3]);
+    for generation in first + 1..=first + 3 {
+        wait_ready_with(&w, generation).await;
+        let cred = DbCredential::load(&stack.shared_dir.path().join("db.json")).unwrap();
+        if cred.generation == generation {
+            let user = cred.username.clone();
+            let stack_ref = &stack;
+            wait_until(SECS(20), "only the new role in pg_stat_activity", || {
+                let user = user.clone();
+                async move {
+                    let roles = worker_roles(stack_ref).await;
+                    !roles.is_empty() && roles.iter().all(|r| *r == user)
+                }
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}\nworker:\n{}", w.proc.logs()));
+        }
+    }
+    // Let the agent revoke the last replaced lease under load too.
+    tokio::time::sleep(SECS(2)).await;
+    let (ok, failures) = load.finish().await;
+    assert!(ok > 50, "the load made progress ({ok} answers)");
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}\nworker:\n{}\nagent:\n{}",
+        failures.len(),
+        &failures[..failures.len().min(10)],
+        w.proc.logs(),
+        agent.logs()
+    );
+}
