@@ -425,14 +425,14 @@ impl Syncer {
             "incremental"
         };
         next.version = parsed.to;
-        let first = !self
+        let first = self
             .status
             .inner
             .lock()
             .expect("sync status lock")
             .sources
             .get(ns)
-            .is_some_and(|s| s == "configd");
+            .is_none_or(|s| s != "configd");
         if next != local || first {
             self.publish(ns, next, kind)?;
         }
