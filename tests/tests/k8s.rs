@@ -1080,3 +1080,92 @@ fn shipped_configs_are_accepted_by_the_binaries() {
         );
     }
 }
+
+/// The Dockerfile (not buildable here: no container engine) has a target
+/// per binary on a non-root distroless base, and puts each binary where the
+/// manifests' probes exec it.
+#[test]
+fn dockerfile_targets_match_the_manifests() {
+    let text = std::fs::read_to_string(repo_root().join("Dockerfile")).expect("Dockerfile");
+    // stage name -> (FROM image, lines of the stage)
+    let mut stages: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    let mut current = None;
+    for line in text.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words
+            .first()
+            .is_some_and(|w| w.eq_ignore_ascii_case("FROM"))
+        {
+            let image = words.get(1).expect("FROM image").to_string();
+            let name = match words.get(2..4) {
+                Some([kw, n]) if kw.eq_ignore_ascii_case("AS") => n.to_string(),
+                _ => format!("#{}", stages.len()),
+            };
+            stages.insert(name.clone(), (image, Vec::new()));
+            current = Some(name);
+        } else if let Some(c) = &current {
+            stages.get_mut(c).unwrap().1.push(line.to_string());
+        }
+    }
+    let base = |target: &str| -> (String, Vec<String>) {
+        // Follow FROM <stage> chains to the image; collect every line.
+        let mut name = target.to_string();
+        let mut lines = Vec::new();
+        loop {
+            let (image, l) = &stages[&name];
+            lines.extend(l.iter().cloned());
+            if stages.contains_key(image) {
+                name = image.clone();
+            } else {
+                return (image.clone(), lines);
+            }
+        }
+    };
+    for target in ["agent", "worker", "configd"] {
+        assert!(
+            stages.contains_key(target),
+            "Dockerfile has no target {target}"
+        );
+        let (image, lines) = base(target);
+        assert!(
+            image.contains("distroless") && image.ends_with(":nonroot"),
+            "{target}: runtime image {image} is not distroless nonroot"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l == "USER 65532:65532" || l == "USER 65532"),
+            "{target}: no USER 65532"
+        );
+        let bin = format!("/usr/local/bin/riskfeat-{target}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("COPY") && l.ends_with(&bin)),
+            "{target}: the binary is not copied to {bin}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("ENTRYPOINT") && l.contains(&format!("\"{bin}\""))),
+            "{target}: ENTRYPOINT is not {bin}"
+        );
+    }
+    for overlay in OVERLAYS {
+        for (dep, pod) in pod_specs(rendered(overlay)) {
+            for (_, c) in containers(pod) {
+                let n = c["name"].as_str().unwrap();
+                let image = c["image"].as_str().unwrap();
+                assert!(
+                    image.starts_with(&format!("riskfeat/{n}:")),
+                    "{overlay}/{dep}: container {n} runs image {image}"
+                );
+                for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                    if let Some(b) = c[probe]["exec"]["command"][0].as_str() {
+                        assert_eq!(b, format!("/usr/local/bin/{n}"), "{overlay}/{dep}/{n}");
+                    }
+                }
+            }
+        }
+    }
+}
