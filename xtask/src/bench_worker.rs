@@ -48,6 +48,13 @@ pub struct Args {
     /// Seconds between rotations.
     #[arg(long, default_value_t = 5)]
     rotate_every: u64,
+    /// Who rotates in the rotation scenario: `agent` (the real
+    /// riskfeat-agent, release build, on a second stack with max_ttl 10 s so
+    /// that it rotates every ~5 s) or `bench` (the bench publishes a fresh
+    /// credential every `--rotate-every` s and revokes the old lease after
+    /// the worker's ack).
+    #[arg(long, default_value = "agent", value_parser = ["agent", "bench"])]
+    rotation_by: String,
     /// Worker pool size.
     #[arg(long, default_value_t = 8)]
     pool_size: usize,
@@ -79,7 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .status()
         .context("run cargo build --release")?;
     if !status.success() {
-        bail!("cargo build --release -p riskfeat-worker failed");
+        bail!("cargo build --release -p riskfeat-worker -p riskfeat-agent failed");
     }
     let worker_bin = root.join("target/release/riskfeat-worker");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -186,6 +193,16 @@ async fn bench(args: &Args, worker_bin: &Path) -> anyhow::Result<String> {
     }
 
     let mut rotation = None;
+    if args.rotation_duration > 0 && args.rotation_by == "agent" {
+        drop(worker);
+        drop(stack);
+        let agent_bin = worker_bin.with_file_name("riskfeat-agent");
+        return Ok(render(
+            args,
+            &rows,
+            Some(agent_rotation(args, worker_bin, &agent_bin).await?),
+        ));
+    }
     if args.rotation_duration > 0 {
         let c = 16;
         let stop = Arc::new(AtomicBool::new(false));
@@ -204,7 +221,7 @@ async fn bench(args: &Args, worker_bin: &Path) -> anyhow::Result<String> {
             .collect();
         let start = Instant::now();
         let mut previous = issued.clone();
-        let mut rotations = 0;
+        let mut rotations = 0u64;
         while start.elapsed() < Duration::from_secs(args.rotation_duration) {
             tokio::time::sleep(Duration::from_secs(args.rotate_every)).await;
             let fresh = stack.issue_creds().await?;
@@ -244,6 +261,11 @@ async fn bench(args: &Args, worker_bin: &Path) -> anyhow::Result<String> {
             t.await??;
         }
         rotation = Some((
+            format!(
+                "a fresh credential published by the bench every {} s (old lease revoked after \
+                 the worker's ack, as the agent does)",
+                args.rotate_every
+            ),
             rotations,
             start.elapsed(),
             counters.ok.load(Ordering::Relaxed),
@@ -253,6 +275,123 @@ async fn bench(args: &Args, worker_bin: &Path) -> anyhow::Result<String> {
     }
     drop(worker);
     Ok(render(args, &rows, rotation))
+}
+
+/// (how, rotations, duration, 2xx, non-2xx, transport errors).
+type Rotation = (String, u64, Duration, u64, u64, u64);
+
+/// The rotation scenario with the real agent on its own stack (default_ttl
+/// 5 s, max_ttl 10 s, rotate_lead_s 5: a new credential every ~5 s).
+async fn agent_rotation(
+    args: &Args,
+    worker_bin: &Path,
+    agent_bin: &Path,
+) -> anyhow::Result<Rotation> {
+    eprintln!("bench worker: rotation scenario with the real agent (second stack)");
+    let stack = Stack::start(StackOptions {
+        default_ttl: Duration::from_secs(5),
+        max_ttl: Duration::from_secs(10),
+        ..Default::default()
+    })
+    .await?;
+    let su = stack.pg.primary.connect_superuser().await?;
+    riskfeat_tests::data::load(
+        &su,
+        riskfeat_tests::data::generate(args.users, args.per_user, 42),
+    )
+    .await?;
+    su.batch_execute("ANALYZE transactions").await?;
+    stack.pg.wait_replica_caught_up().await?;
+    let shared = stack.shared_dir.path().to_path_buf();
+    let primary = stack.pg.primary.endpoint();
+    let replica = stack.pg.replica().endpoint();
+    let dir = tempfile::tempdir()?;
+    let agent_cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "shared_dir = \"{}\"\nmetrics_addr = \"127.0.0.1:0\"\nlog_level = \"warn\"\n\
+             [vault]\naddr = \"{}\"\nrole_id_file = \"{}\"\nsecret_id_file = \"{}\"\n\
+             [database]\nprimary = {{ host = \"{}\", port = {}, dbname = \"{}\" }}\n\
+             replica = {{ host = \"{}\", port = {}, dbname = \"{}\" }}\n\
+             [lifecycle]\nrotate_lead_s = 5\nmax_ttl_hint_s = 10\nack_grace_s = 60\n\
+             max_issuances_per_minute = 60\nbackoff_initial_s = 0.2\nbackoff_max_s = 2.0\n",
+            shared.display(),
+            stack.vault_addr(),
+            stack.approle.role_id_file.display(),
+            stack.approle.secret_id_file.display(),
+            primary.host,
+            primary.port,
+            primary.dbname,
+            replica.host,
+            replica.port,
+            replica.dbname
+        ),
+    )?;
+    let agent = ChildProc::spawn(
+        agent_bin,
+        &["run", "--config", agent_cfg.to_str().unwrap()],
+        &[],
+    )?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let cfg = dir.path().join("worker.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "shared_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\npool_size = {}\nlog_level = \"warn\"\n",
+            shared.display(),
+            args.pool_size
+        ),
+    )?;
+    let worker = ChildProc::spawn(worker_bin, &["run", "--config", cfg.to_str().unwrap()], &[])?;
+    let s = shared.clone();
+    wait_until(
+        Duration::from_secs(60),
+        "worker acknowledged a credential",
+        || {
+            let s = s.clone();
+            async move { worker_generation(&s).await.is_some() }
+        },
+    )
+    .await
+    .with_context(|| format!("agent:\n{}\nworker:\n{}", agent.logs(), worker.logs()))?;
+    let first = worker_generation(&shared).await.unwrap_or(0);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new(Counters::default());
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            tokio::spawn(client_loop(
+                addr,
+                args.users,
+                i as u64,
+                stop.clone(),
+                counters.clone(),
+                None,
+            ))
+        })
+        .collect();
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.rotation_duration)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await??;
+    }
+    let last = worker_generation(&shared).await.unwrap_or(0);
+    drop(worker);
+    drop(agent);
+    Ok((
+        "the real riskfeat-agent rotating (default_ttl 5 s, max_ttl 10 s, rotate_lead_s 5; \
+         it revokes each old lease after the worker's ack)"
+            .to_string(),
+        last.saturating_sub(first),
+        start.elapsed(),
+        counters.ok.load(Ordering::Relaxed),
+        counters.non_2xx.load(Ordering::Relaxed),
+        counters.transport.load(Ordering::Relaxed),
+    ))
 }
 
 #[derive(Default)]
@@ -503,11 +642,7 @@ fn machine() -> String {
     format!("{cpus} CPUs (nproc), {model}; 1-min load average {load} when the report was written (other work on the machine skews the figures)")
 }
 
-fn render(
-    args: &Args,
-    rows: &[(usize, Measured, Measured)],
-    rotation: Option<(u32, Duration, u64, u64, u64)>,
-) -> String {
+fn render(args: &Args, rows: &[(usize, Measured, Measured)], rotation: Option<Rotation>) -> String {
     let mut s = String::new();
     s.push_str(&format!(
         "## riskfeat-worker vs pgbench ({})\n\n",
@@ -547,14 +682,11 @@ fn render(
         ));
         let _ = (h.count, p.count);
     }
-    if let Some((rotations, took, ok, non2xx, transport)) = rotation {
+    if let Some((how, rotations, took, ok, non2xx, transport)) = rotation {
         s.push_str(&format!(
-            "\nRotation: {:.0} s of load at concurrency 16 while a fresh credential was \
-             published every {} s ({rotations} rotations, written by the bench like the agent \
-             would, old lease revoked after the worker's ack): {ok} answers 2xx, **{non2xx} \
-             non-2xx**, {transport} transport errors.\n",
+            "\nRotation: {:.0} s of load at concurrency 16 with {how}: {rotations} rotations, \
+             {ok} answers 2xx, **{non2xx} non-2xx**, {transport} transport errors.\n",
             took.as_secs_f64(),
-            args.rotate_every
         ));
     }
     s
