@@ -580,6 +580,27 @@ fn secrets_are_read_only_files_never_env_or_args() {
             let token = toml_str(&agent_toml, &["configd", "token_file"]);
             assert_secret_file(pod, agent, token, &format!("{overlay}: configd token"));
         }
+        if agent_toml.contains_key("fallback") {
+            // The fallback credential file (who) from a read-only ConfigMap,
+            // its password from a read-only Secret file.
+            let file = toml_str(&agent_toml, &["fallback", "file"]);
+            let mount = arr(&agent["volumeMounts"])
+                .iter()
+                .find(|m| file.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
+                .unwrap_or_else(|| panic!("{overlay}: nothing mounted over {file}"));
+            assert_eq!(mount["readOnly"], true, "{overlay}: {file}");
+            let vol = mount["name"].as_str().unwrap();
+            let rel = &file[mount["mountPath"].as_str().unwrap().len() + 1..];
+            let fb = config_file(docs, pod, vol, rel);
+            let keys: BTreeSet<&str> = fb.keys().map(String::as_str).collect();
+            assert_eq!(
+                keys,
+                BTreeSet::from(["username", "password_file"]),
+                "{overlay}: fallback file keys"
+            );
+            let pw = toml_str(&fb, &["password_file"]);
+            assert_secret_file(pod, agent, pw, &format!("{overlay}: fallback password"));
+        }
         let role_id = toml_str(&agent_toml, &["vault", "role_id_file"]);
         assert!(
             arr(&agent["volumeMounts"]).iter().any(|m| {
