@@ -487,7 +487,9 @@ async fn bench(args: &Args, bin: &Path) -> anyhow::Result<String> {
     for c in 0..args.clients {
         let ns = names[c % names.len()].clone();
         tasks.push(tokio::spawn(async move {
-            raw_get(port, &format!("/v1/namespaces/{ns}/changes?from=0"), true).await
+            raw_get(port, &format!("/v1/namespaces/{ns}/changes?from=0"), true)
+                .await
+                .map(|(s, n)| (s, n, t0.elapsed()))
         }));
     }
     let mut wire = 0usize;
@@ -495,9 +497,9 @@ async fn bench(args: &Args, bin: &Path) -> anyhow::Result<String> {
     let mut failed = 0;
     for t in tasks {
         match t.await? {
-            Ok((200, n)) => {
+            Ok((200, n, at)) => {
                 wire += n;
-                done.push(t0.elapsed());
+                done.push(at);
             }
             _ => failed += 1,
         }

@@ -380,22 +380,32 @@ impl Store {
         let version = u(row.get(0));
         let compacted_to = u(row.get(1));
         let log_from = compacted_to.max(version.saturating_sub(retention));
-        let rows = tx
-            .query(
+        // Streamed: never holds every row and the map at once.
+        let stream = tx
+            .query_raw(
                 "SELECT key, value::text FROM configd_items WHERE namespace = $1",
-                &[&ns],
+                [ns],
             )
             .await?;
-        let items = rows
-            .iter()
-            .map(|r| {
-                let k: &str = r.get(0);
-                let v: &str = r.get(1);
-                (Arc::<str>::from(k), Arc::<str>::from(v))
-            })
-            .collect();
-        let log = Self::log_after(&tx, ns, log_from).await?;
+        futures::pin_mut!(stream);
+        let mut items = BTreeMap::new();
+        while let Some(r) = futures::TryStreamExt::try_next(&mut stream).await? {
+            let k: &str = r.get(0);
+            let v: &str = r.get(1);
+            items.insert(Arc::<str>::from(k), Arc::<str>::from(v));
+        }
+        let mut log = Self::log_after(&tx, ns, log_from).await?;
         tx.commit().await?;
+        // The latest upsert of a key usually holds the current value: share
+        // one allocation between the log and the items.
+        for c in log.iter_mut() {
+            if let (Some(v), Some((k, cur))) = (&c.value, items.get_key_value(&c.key)) {
+                if Arc::ptr_eq(v, cur) || **v == **cur {
+                    c.value = Some(cur.clone());
+                    c.key = k.clone();
+                }
+            }
+        }
         Ok(Loaded {
             version,
             log_from,
