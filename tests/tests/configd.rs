@@ -11,7 +11,11 @@ const ADMIN: &str = "admin-token-0123456789";
 const READER: &str = "reader-token-0123456789";
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn agent_config(stack: &Stack, dir: &Path, configd_port: u16) -> PathBuf {
@@ -70,15 +74,24 @@ fn start_configd(stack: &Stack, dir: &Path, port: u16) -> ChildProc {
     .unwrap();
     std::fs::write(
         dir.join("configd.toml"),
-        format!("listen='127.0.0.1:{port}'\ndatabase_url_file='db.dsn'\ntokens_file='tokens.toml'\n"),
+        format!(
+            "listen='127.0.0.1:{port}'\ndatabase_url_file='db.dsn'\ntokens_file='tokens.toml'\n"
+        ),
     )
     .unwrap();
     let cfg = dir.join("configd.toml");
-    ChildProc::spawn(&binary("riskfeat-configd"), &["--config", cfg.to_str().unwrap()], &[]).unwrap()
+    ChildProc::spawn(
+        &binary("riskfeat-configd"),
+        &["--config", cfg.to_str().unwrap()],
+        &[],
+    )
+    .unwrap()
 }
 
 async fn admin(method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
-    let mut r = reqwest::Client::new().request(method, url).bearer_auth(ADMIN);
+    let mut r = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(ADMIN);
     if let Some(b) = body {
         r = r.json(&b);
     }
@@ -115,15 +128,25 @@ async fn agent_publishes_last_known_config_with_configd_down_then_converges() {
     )
     .unwrap();
     let cfg = agent_config(&stack, dir.path(), port);
-    let agent = ChildProc::spawn(&binary("riskfeat-agent"), &["run", "--config", cfg.to_str().unwrap()], &[]).unwrap();
+    let agent = ChildProc::spawn(
+        &binary("riskfeat-agent"),
+        &["run", "--config", cfg.to_str().unwrap()],
+        &[],
+    )
+    .unwrap();
     // configd is down: the cached config is published anyway.
-    wait_until(Duration::from_secs(30), "cached config published", || async {
-        published(&stack).is_some_and(|s| s == cached)
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "cached config published",
+        || async { published(&stack).is_some_and(|s| s == cached) },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
     let mode = std::fs::metadata(stack.shared_dir.path().join("config/features.json")).unwrap();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o640);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o640
+    );
 
     // configd comes up with versions 1 (the same item) and 2.
     let configd = start_configd(&stack, dir.path(), port);
@@ -134,16 +157,42 @@ async fn agent_publishes_last_known_config_with_configd_down_then_converges() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", configd.logs()));
-    let publish = |changes: Value| admin(reqwest::Method::POST, format!("{base}/v1/admin/namespaces/features/publish"), Some(json!({"changes": changes})));
-    assert_eq!(publish(json!([{"op": "upsert", "key": "lookback", "value": 40}])).await.0, 200);
-    assert_eq!(publish(json!([{"op": "upsert", "key": "ma_window", "value": 5}])).await.0, 200);
-    wait_until(Duration::from_secs(30), "agent converged to version 2", || async {
-        published(&stack).is_some_and(|s| s.version == 2 && s.items.get("ma_window") == Some(&json!(5)))
-    })
+    let publish = |changes: Value| {
+        admin(
+            reqwest::Method::POST,
+            format!("{base}/v1/admin/namespaces/features/publish"),
+            Some(json!({"changes": changes})),
+        )
+    };
+    assert_eq!(
+        publish(json!([{"op": "upsert", "key": "lookback", "value": 40}]))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        publish(json!([{"op": "upsert", "key": "ma_window", "value": 5}]))
+            .await
+            .0,
+        200
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "agent converged to version 2",
+        || async {
+            published(&stack)
+                .is_some_and(|s| s.version == 2 && s.items.get("ma_window") == Some(&json!(5)))
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
     // A later publish arrives incrementally, a delete included.
-    assert_eq!(publish(json!([{"op": "delete", "key": "lookback"}])).await.0, 200);
+    assert_eq!(
+        publish(json!([{"op": "delete", "key": "lookback"}]))
+            .await
+            .0,
+        200
+    );
     wait_until(Duration::from_secs(30), "agent at version 3", || async {
         published(&stack).is_some_and(|s| s.version == 3 && !s.items.contains_key("lookback"))
     })
@@ -163,4 +212,116 @@ async fn agent_publishes_last_known_config_with_configd_down_then_converges() {
     assert_eq!(st["config"]["versions"]["features"], 3, "{st}");
     assert_eq!(st["config"]["sources"]["features"], "configd", "{st}");
     assert!(!body.contains(READER), "no token in /status");
+}
+
+/// Issue 6's end-to-end acceptance: a publish through configd's admin API
+/// changes the features the worker returns, with no restart of anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_publish_changes_the_features_the_worker_returns() {
+    let stack = Stack::start(StackOptions::default()).await.unwrap();
+    // Steady amounts then a spike: a large z-score for user 7.
+    let db = stack.pg.primary.connect_superuser().await.unwrap();
+    let now = chrono::Utc::now();
+    for i in 0..20i64 {
+        let amount = if i == 0 {
+            "5000.00"
+        } else if i % 2 == 0 {
+            "10.00"
+        } else {
+            "12.00"
+        };
+        let ts = (now - chrono::Duration::minutes(10 + i * 90)).to_rfc3339();
+        db.execute(
+            "INSERT INTO transactions (user_id, amount, ts, merchant, category) VALUES (7, $1::text::numeric, $2::text::timestamptz, 'm', 'c')",
+            &[&amount, &ts],
+        )
+        .await
+        .unwrap();
+    }
+    stack.pg.wait_replica_caught_up().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let configd = start_configd(&stack, dir.path(), port);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until(Duration::from_secs(30), "configd up", || {
+        let url = format!("{base}/v1/admin/namespaces/features");
+        async move { admin(reqwest::Method::PUT, url, None).await.0 == 201 }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", configd.logs()));
+    let publish = |changes: Value| {
+        admin(
+            reqwest::Method::POST,
+            format!("{base}/v1/admin/namespaces/features/publish"),
+            Some(json!({"changes": changes})),
+        )
+    };
+    assert_eq!(
+        publish(json!([{"op": "upsert", "key": "zscore_above", "value": 3.0}]))
+            .await
+            .0,
+        200
+    );
+    let cfg = agent_config(&stack, dir.path(), port);
+    let agent = ChildProc::spawn(
+        &binary("riskfeat-agent"),
+        &["run", "--config", cfg.to_str().unwrap()],
+        &[],
+    )
+    .unwrap();
+    let wport = free_port();
+    let wcfg = dir.path().join("worker.toml");
+    std::fs::write(
+        &wcfg,
+        format!(
+            "shared_dir = \"{}\"\nlisten = \"127.0.0.1:{wport}\"\nrecheck_interval_ms = 1000\n",
+            stack.shared_dir.path().display()
+        ),
+    )
+    .unwrap();
+    let worker = ChildProc::spawn(
+        &binary("riskfeat-worker"),
+        &["run", "--config", wcfg.to_str().unwrap()],
+        &[],
+    )
+    .unwrap();
+    let url = format!("http://127.0.0.1:{wport}/v1/features/7");
+    let features = || async {
+        let r = reqwest::get(&url).await.ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        r.json::<Value>().await.ok()
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "worker serves config version 1",
+        || async { features().await.is_some_and(|b| b["config_version"] == 1) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nagent:\n{}\nworker:\n{}", agent.logs(), worker.logs()));
+    let before = features().await.unwrap();
+    assert_eq!(before["features"]["flags"]["zscore_high"], true, "{before}");
+    let worker_pid = worker.pid();
+    // Publish a higher threshold: the flag drops, same processes.
+    assert_eq!(
+        publish(json!([{"op": "upsert", "key": "zscore_above", "value": 1000.0}]))
+            .await
+            .0,
+        200
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "worker serves config version 2",
+        || async { features().await.is_some_and(|b| b["config_version"] == 2) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nagent:\n{}\nworker:\n{}", agent.logs(), worker.logs()));
+    let after = features().await.unwrap();
+    assert_eq!(after["features"]["flags"]["zscore_high"], false, "{after}");
+    assert_eq!(
+        after["features"]["zscore"], before["features"]["zscore"],
+        "same data, new threshold"
+    );
+    assert_eq!(worker.pid(), worker_pid);
 }
