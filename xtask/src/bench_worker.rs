@@ -72,15 +72,15 @@ FROM transactions WHERE user_id = :uid ORDER BY ts DESC LIMIT 50) s;\n";
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let root = crate::workspace_root();
-    eprintln!("bench worker: building the release worker");
+    eprintln!("bench worker: building the release worker and agent");
     let status = std::process::Command::new(env!("CARGO"))
         .args([
             "build",
             "--release",
             "-p",
             "riskfeat-worker",
-            "--bin",
-            "riskfeat-worker",
+            "-p",
+            "riskfeat-agent",
         ])
         .current_dir(&root)
         .status()
