@@ -159,7 +159,11 @@ mod tests {
             write_atomic(&path, b"one", WriteOptions::SHARED).unwrap(),
             WriteOutcome::Unchanged
         );
-        assert_eq!(fs::metadata(&path).unwrap().ino(), ino, "unchanged bytes must not be rewritten");
+        assert_eq!(
+            fs::metadata(&path).unwrap().ino(),
+            ino,
+            "unchanged bytes must not be rewritten"
+        );
         assert_eq!(
             write_atomic(&path, b"two", WriteOptions::PRIVATE).unwrap(),
             WriteOutcome::Written

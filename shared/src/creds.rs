@@ -94,10 +94,11 @@ impl DbCredential {
     /// Parses and validates the bytes of a `db.json`; `path` only names the
     /// file in errors.
     pub fn from_slice(path: &str, bytes: &[u8]) -> Result<Self, CredentialError> {
-        let cred: Self = serde_json::from_slice(bytes).map_err(|source| CredentialError::Parse {
-            path: path.to_string(),
-            source,
-        })?;
+        let cred: Self =
+            serde_json::from_slice(bytes).map_err(|source| CredentialError::Parse {
+                path: path.to_string(),
+                source,
+            })?;
         let problems = cred.problems();
         if problems.is_empty() {
             Ok(cred)
@@ -173,9 +174,14 @@ mod tests {
         c.username.clear();
         c.replica.port = 0;
         let bytes = serde_json::to_vec(&c).unwrap();
-        let err = DbCredential::from_slice("db.json", &bytes).unwrap_err().to_string();
+        let err = DbCredential::from_slice("db.json", &bytes)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("username is empty"), "{err}");
         assert!(err.contains("replica.port is 0"), "{err}");
-        assert!(!err.contains("pw"), "error must not contain the password: {err}");
+        assert!(
+            !err.contains("pw"),
+            "error must not contain the password: {err}"
+        );
     }
 }

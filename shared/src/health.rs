@@ -111,7 +111,9 @@ impl std::str::FromStr for ProbeKind {
             "live" | "livez" => Ok(Self::Live),
             "ready" | "readyz" => Ok(Self::Ready),
             "status" => Ok(Self::Status),
-            other => Err(format!("unknown probe {other:?}: expected live, ready or status")),
+            other => Err(format!(
+                "unknown probe {other:?}: expected live, ready or status"
+            )),
         }
     }
 }

