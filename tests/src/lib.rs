@@ -15,6 +15,7 @@ pub mod bootstrap;
 pub mod data;
 pub mod pg;
 pub mod process;
+pub mod promtool;
 pub mod proxy;
 pub mod stack;
 

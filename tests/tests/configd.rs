@@ -324,4 +324,22 @@ async fn a_publish_changes_the_features_the_worker_returns() {
         "same data, new threshold"
     );
     assert_eq!(worker.pid(), worker_pid);
+    // The real /metrics pages of worker and configd, after real traffic,
+    // pass Prometheus's own lint (the agent's is linted in tests/agent.rs).
+    for page in [
+        format!("http://127.0.0.1:{wport}/metrics"),
+        format!("{base}/metrics"),
+    ] {
+        let text = reqwest::Client::new()
+            .get(&page)
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.contains("riskfeat_"), "{page}: {text}");
+        riskfeat_tests::promtool::check_metrics(&text).unwrap_or_else(|e| panic!("{page}: {e}"));
+    }
 }

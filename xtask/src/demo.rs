@@ -1,8 +1,348 @@
-//! `cargo xtask demo` (not written yet).
+//! `cargo xtask demo`: the whole stack on loopback, with demo data, as a
+//! newcomer would first see it.
+//!
+//! Starts (through the test harness, so the demo runs exactly what the tests
+//! run) PostgreSQL 15 primary + streaming replica and OpenBao bootstrapped
+//! from `k8s/bootstrap/`, loads deterministic transactions, starts
+//! riskfeat-configd with a `features` namespace, riskfeat-agent (which logs in
+//! with AppRole and publishes a credential) and riskfeat-worker, prints the
+//! URLs and one real response, then runs until Ctrl-C. On Ctrl-C it sends
+//! SIGTERM to worker, agent and configd (the agent revokes its leases),
+//! checks that no lease is left, and the harness removes every process and
+//! temp dir.
+
+use anyhow::{bail, Context};
+use riskfeat_tests::{binary, data, wait_until, ChildProc, Stack, StackOptions};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Users in the demo dataset.
+    #[arg(long, default_value_t = 1000)]
+    users: u64,
+    /// Transactions per user.
+    #[arg(long, default_value_t = 50)]
+    per_user: u64,
+    /// Credential default TTL in seconds (short, so rotations show up).
+    #[arg(long, default_value_t = 60)]
+    default_ttl_s: u64,
+    /// Credential max TTL in seconds: the agent rotates before it.
+    #[arg(long, default_value_t = 300)]
+    max_ttl_s: u64,
+    /// Stop by itself after this many seconds instead of waiting for Ctrl-C
+    /// (0 = wait for Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    exit_after_s: u64,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let root = crate::workspace_root();
+    std::env::set_current_dir(&root)?;
+    eprintln!("==> building riskfeat-agent, riskfeat-worker, riskfeat-configd");
+    let status = std::process::Command::new("cargo")
+        .args([
+            "build",
+            "--bins",
+            "-p",
+            "riskfeat-agent",
+            "-p",
+            "riskfeat-worker",
+            "-p",
+            "riskfeat-configd",
+        ])
+        .status()?;
+    if !status.success() {
+        bail!("cargo build failed");
+    }
+    // The binaries are fresh: the harness must not rebuild them.
+    std::env::set_var("RISKFEAT_NO_BUILD", "1");
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(demo(args))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A random token for configd's demo tokens file (never printed, except the
+/// admin one, which the user needs to publish).
+fn random_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    Ok(())
+}
+
+async fn demo(args: Args) -> anyhow::Result<()> {
+    eprintln!("==> starting PostgreSQL primary + replica and OpenBao");
+    let stack = Stack::start(StackOptions {
+        default_ttl: Duration::from_secs(args.default_ttl_s),
+        max_ttl: Duration::from_secs(args.max_ttl_s),
+        ..StackOptions::default()
+    })
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let result = run_stack(&args, &stack, dir.path()).await;
+    eprintln!("==> stopping PostgreSQL and OpenBao, removing temp dirs");
+    drop(stack);
+    result
+}
+
+async fn run_stack(args: &Args, stack: &Stack, dir: &Path) -> anyhow::Result<()> {
+    eprintln!(
+        "==> loading {} users x {} transactions",
+        args.users, args.per_user
+    );
+    let db = stack.pg.primary.connect_superuser().await?;
+    let rows = data::load(&db, data::generate(args.users, args.per_user, 42)).await?;
+    db.execute("ANALYZE transactions", &[]).await?;
+    stack.pg.wait_replica_caught_up().await?;
+
+    // configd, on the primary's database.
+    let admin_token = random_token()?;
+    let reader_token = random_token()?;
+    let cport = free_port()?;
+    write_private(&dir.join("db.dsn"), &stack.pg.primary.superuser_dsn())?;
+    write_private(
+        &dir.join("tokens.toml"),
+        &format!(
+            "[[tokens]]\nname = \"admin\"\ntoken = \"{admin_token}\"\nrole = \"admin\"\nnamespaces = [\"*\"]\n\n\
+             [[tokens]]\nname = \"agent\"\ntoken = \"{reader_token}\"\nrole = \"read\"\nnamespaces = [\"features\"]\n"
+        ),
+    )?;
+    write_private(&dir.join("configd.token"), &reader_token)?;
+    let admin_token_file = dir.join("admin.token");
+    write_private(&admin_token_file, &admin_token)?;
+    std::fs::write(
+        dir.join("configd.toml"),
+        format!("listen = \"127.0.0.1:{cport}\"\ndatabase_url_file = \"db.dsn\"\ntokens_file = \"tokens.toml\"\n"),
+    )?;
+    eprintln!("==> starting riskfeat-configd on 127.0.0.1:{cport}");
+    let mut configd = ChildProc::spawn(
+        &binary("riskfeat-configd"),
+        &["--config", &dir.join("configd.toml").display().to_string()],
+        &[],
+    )?;
+    let base = format!("http://127.0.0.1:{cport}");
+    let http = reqwest::Client::new();
+    wait_until(Duration::from_secs(30), "configd answers", || {
+        let req = http
+            .put(format!("{base}/v1/admin/namespaces/features"))
+            .bearer_auth(&admin_token);
+        async move { matches!(req.send().await.map(|r| r.status().as_u16()), Ok(201 | 409)) }
+    })
+    .await
+    .with_context(|| format!("configd did not start; its log:\n{}", configd.logs()))?;
+    let published = http
+        .post(format!("{base}/v1/admin/namespaces/features/publish"))
+        .bearer_auth(&admin_token)
+        .json(&json!({
+            "author": "demo", "comment": "demo defaults",
+            "changes": [
+                {"op": "upsert", "key": "lookback", "value": 50},
+                {"op": "upsert", "key": "ma_window", "value": 10},
+                {"op": "upsert", "key": "zscore_above", "value": 3.0},
+            ]
+        }))
+        .send()
+        .await?;
+    if !published.status().is_success() {
+        bail!(
+            "publishing the demo config failed: {}",
+            published.text().await?
+        );
+    }
+
+    // The agent.
+    let primary = stack.pg.primary.endpoint();
+    let replica = stack.pg.replica().endpoint();
+    let mport = free_port()?;
+    let shared = stack.shared_dir.path();
+    std::fs::write(
+        dir.join("agent.toml"),
+        format!(
+            r#"shared_dir = "{shared}"
+metrics_addr = "127.0.0.1:{mport}"
+
+[vault]
+addr = "{vault}"
+role_id_file = "{role_id}"
+secret_id_file = "{secret_id}"
+
+[database]
+primary = {{ host = "{ph}", port = {pp}, dbname = "{pd}" }}
+replica = {{ host = "{rh}", port = {rp}, dbname = "{rd}" }}
+
+[lifecycle]
+max_ttl_hint_s = {max_ttl}
+
+[configd]
+addr = "{base}"
+token_file = "{token}"
+namespaces = ["features"]
+"#,
+            shared = shared.display(),
+            vault = stack.vault_addr(),
+            role_id = stack.approle.role_id_file.display(),
+            secret_id = stack.approle.secret_id_file.display(),
+            ph = primary.host,
+            pp = primary.port,
+            pd = primary.dbname,
+            rh = replica.host,
+            rp = replica.port,
+            rd = replica.dbname,
+            max_ttl = args.max_ttl_s,
+            token = dir.join("configd.token").display(),
+        ),
+    )?;
+    eprintln!("==> starting riskfeat-agent (metrics on 127.0.0.1:{mport})");
+    let mut agent = ChildProc::spawn(
+        &binary("riskfeat-agent"),
+        &[
+            "run",
+            "--config",
+            &dir.join("agent.toml").display().to_string(),
+        ],
+        &[],
+    )?;
+
+    // The worker.
+    let wport = free_port()?;
+    std::fs::write(
+        dir.join("worker.toml"),
+        format!(
+            "shared_dir = \"{}\"\nlisten = \"127.0.0.1:{wport}\"\n",
+            shared.display()
+        ),
+    )?;
+    eprintln!("==> starting riskfeat-worker on 127.0.0.1:{wport}");
+    let mut worker = ChildProc::spawn(
+        &binary("riskfeat-worker"),
+        &[
+            "run",
+            "--config",
+            &dir.join("worker.toml").display().to_string(),
+        ],
+        &[],
+    )?;
+    let url = format!("http://127.0.0.1:{wport}/v1/features/1");
+    let first = || {
+        let req = http.get(&url);
+        async move {
+            let r = req.send().await.ok()?;
+            if r.status() != 200 {
+                return None;
+            }
+            r.json::<Value>().await.ok()
+        }
+    };
+    wait_until(Duration::from_secs(60), "the worker answers", || async {
+        first()
+            .await
+            .is_some_and(|v| v["config_version"] != Value::Null)
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "the stack did not come up.\nagent log:\n{}\nworker log:\n{}",
+            agent.logs(),
+            worker.logs()
+        )
+    })?;
+    let answer = first().await.context("the worker stopped answering")?;
+    let agent_bin = binary("riskfeat-agent");
+    let worker_bin = binary("riskfeat-worker");
+    println!(
+        "\nriskfeat is up ({rows} transactions of {} users loaded).\n\n\
+         GET http://127.0.0.1:{wport}/v1/features/1 answered:\n{}\n\n\
+         Try:\n  \
+         curl -s http://127.0.0.1:{wport}/v1/features/42\n  \
+         curl -s -XPOST http://127.0.0.1:{wport}/v1/features/batch -d '{{\"user_ids\":[1,2,3]}}' -H 'content-type: application/json'\n  \
+         curl -s http://127.0.0.1:{wport}/metrics          # worker metrics\n  \
+         curl -s http://127.0.0.1:{mport}/metrics          # agent metrics\n  \
+         {} probe status --socket {}/agent.sock\n  \
+         {} probe ready --socket {}/worker.sock\n  \
+         curl -s -XPOST {base}/v1/admin/namespaces/features/publish -H \"authorization: Bearer $(cat {})\" \\\n       \
+         -d '{{\"changes\":[{{\"op\":\"upsert\",\"key\":\"ma_window\",\"value\":5}}]}}'   # hot config change\n\n\
+         Shared dir: {}   Logs: {}, {}, {}\n\
+         The agent renews the credential and rotates it before its {}s max TTL; watch credential_generation grow.\n",
+        args.users,
+        serde_json::to_string_pretty(&answer)?,
+        agent_bin.display(),
+        shared.display(),
+        worker_bin.display(),
+        shared.display(),
+        admin_token_file.display(),
+        shared.display(),
+        agent.log_path().display(),
+        worker.log_path().display(),
+        configd.log_path().display(),
+        args.max_ttl_s,
+    );
+    if args.exit_after_s > 0 {
+        println!("Stopping by itself in {} s.", args.exit_after_s);
+        tokio::time::sleep(Duration::from_secs(args.exit_after_s)).await;
+    } else {
+        println!("Press Ctrl-C to stop everything.");
+        tokio::signal::ctrl_c().await?;
+    }
+
+    eprintln!("\n==> SIGTERM to worker, agent (revokes its leases) and configd");
+    let term = nix::sys::signal::Signal::SIGTERM;
+    worker.signal(term);
+    let w = worker.wait_exit(Duration::from_secs(30));
+    agent.signal(term);
+    let a = agent.wait_exit(Duration::from_secs(30));
+    configd.signal(term);
+    let c = configd.wait_exit(Duration::from_secs(30));
+    eprintln!("    worker: {w:?}, agent: {a:?}, configd: {c:?}");
+    let leases = outstanding_leases(stack).await?;
+    let roles = db
+        .query("SELECT 1 FROM pg_roles WHERE rolname LIKE 'v-%'", &[])
+        .await?
+        .len();
+    eprintln!("    outstanding leases: {leases}, dynamic roles left in PostgreSQL: {roles}");
+    if leases != 0 || roles != 0 {
+        bail!(
+            "the agent left {leases} lease(s) and {roles} role(s) behind; its log:\n{}",
+            agent.logs()
+        );
+    }
+    Ok(())
+}
+
+/// Leases Vault still holds under the creds path.
+async fn outstanding_leases(stack: &Stack) -> anyhow::Result<usize> {
+    let path = format!(
+        "sys/leases/lookup/{}/creds/{}/",
+        stack.approle.db_mount, stack.approle.db_role
+    );
+    let list = reqwest::Method::from_bytes(b"LIST")?;
+    let (code, v) = stack
+        .bao
+        .request_raw(Some(&stack.bao.root_token), list, &path, None)
+        .await?;
+    match code.as_u16() {
+        200 => Ok(v["data"]["keys"].as_array().map(|a| a.len()).unwrap_or(0)),
+        404 => Ok(0),
+        other => bail!("LIST {path}: HTTP {other}: {v}"),
+    }
 }
