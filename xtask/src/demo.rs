@@ -113,6 +113,14 @@ async fn run_stack(args: &Args, stack: &Stack, dir: &Path) -> anyhow::Result<()>
     );
     let db = stack.pg.primary.connect_superuser().await?;
     let rows = data::load(&db, data::generate(args.users, args.per_user, 42)).await?;
+    // The generator is deterministic, anchored at a fixed date; move the
+    // data so its latest day is today and the 1 h / 24 h velocity features
+    // have something to count.
+    db.execute(
+        "UPDATE transactions SET ts = ts + (now() - $1::text::timestamptz)",
+        &[&data::anchor().to_rfc3339()],
+    )
+    .await?;
     db.execute("ANALYZE transactions", &[]).await?;
     stack.pg.wait_replica_caught_up().await?;
 
