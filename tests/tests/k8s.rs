@@ -15,6 +15,7 @@
 //! kubernetes-validate: they are checked structurally here instead, and any
 //! other kind without a schema fails the test.
 
+use riskfeat_tests::process::{cache_dir, workspace_root as repo_root};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -51,17 +52,6 @@ const CORE_KINDS: &[&str] = &[
     "PodDisruptionBudget",
 ];
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-fn cache_dir() -> PathBuf {
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-    home.join(".cache/riskfeat")
-}
 
 /// Runs a command; returns (success, stdout + stderr).
 fn run(cmd: &mut Command) -> (bool, String) {
