@@ -151,7 +151,7 @@ impl Metrics {
                         "riskfeat_agent_config_version",
                         "configd version published per namespace",
                     ),
-                    &["namespace"],
+                    &["config_namespace"],
                 )
                 .expect("metric"),
             ),
@@ -162,7 +162,7 @@ impl Metrics {
                         "riskfeat_agent_config_updates_total",
                         "config/<ns>.json publishes by kind (snapshot, incremental, cache)",
                     ),
-                    &["namespace", "kind"],
+                    &["config_namespace", "kind"],
                 )
                 .expect("metric"),
             ),

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 pub const ROLES_SQL: &str = include_str!("../../k8s/bootstrap/postgres/00-roles.sql");
 /// `transactions`, its index, and the grants to `feature_reader`.
 pub const SCHEMA_SQL: &str = include_str!("../../k8s/bootstrap/postgres/01-schema.sql");
+/// The optional static fallback login `riskfeat_fallback` (no password).
+pub const FALLBACK_SQL: &str = include_str!("../../k8s/bootstrap/postgres/02-fallback.sql");
 /// The agent's Vault policy.
 pub const AGENT_POLICY_HCL: &str = include_str!("../../k8s/bootstrap/vault/agent-policy.hcl");
 /// Creation statements of the `feature-reader` database role.
@@ -29,6 +31,7 @@ pub const DB_ROLE: &str = "feature-reader";
 pub const FILES: &[(&str, &str)] = &[
     ("postgres/00-roles.sql", ROLES_SQL),
     ("postgres/01-schema.sql", SCHEMA_SQL),
+    ("postgres/02-fallback.sql", FALLBACK_SQL),
     ("vault/agent-policy.hcl", AGENT_POLICY_HCL),
     ("vault/creation.sql", CREATION_SQL),
     ("vault/revocation.sql", REVOCATION_SQL),

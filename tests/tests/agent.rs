@@ -736,16 +736,17 @@ async fn debug_log_status_and_metrics_never_show_a_secret() {
     );
 }
 
-/// Creates a static limited-privilege role for the fallback and its file.
+/// Creates the static limited-privilege fallback role with the deployed
+/// `k8s/bootstrap/postgres/02-fallback.sql`, sets its password as the
+/// operator would, and writes the agent's fallback file.
 async fn fallback_file(stack: &Stack, dir: &Path) -> PathBuf {
     let c = stack.pg.primary.connect_superuser().await.unwrap();
-    c.batch_execute(
-        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'riskfeat_fallback') THEN \
-         CREATE ROLE riskfeat_fallback LOGIN PASSWORD 'fallback-pw-123456'; END IF; END $$; \
-         GRANT feature_reader TO riskfeat_fallback;",
-    )
-    .await
-    .unwrap();
+    c.batch_execute(riskfeat_tests::bootstrap::FALLBACK_SQL)
+        .await
+        .unwrap();
+    c.batch_execute("ALTER ROLE riskfeat_fallback PASSWORD 'fallback-pw-123456'")
+        .await
+        .unwrap();
     stack.pg.wait_replica_caught_up().await.unwrap();
     std::fs::write(dir.join("fallback-password"), "fallback-pw-123456\n").unwrap();
     let f = dir.join("fallback.toml");

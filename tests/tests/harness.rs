@@ -663,6 +663,8 @@ async fn bootstrap_sh_sets_up_the_same_roles_as_the_harness() {
         .env("VAULT_ADMIN_PASSWORD", &pg.vault_admin_password)
         .env("DEFAULT_TTL", "1h")
         .env("MAX_TTL", "24h")
+        .env("ROLE_ID", "riskfeat-agent-test-role-id")
+        .env("FALLBACK_PASSWORD", "fallback-bootstrap-pw-1")
         .output()
         .await
         .unwrap();
@@ -672,9 +674,9 @@ async fn bootstrap_sh_sets_up_the_same_roles_as_the_harness() {
         out.status.success(),
         "bootstrap.sh failed:\n{stdout}\n{stderr}"
     );
-    assert!(
-        !stdout.contains(&pg.vault_admin_password) && !stderr.contains(&pg.vault_admin_password)
-    );
+    for secret in [pg.vault_admin_password.as_str(), "fallback-bootstrap-pw-1"] {
+        assert!(!stdout.contains(secret) && !stderr.contains(secret));
+    }
 
     let role = bao
         .api(Method::GET, "database/roles/feature-reader", None)
@@ -704,6 +706,10 @@ async fn bootstrap_sh_sets_up_the_same_roles_as_the_harness() {
         )
         .await
         .unwrap();
+    assert_eq!(
+        role_id["data"]["role_id"], "riskfeat-agent-test-role-id",
+        "ROLE_ID sets the overlay's role_id in Vault"
+    );
     let secret = bao
         .api(
             Method::POST,
@@ -742,6 +748,24 @@ async fn bootstrap_sh_sets_up_the_same_roles_as_the_harness() {
         .simple_query("SELECT count(*) FROM transactions")
         .await
         .unwrap();
+    // FALLBACK_PASSWORD: the static fallback login exists, reads, is capped.
+    let fallback = p
+        .connect_as("riskfeat_fallback", "fallback-bootstrap-pw-1")
+        .await
+        .unwrap();
+    fallback
+        .simple_query("SELECT count(*) FROM transactions")
+        .await
+        .unwrap();
+    let limit: i32 = client
+        .query_one(
+            "SELECT rolconnlimit FROM pg_roles WHERE rolname = 'riskfeat_fallback'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(limit, 50);
     // rotate-root: the bootstrap password no longer works for vault_admin.
     assert!(p
         .connect_as("vault_admin", &pg.vault_admin_password)

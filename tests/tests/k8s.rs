@@ -52,7 +52,6 @@ const CORE_KINDS: &[&str] = &[
     "PodDisruptionBudget",
 ];
 
-
 /// Runs a command; returns (success, stdout + stderr).
 fn run(cmd: &mut Command) -> (bool, String) {
     let shown = format!("{cmd:?}");

@@ -4,6 +4,7 @@
 # Applies the files next to this script, the same files the test harness
 # (tests/src/stack.rs) applies, so what is tested is what is deployed:
 #   ../postgres/00-roles.sql  ../postgres/01-schema.sql
+#   ../postgres/02-fallback.sql (only when FALLBACK_PASSWORD is set)
 #   agent-policy.hcl  creation.sql  revocation.sql
 #
 # Required environment:
@@ -19,6 +20,11 @@
 #   PG_SSLMODE (verify-full)  DEFAULT_TTL (1h)  MAX_TTL (24h)
 #   TOKEN_TTL (1h)  TOKEN_PERIOD (unset: token_max_ttl applies)
 #   TOKEN_MAX_TTL (24h)  SECRET_ID_TTL (720h)
+#   ROLE_ID              set the AppRole's role_id to this value (the one in
+#                        the overlay's role_id ConfigMap); unset: Vault's own
+#   FALLBACK_PASSWORD    create the optional static fallback login
+#                        riskfeat_fallback with this password (store the same
+#                        value in the riskfeat-db-fallback-password Secret)
 #
 # Secrets are passed on stdin (`key=-`, psql variables from a here-document),
 # never as command-line arguments.
@@ -41,6 +47,12 @@ psql "$PG_ADMIN_DSN" -v ON_ERROR_STOP=1 -v pw="$VAULT_ADMIN_PASSWORD" <<'SQL'
 ALTER ROLE vault_admin PASSWORD :'pw';
 SQL
 psql "$PG_ADMIN_DSN" -v ON_ERROR_STOP=1 -f "$pg_dir/01-schema.sql"
+if [ -n "${FALLBACK_PASSWORD:-}" ]; then
+    psql "$PG_ADMIN_DSN" -v ON_ERROR_STOP=1 -f "$pg_dir/02-fallback.sql"
+    psql "$PG_ADMIN_DSN" -v ON_ERROR_STOP=1 -v pw="$FALLBACK_PASSWORD" <<'SQL'
+ALTER ROLE riskfeat_fallback PASSWORD :'pw';
+SQL
+fi
 
 # --- AppRole and the agent's policy -------------------------------------------
 if ! "$cli" auth list -format=json | grep -q '"approle/"'; then
@@ -57,6 +69,9 @@ fi
     token_ttl="${TOKEN_TTL:-1h}" \
     "$token_lifetime" \
     secret_id_ttl="${SECRET_ID_TTL:-720h}"
+if [ -n "${ROLE_ID:-}" ]; then
+    "$cli" write auth/approle/role/riskfeat-agent/role-id role_id="$ROLE_ID"
+fi
 
 # --- Database secrets engine, connected to the PRIMARY ------------------------
 if ! "$cli" secrets list -format=json | grep -q '"database/"'; then
