@@ -62,6 +62,10 @@ pub struct Config {
     pub shutdown_timeout_s: u64,
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// Runtime threads serving requests; 0 = one per CPU the process may
+    /// use (cgroup quota included).
+    #[serde(default)]
+    pub worker_threads: usize,
     #[serde(default)]
     pub log_format: LogFormat,
     #[serde(default = "default_log_level")]
@@ -216,6 +220,12 @@ impl Config {
                 self.max_batch
             ));
         }
+        if self.worker_threads > 256 {
+            out.push(format!(
+                "worker_threads = {}: expected 0 (one per CPU) to 256",
+                self.worker_threads
+            ));
+        }
         for (name, v) in [
             ("pool_wait_timeout_ms", self.pool_wait_timeout_ms),
             ("connect_timeout_ms", self.connect_timeout_ms),
@@ -268,7 +278,9 @@ fn check_key(key: &str, value: &toml::Value) -> Result<(), String> {
     match key {
         "shared_dir" | "listen" | "namespace" | "log_level" => ty::<String>(key, value, "a string"),
         "allow_disk" => ty::<bool>(key, value, "true or false"),
-        "pool_size" | "max_batch" => ty::<usize>(key, value, "a positive integer"),
+        "pool_size" | "max_batch" | "worker_threads" => {
+            ty::<usize>(key, value, "a non-negative integer")
+        }
         "pool_wait_timeout_ms" | "connect_timeout_ms" | "statement_timeout_ms"
         | "max_replica_lag_ms" | "lag_check_interval_ms" | "recheck_interval_ms"
         | "retry_initial_ms" | "retry_max_ms" | "drain_timeout_s" | "shutdown_timeout_s" => {
@@ -280,7 +292,7 @@ fn check_key(key: &str, value: &toml::Value) -> Result<(), String> {
             "unknown key {other:?} (known: shared_dir, allow_disk, listen, namespace, pool_size, \
              pool_wait_timeout_ms, connect_timeout_ms, statement_timeout_ms, max_replica_lag_ms, \
              lag_policy, lag_check_interval_ms, recheck_interval_ms, retry_initial_ms, retry_max_ms, \
-             drain_timeout_s, shutdown_timeout_s, max_batch, log_format, log_level)"
+             drain_timeout_s, shutdown_timeout_s, max_batch, worker_threads, log_format, log_level)"
         )),
     }
 }

@@ -123,10 +123,11 @@ fn main() -> ExitCode {
                 }
             };
             riskfeat_shared::telemetry::init(cfg.log_format, &cfg.log_level);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if cfg.worker_threads > 0 {
+                builder.worker_threads(cfg.worker_threads);
+            }
+            let rt = match builder.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("riskfeat-worker: cannot start the runtime: {e}");

@@ -15,6 +15,12 @@
 //!    (the old lease revoked once the worker acknowledged the new one, as
 //!    the agent does); counts non-2xx answers and transport errors.
 //!
+//! Beside rates and latencies it records where the CPU went during each
+//! HTTP measurement (from /proc): the worker's and the load generator's CPU
+//! time per request, and how busy the whole machine was, so a ratio below
+//! the aim can be told apart from a slow worker (a CPU-bound machine shared
+//! by PostgreSQL, the worker and the load generator).
+//!
 //! Prints a markdown section and appends it to docs/benchmarks.md.
 
 use anyhow::{bail, Context};
@@ -58,6 +64,9 @@ pub struct Args {
     /// Worker pool size.
     #[arg(long, default_value_t = 8)]
     pool_size: usize,
+    /// The worker's `worker_threads` (0 = one per CPU).
+    #[arg(long, default_value_t = 0)]
+    worker_threads: usize,
     /// Do not append to docs/benchmarks.md.
     #[arg(long)]
     no_record: bool,
@@ -161,9 +170,11 @@ async fn bench(args: &Args, worker_bin: &Path) -> anyhow::Result<String> {
     std::fs::write(
         &cfg,
         format!(
-            "shared_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\npool_size = {}\nlog_level = \"warn\"\n",
+            "shared_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\npool_size = {}\n\
+             worker_threads = {}\nlog_level = \"warn\"\n",
             shared.display(),
-            args.pool_size
+            args.pool_size,
+            args.worker_threads
         ),
     )?;
     let worker = ChildProc::spawn(worker_bin, &["run", "--config", cfg.to_str().unwrap()], &[])?;
@@ -185,9 +196,13 @@ async fn bench(args: &Args, worker_bin: &Path) -> anyhow::Result<String> {
     for &c in &args.concurrency {
         // Warm-up, then measure.
         let _ = load(addr, c, args.users, Duration::from_secs(2)).await?;
-        let http = load(addr, c, args.users, Duration::from_secs(args.duration)).await?;
+        let before = CpuSample::take(worker.pid());
+        let mut http = load(addr, c, args.users, Duration::from_secs(args.duration)).await?;
+        http.cpu = CpuSample::between(&before, CpuSample::take(worker.pid()), http.count);
         eprintln!("bench worker: HTTP c={c}: {:.0} req/s", http.rate);
-        let pg = pgbench(replica, &issued, c, args.users, args.duration)?;
+        let before = CpuSample::take(worker.pid());
+        let mut pg = pgbench(replica, &issued, c, args.users, args.duration)?;
+        pg.cpu = CpuSample::between(&before, CpuSample::take(worker.pid()), pg.count);
         eprintln!("bench worker: pgbench c={c}: {:.0} tps", pg.rate);
         rows.push((c, http, pg));
     }
@@ -340,9 +355,11 @@ async fn agent_rotation(
     std::fs::write(
         &cfg,
         format!(
-            "shared_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\npool_size = {}\nlog_level = \"warn\"\n",
+            "shared_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\npool_size = {}\n\
+             worker_threads = {}\nlog_level = \"warn\"\n",
             shared.display(),
-            args.pool_size
+            args.pool_size,
+            args.worker_threads
         ),
     )?;
     let worker = ChildProc::spawn(worker_bin, &["run", "--config", cfg.to_str().unwrap()], &[])?;
@@ -408,6 +425,91 @@ struct Measured {
     p99_ms: f64,
     count: u64,
     errors: u64,
+    /// Where the CPU went (HTTP measurements only).
+    cpu: Option<CpuUse>,
+}
+
+/// CPU counters at one moment, from /proc (Linux).
+struct CpuSample {
+    /// The worker's utime + stime, seconds.
+    worker_s: f64,
+    /// This process's (the load generator's) utime + stime, seconds.
+    loadgen_s: f64,
+    /// Its waited-for children's (pgbench's) cutime + cstime, seconds.
+    children_s: f64,
+    /// Machine-wide (busy, total) jiffies from /proc/stat.
+    machine: (u64, u64),
+}
+
+/// CPU use over a measurement.
+#[derive(Clone, Copy)]
+struct CpuUse {
+    worker_us_per_req: f64,
+    loadgen_us_per_req: f64,
+    /// pgbench's (a waited-for child's) CPU per transaction.
+    children_us_per_req: f64,
+    /// Busy share of all cores, 0..=1.
+    machine_busy: f64,
+}
+
+impl CpuSample {
+    fn take(worker_pid: u32) -> Option<CpuSample> {
+        Some(CpuSample {
+            worker_s: proc_cpu_s(&format!("/proc/{worker_pid}/stat"), 11)?,
+            loadgen_s: proc_cpu_s("/proc/self/stat", 11)?,
+            children_s: proc_cpu_s("/proc/self/stat", 13)?,
+            machine: machine_jiffies()?,
+        })
+    }
+
+    /// CPU use between two samples (either may be missing off Linux).
+    fn between(before: &Option<Self>, after: Option<Self>, requests: u64) -> Option<CpuUse> {
+        let (a, b) = (before.as_ref()?, after?);
+        let n = requests.max(1) as f64;
+        let total = b.machine.1.saturating_sub(a.machine.1).max(1) as f64;
+        Some(CpuUse {
+            worker_us_per_req: (b.worker_s - a.worker_s) * 1e6 / n,
+            loadgen_us_per_req: (b.loadgen_s - a.loadgen_s) * 1e6 / n,
+            children_us_per_req: (b.children_s - a.children_s) * 1e6 / n,
+            machine_busy: b.machine.0.saturating_sub(a.machine.0) as f64 / total,
+        })
+    }
+}
+
+fn clock_ticks() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100.0, |t| t as f64)
+}
+
+/// Two adjacent CPU-time fields of a `/proc/<pid>/stat` file, summed, in
+/// seconds: `at` = 11 for utime + stime, 13 for cutime + cstime (indices
+/// counted after the `(comm)` field).
+fn proc_cpu_s(path: &str, at: usize) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses:
+    // state is field 3, utime 14 and stime 15.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(at)?.parse::<u64>().ok()? + f.get(at + 1)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clock_ticks())
+}
+
+/// (busy, total) jiffies of all CPUs from the first line of /proc/stat.
+fn machine_jiffies() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = text
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    // idle and iowait are fields 4 and 5.
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
 }
 
 /// One client: a keep-alive connection, GETs of random users until `stop`;
@@ -520,6 +622,7 @@ async fn load(
         count: all.len() as u64,
         errors: counters.non_2xx.load(Ordering::Relaxed)
             + counters.transport.load(Ordering::Relaxed),
+        cpu: None,
     })
 }
 
@@ -619,6 +722,7 @@ fn pgbench(
         p99_ms: pct(0.99),
         count: lat.len() as u64,
         errors: 0,
+        cpu: None,
     })
 }
 
@@ -650,7 +754,7 @@ fn render(args: &Args, rows: &[(usize, Measured, Measured)], rotation: Option<Ro
     ));
     s.push_str(&format!(
         "Machine: {}. Command: `cargo xtask bench worker` (users {}, per_user {}, {} s per \
-         measurement, pool_size {}). Data: {} transactions; worker = release build over \
+         measurement, pool_size {}, worker_threads {}). Data: {} transactions; worker = release build over \
          HTTP/1.1 keep-alive (one connection per client, random users, load generator in \
          the same machine); pgbench = the worker's single-user query, `-M prepared`, same \
          credential, same replica, same concurrency. PostgreSQL, worker and load generator \
@@ -660,6 +764,7 @@ fn render(args: &Args, rows: &[(usize, Measured, Measured)], rotation: Option<Ro
         args.per_user,
         args.duration,
         args.pool_size,
+        args.worker_threads,
         args.users * args.per_user
     ));
     s.push_str("| concurrency | worker req/s | worker p50 ms | worker p99 ms | pgbench tps | pgbench p50 ms | pgbench p99 ms | worker / pgbench | worker errors |\n");
@@ -681,6 +786,30 @@ fn render(args: &Args, rows: &[(usize, Measured, Measured)], rotation: Option<Ro
             h.errors
         ));
         let _ = (h.count, p.count);
+    }
+    if rows
+        .iter()
+        .any(|(_, h, p)| h.cpu.is_some() && p.cpu.is_some())
+    {
+        s.push_str(
+            "\nWhere the CPU went (from /proc, during each measurement): CPU time per \
+             request of the worker, of the client (the Rust load generator for HTTP, pgbench \
+             for SQL), and how busy all cores were. PostgreSQL's share is the rest.\n\n",
+        );
+        s.push_str("| concurrency | worker CPU µs/req | load generator CPU µs/req | machine busy (HTTP) | pgbench CPU µs/tx | machine busy (pgbench) |\n");
+        s.push_str("|---|---|---|---|---|---|\n");
+        for (c, h, p) in rows {
+            if let (Some(hc), Some(pc)) = (h.cpu, p.cpu) {
+                s.push_str(&format!(
+                    "| {c} | {:.0} | {:.0} | {:.0}% | {:.0} | {:.0}% |\n",
+                    hc.worker_us_per_req,
+                    hc.loadgen_us_per_req,
+                    100.0 * hc.machine_busy,
+                    pc.children_us_per_req,
+                    100.0 * pc.machine_busy,
+                ));
+            }
+        }
     }
     if let Some((how, rotations, took, ok, non2xx, transport)) = rotation {
         s.push_str(&format!(
