@@ -286,14 +286,15 @@ async fn bench(args: &Args, worker_bin: &Path) -> anyhow::Result<String> {
             counters.ok.load(Ordering::Relaxed),
             counters.non_2xx.load(Ordering::Relaxed),
             counters.transport.load(Ordering::Relaxed),
+            String::new(),
         ));
     }
     drop(worker);
     Ok(render(args, &rows, rotation))
 }
 
-/// (how, rotations, duration, 2xx, non-2xx, transport errors).
-type Rotation = (String, u64, Duration, u64, u64, u64);
+/// (how, rotations, duration, 2xx, non-2xx, transport errors, notes).
+type Rotation = (String, u64, Duration, u64, u64, u64, String);
 
 /// The rotation scenario with the real agent on its own stack (default_ttl
 /// 5 s, max_ttl 10 s, rotate_lead_s 5: a new credential every ~5 s).
@@ -391,12 +392,24 @@ async fn agent_rotation(
         })
         .collect();
     let start = Instant::now();
+    let agent_cpu_before = proc_cpu_s(&format!("/proc/{}/stat", agent.pid()), 11);
     tokio::time::sleep(Duration::from_secs(args.rotation_duration)).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await??;
     }
     let last = worker_generation(&shared).await.unwrap_or(0);
+    let agent_cpu = proc_cpu_s(&format!("/proc/{}/stat", agent.pid()), 11)
+        .zip(agent_cpu_before)
+        .map(|(b, a)| b - a);
+    let notes = format!(
+        "Release riskfeat-agent after these rotations: {}; CPU {} over the {:.0} s. \
+         Release riskfeat-worker: {}.",
+        memory(agent.pid()),
+        agent_cpu.map_or("unknown".into(), |c| format!("{c:.2} s")),
+        start.elapsed().as_secs_f64(),
+        memory(worker.pid()),
+    );
     drop(worker);
     drop(agent);
     Ok((
@@ -408,7 +421,25 @@ async fn agent_rotation(
         counters.ok.load(Ordering::Relaxed),
         counters.non_2xx.load(Ordering::Relaxed),
         counters.transport.load(Ordering::Relaxed),
+        notes,
     ))
+}
+
+/// "VmHWM x MB, VmRSS y MB" of a process, from /proc/<pid>/status.
+fn memory(pid: u32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or("?".to_string(), |kb| format!("{:.1} MB", kb / 1024.0))
+    };
+    format!(
+        "peak RSS (VmHWM) {}, RSS {}",
+        field("VmHWM:"),
+        field("VmRSS:")
+    )
 }
 
 #[derive(Default)]
@@ -811,12 +842,15 @@ fn render(args: &Args, rows: &[(usize, Measured, Measured)], rotation: Option<Ro
             }
         }
     }
-    if let Some((how, rotations, took, ok, non2xx, transport)) = rotation {
+    if let Some((how, rotations, took, ok, non2xx, transport, notes)) = rotation {
         s.push_str(&format!(
             "\nRotation: {:.0} s of load at concurrency 16 with {how}: {rotations} rotations, \
              {ok} answers 2xx, **{non2xx} non-2xx**, {transport} transport errors.\n",
             took.as_secs_f64(),
         ));
+        if !notes.is_empty() {
+            s.push_str(&format!("\n{notes}\n"));
+        }
     }
     s
 }
