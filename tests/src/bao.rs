@@ -233,6 +233,35 @@ impl Bao {
         Ok((status, value))
     }
 
+    /// Seals the server (`PUT sys/seal`): every API call then answers 503
+    /// "Vault is sealed"; storage (tokens, leases) is kept in memory.
+    pub async fn seal(&self) -> anyhow::Result<()> {
+        self.api(Method::PUT, "sys/seal", None).await.map(|_| ())
+    }
+
+    /// Unseals a server sealed by [`seal`](Bao::seal) with the dev server's
+    /// single unseal key (printed in its start-up banner).
+    pub async fn unseal(&self) -> anyhow::Result<()> {
+        let logs = self.logs();
+        let key = logs
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Unseal Key:"))
+            .map(str::trim)
+            .context("no `Unseal Key:` in the dev server's output")?;
+        let v = self
+            .request(
+                None,
+                Method::PUT,
+                "sys/unseal",
+                Some(serde_json::json!({ "key": key })),
+            )
+            .await?;
+        if v["sealed"] != Value::Bool(false) {
+            bail!("still sealed after sys/unseal: {v}");
+        }
+        Ok(())
+    }
+
     /// The server's pid.
     pub fn pid(&self) -> u32 {
         self.process.pid()

@@ -4,8 +4,9 @@
 //! `worker.json` (the ack) itself.
 //!
 //! Covers issue 4's acceptance list (rotation with ack, token shorter than
-//! the credential, Vault outage, kill -9 resume, SIGTERM revocation, bad
-//! input, no secret in a debug log) and issue 8's fallback credential.
+//! the credential, Vault outage, sealed Vault and a failing database engine,
+//! kill -9 resume, SIGTERM revocation, bad input, no secret in a debug log)
+//! and issue 8's fallback credential.
 
 use anyhow::Context;
 use nix::sys::signal::Signal;
@@ -411,6 +412,127 @@ async fn vault_outage_keeps_the_credential_and_recovers() {
         status(&stack)
             .await
             .is_ok_and(|s| s["counts"]["lease_renewals_ok"].as_u64() > Some(renewed_before))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    let now = db_json(&stack).unwrap();
+    can_login_on_replica(&stack, &now).await.unwrap();
+    let m = metrics(&stack).await.unwrap();
+    assert_eq!(sample(&m, "riskfeat_agent_vault_up"), Some(1.0));
+    let issued = sample(
+        &m,
+        "riskfeat_agent_credential_issuances_total{result=\"ok\"}",
+    )
+    .unwrap();
+    assert!(
+        issued >= 1.0 && issued <= cap as f64,
+        "issued {issued} > cap {cap}"
+    );
+    assert!(outstanding_leases(&stack).await.unwrap() <= cap as usize);
+}
+
+async fn renewals_failed_above(stack: &Stack, n: u64) -> bool {
+    status(stack)
+        .await
+        .is_ok_and(|s| s["counts"]["lease_renewals_failed"].as_u64() > Some(n))
+}
+
+/// Vault up, ready, and more than `n` lease renewals succeeded.
+async fn renewing_above(stack: &Stack, n: u64) -> bool {
+    status(stack).await.is_ok_and(|s| {
+        s["vault"]["up"] == true
+            && s["counts"]["lease_renewals_ok"].as_u64() > Some(n)
+            && s["ready"] == true
+    })
+}
+
+/// Vault answers, but cannot serve: first sealed (every call 503 "Vault is
+/// sealed"), then with the database engine failing because the PRIMARY it
+/// renews roles on is down (OpenBao passes the engine's connection error
+/// on as a 400). Each time the agent keeps
+/// the credential published and usable on the replica, says what is wrong in
+/// `/status` and metrics, and recovers by itself when the fault goes, within
+/// the issuance cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_vault_and_failing_database_engine_keep_the_credential() {
+    let mut stack = Stack::start(opts(30, 600)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cap = 3;
+    let cfg = write_config(
+        &stack,
+        dir.path(),
+        &format!("max_issuances_per_minute = {cap}\nready_min_remaining_s = 2"),
+        "",
+    );
+    let agent = spawn_agent(&cfg, &[]);
+    let first = wait_published(&stack, 1, SECS(60)).await;
+    write_ack(&stack, first.generation);
+    wait_until(SECS(20), "ready", || ready(&stack))
+        .await
+        .unwrap();
+
+    // 1. Sealed. The next lease renewal (~2/3 of 30 s) gets a 503.
+    stack.bao.seal().await.unwrap();
+    wait_until(SECS(40), "a renewal failed while sealed", || {
+        renewals_failed_above(&stack, 0)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    let st = status(&stack).await.unwrap();
+    let err = st["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains("sealed"), "last_error names the seal: {st}");
+    let m = metrics(&stack).await.unwrap();
+    assert_eq!(sample(&m, "riskfeat_agent_vault_up"), Some(0.0), "{m}");
+    assert!(sample(&m, "riskfeat_agent_lease_renewals_total{result=\"error\"}").unwrap() >= 1.0);
+    let during = db_json(&stack).unwrap();
+    assert_eq!(
+        during.generation, first.generation,
+        "nothing new while sealed"
+    );
+    can_login_on_replica(&stack, &during).await.unwrap();
+
+    stack.bao.unseal().await.unwrap();
+    let ok_before = st["counts"]["lease_renewals_ok"].as_u64().unwrap();
+    wait_until(SECS(30), "renewing again after unseal", || {
+        renewing_above(&stack, ok_before)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    let after_seal = db_json(&stack).unwrap();
+    assert_eq!(
+        after_seal.generation, first.generation,
+        "the same lease was renewed: no new credential after the seal"
+    );
+    can_login_on_replica(&stack, &after_seal).await.unwrap();
+
+    // 2. The primary (where Vault's engine renews roles) goes down; the
+    //    replica the worker reads from stays up.
+    let st = status(&stack).await.unwrap();
+    let failed_before = st["counts"]["lease_renewals_failed"].as_u64().unwrap();
+    let ok_before = st["counts"]["lease_renewals_ok"].as_u64().unwrap();
+    stack.pg.primary.stop().unwrap();
+    wait_until(SECS(40), "a renewal failed with the primary down", || {
+        renewals_failed_above(&stack, failed_before)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    let st = status(&stack).await.unwrap();
+    let err = st["last_error"].as_str().unwrap_or_default().to_string();
+    // OpenBao answers 400 with the engine's connection error (not a 5xx);
+    // the agent looks the lease up, finds it alive, and retries with backoff
+    // instead of giving the credential up.
+    assert!(
+        err.contains("sys/leases/renew") && err.contains("connection refused"),
+        "last_error names the path and the engine's cause: {st}"
+    );
+    assert_eq!(st["ready"], true, "{st}");
+    let during = db_json(&stack).unwrap();
+    assert_eq!(during.generation, first.generation);
+    can_login_on_replica(&stack, &during).await.unwrap();
+
+    stack.pg.primary.start().unwrap();
+    wait_until(SECS(30), "renewing again with the primary back", || {
+        renewing_above(&stack, ok_before)
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
