@@ -68,6 +68,11 @@ pub struct Config {
 pub struct VaultSettings {
     /// e.g. `http://127.0.0.1:8200`.
     pub addr: String,
+    /// PEM file of the CA(s) Vault's TLS certificate must chain to. When
+    /// set, only these are trusted (not the built-in public roots); read
+    /// once at start. Requires an `https://` addr.
+    #[serde(default)]
+    pub ca_cert_file: Option<PathBuf>,
     /// Per-request timeout, seconds.
     #[serde(default = "default_request_timeout_s")]
     pub request_timeout_s: f64,
@@ -383,6 +388,12 @@ impl Config {
                 v.addr
             ));
         }
+        if v.ca_cert_file.is_some() && !v.addr.starts_with("https://") {
+            out.push(format!(
+                "vault.ca_cert_file is set but vault.addr {:?} is not https://",
+                v.addr
+            ));
+        }
         if !(v.request_timeout_s > 0.0 && v.request_timeout_s <= 300.0) {
             out.push("vault.request_timeout_s must be in (0, 300]".into());
         }
@@ -553,6 +564,7 @@ mod tests {
             metrics_addr = "nowhere"
             [vault]
             addr = "127.0.0.1:8200"
+            ca_cert_file = "/etc/vault-ca.pem"
             [database]
             primary = { host = "", port = 0, dbname = "riskfeat" }
             replica = { host = "r", port = 5432, dbname = "" }
@@ -565,6 +577,7 @@ mod tests {
         for want in [
             "metrics_addr",
             "vault.addr",
+            "vault.ca_cert_file is set but vault.addr",
             "vault.secret_id_file is required",
             "database.primary.host is empty",
             "database.primary.port is 0",

@@ -1,6 +1,7 @@
 //! The login material: role_id (file or env) and secret_id (file, optionally
-//! deleted after reading, or a response-wrapping token to unwrap), and the
-//! optional static fallback credential (issue 8).
+//! deleted after reading, or a response-wrapping token to unwrap), the
+//! optional CA bundle Vault's certificate must chain to, and the optional
+//! static fallback credential (issue 8).
 //!
 //! Every failure names the file; a missing, unreadable or empty file is
 //! exit 66 (EX_NOINPUT). Values are wrapped in [`Secret`] at once.
@@ -152,6 +153,52 @@ pub fn fallback(path: &Path) -> Result<FallbackCredential, InputError> {
     })
 }
 
+/// The CA bundle of `vault.ca_cert_file`: one or more PEM certificates,
+/// each checked by the TLS stack that will use it, so a wrong file is named
+/// here at start and not later as "cannot reach Vault".
+pub fn vault_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, InputError> {
+    const WHAT: &str = "vault.ca_cert_file";
+    let shown = path.display().to_string();
+    let invalid = |message: String| InputError::Invalid {
+        what: WHAT,
+        path: shown.clone(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|source| InputError::Read {
+        what: WHAT,
+        path: shown.clone(),
+        source,
+    })?;
+    if pem.iter().all(u8::is_ascii_whitespace) {
+        return Err(InputError::Empty {
+            what: WHAT,
+            path: shown.clone(),
+        });
+    }
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| invalid(format!("not a PEM certificate bundle: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid(
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+        ));
+    }
+    for (i, cert) in certs.iter().enumerate() {
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(cert.clone())
+            .build()
+            .map_err(|e| {
+                invalid(format!(
+                    "certificate {} of {} is not usable as a CA: {}",
+                    i + 1,
+                    certs.len(),
+                    riskfeat_shared::telemetry::error_chain(&e)
+                ))
+            })?;
+    }
+    Ok(certs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,5 +241,29 @@ mod tests {
         std::fs::write(&j, r#"{"username":"fb","password_file":"pw","x":1}"#).unwrap();
         let e = fallback(&j).unwrap_err().to_string();
         assert!(e.contains("fb.json") && e.contains("x"), "{e}");
+    }
+
+    #[test]
+    fn vault_ca_names_the_file_and_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ca.pem");
+        let e = vault_ca(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("vault.ca_cert_file") && e.contains("ca.pem"),
+            "{e}"
+        );
+        std::fs::write(&p, "\n").unwrap();
+        assert!(vault_ca(&p).unwrap_err().to_string().ends_with("is empty"));
+        std::fs::write(&p, "just some text\n").unwrap();
+        let e = vault_ca(&p).unwrap_err().to_string();
+        assert!(e.contains("holds no PEM certificate"), "{e}");
+        let junk = "-----BEGIN CERTIFICATE-----\nAAAAAAAA\n-----END CERTIFICATE-----\n";
+        std::fs::write(&p, junk).unwrap();
+        let e = vault_ca(&p).unwrap_err().to_string();
+        assert!(e.contains("certificate 1 of 1"), "{e}");
+        assert!(matches!(
+            vault_ca(&p).unwrap_err(),
+            InputError::Invalid { .. }
+        ));
     }
 }

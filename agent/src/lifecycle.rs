@@ -1378,8 +1378,13 @@ mod tests {
             "#
         );
         let cfg = Config::parse("t.toml", &text, &Default::default()).unwrap();
-        let vault =
-            VaultClient::new(&cfg.vault.addr, std::time::Duration::from_secs(1), None).unwrap();
+        let vault = VaultClient::new(
+            &cfg.vault.addr,
+            std::time::Duration::from_secs(1),
+            None,
+            &[],
+        )
+        .unwrap();
         let (_tx, rx) = watch::channel(false);
         Lifecycle::new(
             Arc::new(cfg),

@@ -96,11 +96,17 @@ async fn run_async(cfg: Config) -> Result<(), Fatal> {
         None => None,
     };
 
+    let ca = match &cfg.vault.ca_cert_file {
+        Some(path) => inputs::vault_ca(path).map_err(input_fatal)?,
+        None => Vec::new(),
+    };
+
     let metrics = AgentMetrics::new();
     let vault = VaultClient::new(
         &cfg.vault.addr,
         cfg.request_timeout(),
         Some(metrics.vault_request_duration.clone()),
+        &ca,
     )
     .map_err(|e| Fatal::Runtime(e.to_string()))?;
     let sync_status = cfg.configd.as_ref().map(|_| Arc::new(SyncStatus::new()));

@@ -1,5 +1,6 @@
 //! Logging setup shared by every binary: `tracing` to stderr, human-readable
-//! or JSON, filtered by `RUST_LOG` when set, else by the given level.
+//! or JSON, filtered by `RUST_LOG` when set, else by the given level; and
+//! [`error_chain`], the one-line form of an error with its causes.
 
 use tracing_subscriber::EnvFilter;
 
@@ -36,4 +37,20 @@ pub fn init(format: LogFormat, level: &str) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// `e` and its sources on one line (`outer: cause: root cause`), skipping a
+/// cause whose text the line already holds (reqwest and hyper repeat it).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let text = inner.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = inner.source();
+    }
+    out
 }

@@ -1,7 +1,9 @@
 //! OpenBao (Vault HTTP API) for tests: finds or installs the `bao` binary,
 //! runs `bao server -dev` on an ephemeral loopback port with a random root
 //! token, and offers a small JSON client ([`Bao::api`]). The dev server keeps
-//! everything in memory; dropping [`Bao`] kills it.
+//! everything in memory; dropping [`Bao`] kills it. [`Bao::start_tls`] serves
+//! HTTPS with a certificate signed by a CA the dev server generates
+//! ([`Bao::ca_cert`]), like a production Vault with a private CA.
 
 use crate::process::{cache_dir, free_port, lock_file, random_token, ChildProc};
 use anyhow::{bail, Context};
@@ -13,9 +15,13 @@ use std::time::{Duration, Instant};
 
 /// A running OpenBao dev server.
 pub struct Bao {
-    /// `http://127.0.0.1:PORT` (direct, never through a proxy).
+    /// `http://127.0.0.1:PORT` (`https://` with TLS; direct, never through
+    /// a proxy).
     pub addr: String,
     pub root_token: String,
+    /// With TLS: the PEM file of the CA that signed the server's
+    /// certificate (for `127.0.0.1` and `localhost`); no system trusts it.
+    pub ca_cert: Option<PathBuf>,
     http: reqwest::Client,
     process: ChildProc,
     home: tempfile::TempDir,
@@ -92,17 +98,29 @@ fn is_executable(path: &Path) -> bool {
 
 /// A reqwest client for loopback: no system proxy, short timeouts.
 pub(crate) fn http_client() -> reqwest::Client {
+    client_builder().build().expect("building a reqwest client")
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
         .connect_timeout(Duration::from_secs(5))
-        .build()
-        .expect("building a reqwest client")
 }
 
 impl Bao {
     /// Starts `bao server -dev` and waits until `/v1/sys/health` answers.
     pub async fn start() -> anyhow::Result<Bao> {
+        Self::start_with(false).await
+    }
+
+    /// Like [`start`](Bao::start), serving HTTPS (`-dev-tls`): the CA is
+    /// at [`ca_cert`](Bao::ca_cert) and the harness's client trusts it.
+    pub async fn start_tls() -> anyhow::Result<Bao> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> anyhow::Result<Bao> {
         let bin = tokio::task::spawn_blocking(bao_binary).await??;
         let http = http_client();
         let mut last_err = None;
@@ -119,15 +137,23 @@ impl Bao {
                 &format!("-dev-root-token-id={root_token}"),
                 &format!("-dev-listen-address=127.0.0.1:{port}"),
                 "-log-level=warn",
-            ])
-            .env("HOME", &home_str)
-            .env_remove("BAO_ADDR")
-            .env_remove("VAULT_ADDR")
-            .current_dir(home.path());
+            ]);
+            let tls_dir = home.path().join("tls");
+            if tls {
+                std::fs::create_dir(&tls_dir)?;
+                cmd.arg("-dev-tls")
+                    .arg(format!("-dev-tls-cert-dir={}", tls_dir.display()));
+            }
+            cmd.env("HOME", &home_str)
+                .env_remove("BAO_ADDR")
+                .env_remove("VAULT_ADDR")
+                .current_dir(home.path());
             let process = ChildProc::spawn_command(cmd)?;
+            let scheme = if tls { "https" } else { "http" };
             let mut bao = Bao {
-                addr: format!("http://127.0.0.1:{port}"),
+                addr: format!("{scheme}://127.0.0.1:{port}"),
                 root_token,
+                ca_cert: tls.then(|| tls_dir.join("vault-ca.pem")),
                 http: http.clone(),
                 process,
                 home,
@@ -150,13 +176,28 @@ impl Bao {
     async fn wait_healthy(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let url = format!("{}/v1/sys/health", self.addr);
+        // With TLS the client can trust the CA only once the server wrote it.
+        let mut trusted = self.ca_cert.is_none();
         loop {
             if let Some(status) = self.process.try_exit() {
                 bail!("bao server exited during start-up ({status})");
             }
-            if let Ok(resp) = self.http.get(&url).send().await {
-                if resp.status().is_success() {
-                    return Ok(());
+            if !trusted {
+                // Not yet written (or half written): try again next round.
+                let ca = self.ca_cert.as_ref().and_then(|p| std::fs::read(p).ok());
+                let client = ca
+                    .and_then(|pem| reqwest::Certificate::from_pem(&pem).ok())
+                    .and_then(|ca| client_builder().add_root_certificate(ca).build().ok());
+                if let Some(client) = client {
+                    self.http = client;
+                    trusted = true;
+                }
+            }
+            if trusted {
+                if let Ok(resp) = self.http.get(&url).send().await {
+                    if resp.status().is_success() {
+                        return Ok(());
+                    }
                 }
             }
             if Instant::now() >= deadline {

@@ -32,6 +32,8 @@ pub struct StackOptions {
     pub replica: bool,
     /// Put a [`TcpProxy`] in front of Vault ([`Stack::vault_addr`] uses it).
     pub vault_proxy: bool,
+    /// Vault serves HTTPS with a private CA ([`Bao::ca_cert`]).
+    pub vault_tls: bool,
 }
 
 impl Default for StackOptions {
@@ -44,6 +46,7 @@ impl Default for StackOptions {
             token_period: None,
             replica: true,
             vault_proxy: false,
+            vault_tls: false,
         }
     }
 }
@@ -96,13 +99,21 @@ impl Stack {
     /// Starts and bootstraps everything (PostgreSQL and OpenBao in
     /// parallel).
     pub async fn start(opts: StackOptions) -> anyhow::Result<Stack> {
-        let (pg, bao) = tokio::try_join!(PgCluster::start(opts.replica), Bao::start())?;
+        let bao = async {
+            if opts.vault_tls {
+                Bao::start_tls().await
+            } else {
+                Bao::start().await
+            }
+        };
+        let (pg, bao) = tokio::try_join!(PgCluster::start(opts.replica), bao)?;
         let approle = bootstrap_vault(&bao, &pg, &opts).await?;
         let shared_dir = shared_dir()?;
         let vault_proxy = if opts.vault_proxy {
             let upstream = bao
                 .addr
-                .trim_start_matches("http://")
+                .split_once("://")
+                .map_or(bao.addr.as_str(), |(_, hostport)| hostport)
                 .parse()
                 .context("parsing Vault's address")?;
             Some(TcpProxy::start(upstream).await?)
@@ -120,9 +131,11 @@ impl Stack {
         })
     }
 
-    /// `http://127.0.0.1:PORT`, through the proxy when there is one.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS), through the proxy
+    /// when there is one (TLS passes through it untouched).
     pub fn vault_addr(&self) -> String {
         match &self.vault_proxy {
+            Some(p) if self.opts.vault_tls => format!("https://{}", p.addr),
             Some(p) => p.http_url(),
             None => self.bao.addr.clone(),
         }

@@ -5,8 +5,8 @@
 //!
 //! Covers issue 4's acceptance list (rotation with ack, token shorter than
 //! the credential, Vault outage, sealed Vault and a failing database engine,
-//! kill -9 resume, SIGTERM revocation, bad input, no secret in a debug log)
-//! and issue 8's fallback credential.
+//! kill -9 resume, SIGTERM revocation, bad input, no secret in a debug log),
+//! issue 8's fallback credential, and Vault over HTTPS with a private CA.
 
 use anyhow::Context;
 use nix::sys::signal::Signal;
@@ -1012,6 +1012,94 @@ async fn wrapped_secret_id_is_unwrapped_once_and_its_file_deleted() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", agent2.logs()));
     assert_eq!(db_json(&stack).unwrap().lease_id, first.lease_id);
+}
+
+/// `write_config` with `vault.ca_cert_file` set (or not).
+fn write_config_with_ca(stack: &Stack, dir: &Path, ca: Option<&Path>) -> PathBuf {
+    let cfg = write_config(stack, dir, "", "");
+    if let Some(ca) = ca {
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "request_timeout_s = 2.0\n",
+            &format!(
+                "request_timeout_s = 2.0\nca_cert_file = \"{}\"\n",
+                ca.display()
+            ),
+        );
+        std::fs::write(&cfg, text).unwrap();
+    }
+    cfg
+}
+
+/// Production talks to Vault over HTTPS with a private CA. The agent
+/// trusts exactly `vault.ca_cert_file`: without it, or with a file that
+/// is not the signing CA, it stays unready and `/status` names the TLS
+/// failure and the fix; a file that is no certificate is refused at start
+/// naming the file; with the right CA it publishes a working credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_over_tls_trusts_exactly_the_configured_ca() {
+    let stack = Stack::start(StackOptions {
+        vault_tls: true,
+        vault_proxy: true,
+        ..opts(3600, 7200)
+    })
+    .await
+    .unwrap();
+    assert!(
+        stack.vault_addr().starts_with("https://"),
+        "{}",
+        stack.vault_addr()
+    );
+    let ca = stack.bao.ca_cert.clone().expect("the dev server's CA");
+    let dir = tempfile::tempdir().unwrap();
+
+    // 1. No CA file: the built-in public roots do not know this CA.
+    // 2. The server's own certificate is not the CA that signed it.
+    let leaf = ca.with_file_name("vault-cert.pem");
+    for (ca_file, hint) in [
+        (None, "set vault.ca_cert_file"),
+        (Some(leaf.as_path()), "does not hold the CA"),
+    ] {
+        let cfg = write_config_with_ca(&stack, dir.path(), ca_file);
+        let agent = spawn_agent(&cfg, &[]);
+        wait_until(SECS(30), "the TLS failure in /status", || async {
+            status(&stack).await.is_ok_and(|s| {
+                s["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("certificate") && e.contains(hint))
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+        assert!(!ready(&stack).await);
+        assert!(db_json(&stack).is_none(), "nothing published");
+        drop(agent);
+    }
+
+    // 3. A file that holds no certificate: exit 64 at start, naming it.
+    let junk = dir.path().join("not-a-ca.pem");
+    std::fs::write(&junk, "hello\n").unwrap();
+    let (code, logs) = run_to_exit(&write_config_with_ca(&stack, dir.path(), Some(&junk)));
+    assert_eq!(code, Some(64), "{logs}");
+    assert!(
+        logs.contains("vault.ca_cert_file") && logs.contains("not-a-ca.pem"),
+        "{logs}"
+    );
+    // A missing one: 66.
+    let missing = dir.path().join("no-such-ca.pem");
+    let (code, logs) = run_to_exit(&write_config_with_ca(&stack, dir.path(), Some(&missing)));
+    assert_eq!(code, Some(66), "{logs}");
+    assert!(logs.contains("no-such-ca.pem"), "{logs}");
+
+    // 4. The signing CA: a credential that logs in on the replica.
+    let cfg = write_config_with_ca(&stack, dir.path(), Some(&ca));
+    let agent = spawn_agent(&cfg, &[]);
+    let c = wait_published(&stack, 1, SECS(60)).await;
+    assert!(!c.fallback);
+    can_login_on_replica(&stack, &c).await.unwrap();
+    write_ack(&stack, c.generation);
+    wait_until(SECS(20), "ready", || ready(&stack))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

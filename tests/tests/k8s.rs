@@ -41,6 +41,9 @@ const OUT_OF_BAND_SECRETS: &[&str] = &[
     "riskfeat-configd-tokens",
     "riskfeat-db-fallback-password",
 ];
+/// ConfigMaps the pods mount that come from outside this repository
+/// (public material, e.g. a CA certificate from the operator's PKI).
+const OUT_OF_BAND_CONFIGMAPS: &[&str] = &["riskfeat-vault-ca"];
 /// Kinds kubernetes-validate has schemas for, as used here.
 const CORE_KINDS: &[&str] = &[
     "Namespace",
@@ -768,6 +771,57 @@ fn no_literal_secret_value_anywhere() {
     for f in [RULES, RULES_TEST, DASHBOARD] {
         let text = std::fs::read_to_string(repo_root().join(f)).unwrap();
         assert_eq!(secret_pattern(&text), None, "{f}");
+    }
+}
+
+/// Every ConfigMap a pod mounts is rendered or documented as created out of
+/// band, and the agent's `vault.ca_cert_file` (set in prod, where Vault is
+/// HTTPS with a private CA) is a read-only file projected from such a
+/// ConfigMap.
+#[test]
+fn every_mounted_config_map_exists_and_the_vault_ca_is_mounted() {
+    let ops = std::fs::read_to_string(repo_root().join("docs/operations.md"))
+        .expect("docs/operations.md");
+    for cm in OUT_OF_BAND_CONFIGMAPS {
+        assert!(ops.contains(cm), "docs/operations.md does not explain {cm}");
+    }
+    for overlay in OVERLAYS {
+        let docs = rendered(overlay);
+        for (dep, pod) in pod_specs(docs) {
+            for v in arr(&pod["volumes"]) {
+                if let Some(cm) = v["configMap"]["name"].as_str() {
+                    let rendered = docs.iter().any(|d| kind(d) == "ConfigMap" && name(d) == cm);
+                    assert!(
+                        rendered || OUT_OF_BAND_CONFIGMAPS.contains(&cm),
+                        "{overlay}/{dep}: ConfigMap {cm} is neither rendered nor documented"
+                    );
+                }
+            }
+        }
+        let pod = &object(docs, "Deployment", "riskfeat-worker")["spec"]["template"]["spec"];
+        let agent = container(pod, "riskfeat-agent");
+        let agent_toml = config_file(docs, pod, "agent-config", "agent.toml");
+        let vault = agent_toml["vault"].as_table().unwrap();
+        let addr = vault["addr"].as_str().unwrap();
+        let Some(ca) = vault.get("ca_cert_file").and_then(|v| v.as_str()) else {
+            assert_ne!(*overlay, "prod", "prod: vault.ca_cert_file is not set");
+            continue;
+        };
+        assert!(addr.starts_with("https://"), "{overlay}: {addr}");
+        let mount = arr(&agent["volumeMounts"])
+            .iter()
+            .find(|m| ca.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
+            .unwrap_or_else(|| panic!("{overlay}: nothing mounted over {ca}"));
+        assert_eq!(mount["readOnly"], true, "{overlay}: {ca}");
+        let vol = volume(pod, mount["name"].as_str().unwrap());
+        let rel = &ca[mount["mountPath"].as_str().unwrap().len() + 1..];
+        assert!(
+            arr(&vol["configMap"]["items"])
+                .iter()
+                .any(|i| i["path"] == rel),
+            "{overlay}: volume {} does not project {rel}",
+            vol["name"]
+        );
     }
 }
 

@@ -299,15 +299,6 @@ fn query_err(e: tokio_postgres::Error) -> DbError {
 pub fn describe_pg(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => {
-            let mut s = e.to_string();
-            let mut src = std::error::Error::source(e);
-            while let Some(inner) = src {
-                s.push_str(": ");
-                s.push_str(&inner.to_string());
-                src = inner.source();
-            }
-            s
-        }
+        None => riskfeat_shared::telemetry::error_chain(e),
     }
 }

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 #[derive(Clone)]
 pub struct VaultClient {
     http: reqwest::Client,
+    /// Trusts only `vault.ca_cert_file` (changes the hint on a TLS error).
+    custom_ca: bool,
     addr: String,
     timeout: Duration,
     durations: Option<HistogramVec>,
@@ -126,28 +128,49 @@ struct TokenLookupData {
 impl VaultClient {
     /// A client for `addr` (e.g. `http://127.0.0.1:8200`) with a
     /// per-request timeout; `durations` (label `op`) observes each request.
+    /// With `ca` non-empty, Vault's certificate must chain to one of these
+    /// and the built-in public roots are not trusted.
     pub fn new(
         addr: &str,
         timeout: Duration,
         durations: Option<HistogramVec>,
+        ca: &[reqwest::Certificate],
     ) -> Result<Self, VaultError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(1)
-            .build()
-            .map_err(|e| VaultError::Connect {
-                method: "INIT",
-                path: addr.to_string(),
-                detail: e.to_string(),
-            })?;
+            .pool_max_idle_per_host(1);
+        if !ca.is_empty() {
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in ca {
+                builder = builder.add_root_certificate(cert.clone());
+            }
+        }
+        let http = builder.build().map_err(|e| VaultError::Connect {
+            method: "INIT",
+            path: addr.to_string(),
+            detail: e.to_string(),
+        })?;
         Ok(Self {
             http,
             addr: addr.trim_end_matches('/').to_string(),
             timeout,
             durations,
+            custom_ca: !ca.is_empty(),
         })
+    }
+
+    /// Adds what to do to a failed TLS verification (the rest unchanged).
+    fn explain(&self, mut detail: String) -> String {
+        if detail.contains("certificate") {
+            detail.push_str(if self.custom_ca {
+                " (vault.ca_cert_file does not hold the CA that signed Vault's certificate)"
+            } else {
+                " (set vault.ca_cert_file to the CA that signed Vault's certificate)"
+            });
+        }
+        detail
     }
 
     async fn call<T: DeserializeOwned>(
@@ -200,7 +223,7 @@ impl VaultClient {
                 VaultError::Connect {
                     method: m,
                     path: path.to_string(),
-                    detail: describe_reqwest(&e),
+                    detail: self.explain(riskfeat_shared::telemetry::error_chain(&e)),
                 }
             }
         })?;
@@ -413,23 +436,4 @@ impl VaultClient {
             Err(e) => Err(e),
         }
     }
-}
-
-/// reqwest's error chain without the URL's query (there is none) on one line.
-fn describe_reqwest(e: &reqwest::Error) -> String {
-    let mut out = String::new();
-    let mut cur: Option<&dyn std::error::Error> = Some(e);
-    let mut first = true;
-    while let Some(err) = cur {
-        let s = err.to_string();
-        if !out.contains(&s) {
-            if !first {
-                out.push_str(": ");
-            }
-            out.push_str(&s);
-            first = false;
-        }
-        cur = err.source();
-    }
-    out
 }
