@@ -109,6 +109,10 @@ pub struct DatabaseSettings {
     pub role: String,
     pub primary: Endpoint,
     pub replica: Endpoint,
+    /// PEM CA(s) PostgreSQL's certificates must chain to; required when an
+    /// endpoint has `sslmode = "verify-full"`. Read once at start.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[lifecycle]`: timing of renewals, rotations and revocations.
@@ -428,6 +432,12 @@ impl Config {
             if ep.dbname.is_empty() {
                 out.push(format!("{name}.dbname is empty"));
             }
+            if !ep.sslmode.is_disable() && d.ca_file.is_none() {
+                out.push(format!(
+                    "{name}.sslmode = \"{}\" needs database.ca_file",
+                    ep.sslmode.as_str()
+                ));
+            }
         }
         let l = &self.lifecycle;
         fraction("lifecycle.renew_fraction", l.renew_fraction, &mut out);
@@ -567,7 +577,7 @@ mod tests {
             ca_cert_file = "/etc/vault-ca.pem"
             [database]
             primary = { host = "", port = 0, dbname = "riskfeat" }
-            replica = { host = "r", port = 5432, dbname = "" }
+            replica = { host = "r", port = 5432, dbname = "", sslmode = "verify-full" }
             [lifecycle]
             renew_fraction = 1.5
             max_issuances_per_minute = 0
@@ -582,6 +592,7 @@ mod tests {
             "database.primary.host is empty",
             "database.primary.port is 0",
             "database.replica.dbname is empty",
+            "database.replica.sslmode = \"verify-full\" needs database.ca_file",
             "lifecycle.renew_fraction",
             "max_issuances_per_minute",
         ] {

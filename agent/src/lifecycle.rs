@@ -41,6 +41,7 @@ use riskfeat_shared::ack::WorkerAck;
 use riskfeat_shared::atomic::{write_json_atomic, WriteOptions, WriteOutcome};
 use riskfeat_shared::creds::DbCredential;
 use riskfeat_shared::layout::SharedDir;
+use riskfeat_shared::pg_tls::PgTls;
 use riskfeat_shared::Secret;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -101,6 +102,7 @@ pub struct Lifecycle {
     role_id: Secret,
     secret: Option<SecretIdSource>,
     fallback: Option<FallbackCredential>,
+    pg_tls: PgTls,
     st: AgentState,
     shutdown: watch::Receiver<bool>,
     login_retry: Retry,
@@ -123,6 +125,8 @@ pub struct Inputs {
     pub secret: Option<SecretIdSource>,
     pub fallback: Option<FallbackCredential>,
     pub state: AgentState,
+    /// TLS to the replica for the login check (`database.ca_file`).
+    pub pg_tls: PgTls,
 }
 
 impl Lifecycle {
@@ -158,6 +162,7 @@ impl Lifecycle {
             role_id: inputs.role_id,
             secret,
             fallback: inputs.fallback,
+            pg_tls: inputs.pg_tls,
             st,
             shutdown,
             login_retry: Retry::default(),
@@ -910,6 +915,7 @@ impl Lifecycle {
         };
         let wait = std::time::Duration::from_secs(self.cfg.lifecycle.replica_wait_s);
         let check = replica::wait_for_login(
+            &self.pg_tls,
             &self.cfg.database.replica,
             &cred.username,
             &cred.password,
@@ -1007,6 +1013,7 @@ impl Lifecycle {
         }
         let wait = std::time::Duration::from_secs(self.cfg.lifecycle.replica_wait_s.min(5));
         if let Err(msg) = replica::wait_for_login(
+            &self.pg_tls,
             &self.cfg.database.replica,
             &fb.username,
             &fb.password,
@@ -1396,6 +1403,7 @@ mod tests {
                 secret: Some(SecretIdSource::Plain(Secret::new("s"))),
                 fallback: None,
                 state: AgentState::default(),
+                pg_tls: PgTls::new("database.ca_file", None).unwrap(),
             },
             rx,
         )

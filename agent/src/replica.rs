@@ -3,12 +3,14 @@
 //! only after replay (vault #19578), so retry with backoff, bounded.
 
 use riskfeat_shared::creds::Endpoint;
+use riskfeat_shared::pg_tls::PgTls;
 use riskfeat_shared::Secret;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Connects as `user` and runs `SELECT 1`.
+/// Connects as `user` (over TLS when `ep` asks for it) and runs `SELECT 1`.
 pub async fn try_login(
+    tls: &PgTls,
     ep: &Endpoint,
     user: &str,
     password: &Secret,
@@ -22,9 +24,10 @@ pub async fn try_login(
         .password(password.expose())
         .application_name("riskfeat-agent-check")
         .connect_timeout(timeout);
+    tls.configure(ep, &mut cfg).map_err(|e| e.to_string())?;
     let fut = async {
         let (client, conn) = cfg
-            .connect(tokio_postgres::NoTls)
+            .connect(tls.connector())
             .await
             .map_err(|e| pg_error(&e))?;
         let task = tokio::spawn(conn);
@@ -45,13 +48,15 @@ pub async fn try_login(
 fn pg_error(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => e.to_string(),
+        // TLS failures are in the sources ("invalid peer certificate...").
+        None => riskfeat_shared::telemetry::error_chain(e),
     }
 }
 
 /// Retries [`try_login`] with backoff until it succeeds, `total` passes, or
 /// `shutdown` turns true. Returns the attempts made, or the last error.
 pub async fn wait_for_login(
+    tls: &PgTls,
     ep: &Endpoint,
     user: &str,
     password: &Secret,
@@ -65,7 +70,7 @@ pub async fn wait_for_login(
         attempts += 1;
         let left = total.saturating_sub(started.elapsed());
         let per_try = left.clamp(Duration::from_millis(200), Duration::from_secs(5));
-        match try_login(ep, user, password, per_try).await {
+        match try_login(tls, ep, user, password, per_try).await {
             Ok(()) => return Ok(attempts),
             Err(e) => {
                 if started.elapsed() + delay >= total || *shutdown.borrow() {

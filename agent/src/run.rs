@@ -12,6 +12,7 @@ use crate::status::StatusBoard;
 use crate::vault::VaultClient;
 use riskfeat_shared::fs_check;
 use riskfeat_shared::layout::SharedDir;
+use riskfeat_shared::pg_tls::{PgTls, PgTlsError};
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
@@ -96,6 +97,11 @@ async fn run_async(cfg: Config) -> Result<(), Fatal> {
         None => None,
     };
 
+    let pg_tls =
+        PgTls::new("database.ca_file", cfg.database.ca_file.as_deref()).map_err(|e| match e {
+            PgTlsError::Read { .. } => Fatal::Input(e.to_string()),
+            _ => Fatal::Config(e.to_string()),
+        })?;
     let ca = match &cfg.vault.ca_cert_file {
         Some(path) => inputs::vault_ca(path).map_err(input_fatal)?,
         None => Vec::new(),
@@ -180,6 +186,7 @@ async fn run_async(cfg: Config) -> Result<(), Fatal> {
             secret,
             fallback,
             state,
+            pg_tls,
         },
         stop_rx,
     );

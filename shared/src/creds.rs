@@ -5,17 +5,21 @@
 //! credential. Renewing a lease rewrites `expires_at` but keeps the
 //! generation: the worker rebuilds its pool only on a new generation.
 
+use crate::pg_tls::SslMode;
 use crate::secret::Secret;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Where a database listens.
+/// Where a database listens, and whether to reach it over TLS.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
     pub dbname: String,
+    /// `disable` (default) or `verify-full` ([`crate::pg_tls`]).
+    #[serde(default, skip_serializing_if = "SslMode::is_disable")]
+    pub sslmode: SslMode,
 }
 
 /// The contents of `db.json`.
@@ -136,6 +140,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
             dbname: "riskfeat".into(),
+            sslmode: SslMode::Disable,
         };
         DbCredential {
             generation: 1,

@@ -6,7 +6,8 @@
 //! reader ever seeing half of it ([`atomic`]), the check that the directory is
 //! memory-backed ([`fs_check`]), and the operational surface both binaries
 //! expose the same way: health over a unix socket ([`health`]), Prometheus
-//! metrics ([`metrics`]) and logging ([`telemetry`]).
+//! metrics ([`metrics`]) and logging ([`telemetry`]); and how both reach
+//! PostgreSQL over TLS ([`pg_tls`]).
 //!
 //! This crate depends on none of agent, worker or configd.
 
@@ -18,6 +19,7 @@ pub mod fs_check;
 pub mod health;
 pub mod layout;
 pub mod metrics;
+pub mod pg_tls;
 pub mod secret;
 pub mod telemetry;
 

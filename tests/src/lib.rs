@@ -8,7 +8,8 @@
 //!   (see [`bootstrap`]), plus the AppRole files and a tmpfs shared dir;
 //! - [`proxy`]: a TCP proxy to cut or slow a link;
 //! - [`process`]: the binaries under test as child processes;
-//! - [`data`]: deterministic transactions and a COPY loader.
+//! - [`data`]: deterministic transactions and a COPY loader;
+//! - [`tls`]: a private CA and server certificates (PostgreSQL TLS).
 
 pub mod bao;
 pub mod bootstrap;
@@ -18,9 +19,11 @@ pub mod process;
 pub mod promtool;
 pub mod proxy;
 pub mod stack;
+pub mod tls;
 
 pub use bao::Bao;
 pub use pg::{PgCluster, PgServer};
 pub use process::{binary, wait_until, ChildProc};
 pub use proxy::TcpProxy;
 pub use stack::{AppRole, IssuedCreds, Stack, StackOptions};
+pub use tls::TestCa;

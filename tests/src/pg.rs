@@ -426,6 +426,7 @@ impl PgServer {
             host: self.host.clone(),
             port: self.port,
             dbname: self.dbname.clone(),
+            sslmode: Default::default(),
         }
     }
 
@@ -458,6 +459,60 @@ impl PgServer {
             .password(&self.superuser_password)
             .connect_timeout(Duration::from_secs(10));
         connect(cfg).await
+    }
+
+    /// Turns TLS on with `cert` (written into the data dir, the key 0600
+    /// and owned by the server user) and reloads; with `reject_plain_for`,
+    /// members of that role are refused without TLS (`hostnossl ... reject`
+    /// first in pg_hba.conf), so a client that silently skipped TLS fails.
+    /// Returns once `SHOW ssl` says on.
+    pub async fn enable_tls(
+        &self,
+        cert: &crate::tls::ServerCert,
+        reject_plain_for: Option<&str>,
+    ) -> anyhow::Result<()> {
+        for (name, pem, mode) in [
+            ("server.crt", &cert.cert_pem, 0o644),
+            ("server.key", &cert.key_pem, 0o600),
+        ] {
+            let path = self.data_dir.join(name);
+            fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+            give_to_server(&path)?;
+        }
+        let mut conf = File::options()
+            .append(true)
+            .open(self.data_dir.join("postgresql.conf"))?;
+        writeln!(
+            conf,
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'"
+        )?;
+        if let Some(role) = reject_plain_for {
+            let hba = self.data_dir.join("pg_hba.conf");
+            let old =
+                fs::read_to_string(&hba).with_context(|| format!("reading {}", hba.display()))?;
+            fs::write(
+                &hba,
+                format!("hostnossl all +{role} 127.0.0.1/32 reject\n{old}"),
+            )?;
+        }
+        let db = self.connect_superuser().await?;
+        db.batch_execute("SELECT pg_reload_conf()").await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let on: String = db.query_one("SHOW ssl", &[]).await?.get(0);
+            if on == "on" {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "postgres on port {} did not turn ssl on:\n{}",
+                    self.port,
+                    log_tail(&self.log_path, 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Connects to `riskfeat` as `user`; the driver's error as is (tests

@@ -1075,6 +1075,30 @@ fn exit_codes_for_bad_config_and_shared_dir() {
         assert_eq!(code, Some(78), "{err}");
         assert!(err.contains("allow_disk"), "{err}");
     }
+    // An absent database_ca_file: 66; one holding no certificate: 64. Both
+    // name the setting and the file.
+    let shared = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    for (ca, want) in [(dir.path().join("absent.pem"), 66), (junk, 64)] {
+        let cfg = dir.path().join("ca.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:0\"\nallow_disk = true\nshared_dir = \"{}\"\n\
+                 database_ca_file = \"{}\"\n",
+                shared.path().display(),
+                ca.display()
+            ),
+        )
+        .unwrap();
+        let (code, err) = run(&["run", "--config", cfg.to_str().unwrap()]);
+        assert_eq!(code, Some(want), "{err}");
+        assert!(
+            err.contains("database_ca_file") && err.contains(ca.to_str().unwrap()),
+            "{err}"
+        );
+    }
 }
 
 /// An agent config for `stack` (the real riskfeat-agent rotates).

@@ -8,6 +8,7 @@ use crate::params::FeatureParams;
 use crate::pool::{DbError, DbPools, PoolSettings};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use riskfeat_shared::layout::SharedDir;
+use riskfeat_shared::pg_tls::PgTls;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -64,12 +65,14 @@ pub struct ReadContext {
 }
 
 impl App {
-    pub fn new(cfg: Config) -> Self {
+    /// `tls` is how every pool reaches PostgreSQL (`database_ca_file`).
+    pub fn new(cfg: Config, tls: PgTls) -> Self {
         let pool_settings = PoolSettings {
             size: cfg.pool_size,
             wait_timeout: Config::ms(cfg.pool_wait_timeout_ms),
             connect_timeout: Config::ms(cfg.connect_timeout_ms),
             statement_timeout: Config::ms(cfg.statement_timeout_ms),
+            tls,
         };
         let metrics = Metrics::new();
         metrics.pool_max_size.set(cfg.pool_size as i64);

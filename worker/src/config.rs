@@ -62,6 +62,10 @@ pub struct Config {
     pub shutdown_timeout_s: u64,
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// PEM CA(s) PostgreSQL's certificates must chain to; needed when
+    /// db.json's endpoints say `sslmode = "verify-full"`. Read at start.
+    #[serde(default)]
+    pub database_ca_file: Option<PathBuf>,
     /// Runtime threads serving requests; 0 = one per CPU the process may
     /// use (cgroup quota included).
     #[serde(default)]
@@ -276,7 +280,9 @@ fn check_key(key: &str, value: &toml::Value) -> Result<(), String> {
             .map_err(|_| format!("{key} = {v}: expected {what}"))
     }
     match key {
-        "shared_dir" | "listen" | "namespace" | "log_level" => ty::<String>(key, value, "a string"),
+        "shared_dir" | "listen" | "namespace" | "log_level" | "database_ca_file" => {
+            ty::<String>(key, value, "a string")
+        }
         "allow_disk" => ty::<bool>(key, value, "true or false"),
         "pool_size" | "max_batch" | "worker_threads" => {
             ty::<usize>(key, value, "a non-negative integer")
@@ -292,7 +298,8 @@ fn check_key(key: &str, value: &toml::Value) -> Result<(), String> {
             "unknown key {other:?} (known: shared_dir, allow_disk, listen, namespace, pool_size, \
              pool_wait_timeout_ms, connect_timeout_ms, statement_timeout_ms, max_replica_lag_ms, \
              lag_policy, lag_check_interval_ms, recheck_interval_ms, retry_initial_ms, retry_max_ms, \
-             drain_timeout_s, shutdown_timeout_s, max_batch, worker_threads, log_format, log_level)"
+             drain_timeout_s, shutdown_timeout_s, max_batch, database_ca_file, worker_threads, log_format, \
+             log_level)"
         )),
     }
 }

@@ -51,6 +51,7 @@ impl HealthSource for Health {
                 "fallback": app.fallback.load(Ordering::Relaxed),
                 "in_use_since": p.built_at_utc,
                 "replica": format!("{}:{}/{}", p.replica_endpoint.host, p.replica_endpoint.port, p.replica_endpoint.dbname),
+                "sslmode": p.replica_endpoint.sslmode.as_str(),
                 "pool": {"max": p.max_size(), "open": size, "idle": available, "waiting": waiting},
             })
         });

@@ -83,7 +83,7 @@ impl From<QueryFailure> for ApiError {
                 "pool_exhausted",
                 format!("no free database connection within {d:?}"),
             ),
-            QueryFailure::Db(e @ (DbError::Connect { .. } | DbError::Closed)) => {
+            QueryFailure::Db(e @ (DbError::Connect { .. } | DbError::Closed | DbError::Tls(_))) => {
                 ApiError::new(unavailable, "database_unavailable", e.to_string())
             }
             QueryFailure::Db(e @ DbError::Query(_)) => ApiError::new(

@@ -18,10 +18,10 @@ use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use riskfeat_shared::creds::{DbCredential, Endpoint};
+use riskfeat_shared::pg_tls::{PgTls, PgTlsError};
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::NoTls;
 
 /// The last `$2` transactions of user `$1`, newest first, as ONE row of two
 /// arrays (amounts, timestamps in µs): one protocol message instead of 50
@@ -48,13 +48,14 @@ pub const SQL_LAG: &str = "SELECT CASE \
        ELSE COALESCE(GREATEST(0, EXTRACT(EPOCH FROM (clock_timestamp() - pg_last_xact_replay_timestamp())) * 1000), 0)::float8 \
      END";
 
-/// Pool tuning from the worker config.
+/// Pool tuning from the worker config, and how to reach PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub size: usize,
     pub wait_timeout: Duration,
     pub connect_timeout: Duration,
     pub statement_timeout: Duration,
+    pub tls: PgTls,
 }
 
 /// Why a pool could not be built, validated or used.
@@ -72,6 +73,8 @@ pub enum DbError {
     Closed,
     #[error("query failed: {0}")]
     Query(String),
+    #[error("{0}")]
+    Tls(#[from] PgTlsError),
 }
 
 impl DbError {
@@ -105,7 +108,11 @@ impl std::fmt::Debug for DbPools {
     }
 }
 
-fn pg_config(ep: &Endpoint, cred: &DbCredential, s: &PoolSettings) -> tokio_postgres::Config {
+fn pg_config(
+    ep: &Endpoint,
+    cred: &DbCredential,
+    s: &PoolSettings,
+) -> Result<tokio_postgres::Config, PgTlsError> {
     let mut c = tokio_postgres::Config::new();
     c.host(&ep.host)
         .port(ep.port)
@@ -119,13 +126,14 @@ fn pg_config(ep: &Endpoint, cred: &DbCredential, s: &PoolSettings) -> tokio_post
             "-c statement_timeout={}",
             s.statement_timeout.as_millis().max(1)
         ));
-    c
+    s.tls.configure(ep, &mut c)?;
+    Ok(c)
 }
 
-fn make_pool(ep: &Endpoint, cred: &DbCredential, s: &PoolSettings) -> Pool {
+fn make_pool(cfg: tokio_postgres::Config, s: &PoolSettings) -> Pool {
     let mgr = Manager::from_config(
-        pg_config(ep, cred, s),
-        NoTls,
+        cfg,
+        s.tls.connector(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -145,20 +153,23 @@ fn target(ep: &Endpoint) -> String {
 }
 
 impl DbPools {
-    /// Pools for `cred` (no connection made yet).
-    pub fn new(cred: &DbCredential, settings: &PoolSettings) -> Self {
-        DbPools {
+    /// Pools for `cred` (no connection made yet); fails when an endpoint
+    /// asks for TLS the settings cannot give (no CA file).
+    pub fn new(cred: &DbCredential, settings: &PoolSettings) -> Result<Self, DbError> {
+        let replica_cfg = pg_config(&cred.replica, cred, settings)?;
+        let primary_cfg = pg_config(&cred.primary, cred, settings)?;
+        Ok(DbPools {
             generation: cred.generation,
             username: cred.username.clone(),
             replica_endpoint: cred.replica.clone(),
             primary_endpoint: cred.primary.clone(),
-            replica: make_pool(&cred.replica, cred, settings),
-            primary: make_pool(&cred.primary, cred, settings),
-            replica_cfg: pg_config(&cred.replica, cred, settings),
-            primary_cfg: pg_config(&cred.primary, cred, settings),
+            replica: make_pool(replica_cfg.clone(), settings),
+            primary: make_pool(primary_cfg.clone(), settings),
+            replica_cfg,
+            primary_cfg,
             built_at_utc: chrono::Utc::now(),
             settings: settings.clone(),
-        }
+        })
     }
 
     /// Opens `warm` replica connections at once, and on each prepares the
@@ -225,7 +236,7 @@ impl DbPools {
             // Throw away idle connections that are already known dead.
             pool.retain(|c, _| !c.is_closed());
             let (client, connection) = cfg
-                .connect(NoTls)
+                .connect(self.settings.tls.connector())
                 .await
                 .map_err(|e| self.pool_error(PoolError::Backend(e), ep))?;
             let task = tokio::spawn(connection);

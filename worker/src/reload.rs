@@ -139,47 +139,38 @@ async fn reconcile_credential(app: &Arc<App>, seen: &mut Seen) {
         }
     }
     let started = Instant::now();
-    let pools = DbPools::new(&cred, &app.pool_settings);
-    let warm = app.cfg.pool_size.min(8);
-    let validated = tokio::time::timeout(
-        app.pool_settings.connect_timeout * 2 + app.pool_settings.statement_timeout,
-        pools.validate(warm),
-    )
-    .await;
-    let err = match validated {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(_) => Some("validation timed out".to_string()),
+    let pools = build_and_validate(app, &cred).await;
+    let pools = match pools {
+        Ok(p) => p,
+        Err(msg) => {
+            app.metrics
+                .credential_failures
+                .with_label_values(&["connect"])
+                .inc();
+            let keeping = app
+                .pools
+                .load()
+                .as_ref()
+                .map(|p| format!("keeping generation {}", p.generation))
+                .unwrap_or_else(|| "no pool yet".into());
+            tracing::warn!(
+                generation = cred.generation,
+                error = %msg,
+                retry_in_ms = seen.backoff.as_millis() as u64,
+                "new credential does not work on the replica; {keeping}"
+            );
+            App::set_error(
+                &app.credential_error,
+                Some(LastError::now(
+                    format!("generation {}: {msg}", cred.generation),
+                    Some(cred.generation),
+                )),
+            );
+            seen.retry_at = Some(Instant::now() + seen.backoff);
+            seen.backoff = (seen.backoff * 2).min(Duration::from_millis(app.cfg.retry_max_ms));
+            return;
+        }
     };
-    if let Some(msg) = err {
-        pools.close();
-        app.metrics
-            .credential_failures
-            .with_label_values(&["connect"])
-            .inc();
-        let keeping = app
-            .pools
-            .load()
-            .as_ref()
-            .map(|p| format!("keeping generation {}", p.generation))
-            .unwrap_or_else(|| "no pool yet".into());
-        tracing::warn!(
-            generation = cred.generation,
-            error = %msg,
-            retry_in_ms = seen.backoff.as_millis() as u64,
-            "new credential does not work on the replica; {keeping}"
-        );
-        App::set_error(
-            &app.credential_error,
-            Some(LastError::now(
-                format!("generation {}: {msg}", cred.generation),
-                Some(cred.generation),
-            )),
-        );
-        seen.retry_at = Some(Instant::now() + seen.backoff);
-        seen.backoff = (seen.backoff * 2).min(Duration::from_millis(app.cfg.retry_max_ms));
-        return;
-    }
     seen.retry_at = None;
     seen.backoff = Duration::from_millis(app.cfg.retry_initial_ms);
     let generation = cred.generation;
@@ -200,6 +191,25 @@ async fn reconcile_credential(app: &Arc<App>, seen: &mut Seen) {
         spawn_drain(app.clone(), old);
     }
     write_ack(app);
+}
+
+/// Builds the pools of `cred` and proves they work (`warm` connections, a
+/// bounded wait) before anything is swapped; on failure nothing is kept.
+async fn build_and_validate(app: &Arc<App>, cred: &DbCredential) -> Result<DbPools, String> {
+    let pools = DbPools::new(cred, &app.pool_settings).map_err(|e| e.to_string())?;
+    let warm = app.cfg.pool_size.min(8);
+    let validated = tokio::time::timeout(
+        app.pool_settings.connect_timeout * 2 + app.pool_settings.statement_timeout,
+        pools.validate(warm),
+    )
+    .await;
+    let err = match validated {
+        Ok(Ok(())) => return Ok(pools),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "validation timed out".to_string(),
+    };
+    pools.close();
+    Err(err)
 }
 
 /// Waits for requests still using `old` to finish (bounded by

@@ -5,6 +5,7 @@
 use crate::app::App;
 use crate::config::Config;
 use crate::health::Health;
+use riskfeat_shared::pg_tls::{PgTls, PgTlsError};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,7 +61,14 @@ pub async fn run(cfg: Config) -> Result<(), Fatal> {
     check_shared_dir(&cfg)?;
     let addr = cfg.listen_addr();
     let shutdown_timeout = Duration::from_secs(cfg.shutdown_timeout_s);
-    let app = Arc::new(App::new(cfg));
+    let tls = PgTls::new("database_ca_file", cfg.database_ca_file.as_deref()).map_err(|e| {
+        let code = match e {
+            PgTlsError::Read { .. } => 66,
+            _ => 64,
+        };
+        Fatal::new(code, e.to_string())
+    })?;
+    let app = Arc::new(App::new(cfg, tls));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Fatal::new(1, format!("cannot listen on {addr}: {e}")))?;

@@ -1,0 +1,234 @@
+//! TLS to PostgreSQL, the same for the agent's replica login check and the
+//! worker's pools: the `sslmode` an [`Endpoint`] asks for and the rustls
+//! connector that verifies the server against a CA file.
+//!
+//! Two modes, on purpose: `disable` (plain TCP, e.g. inside a mesh that
+//! encrypts) and `verify-full` (TLS, the chain must end at a CA of
+//! `ca_file` and the certificate must name the host). libpq's `require`
+//! (encrypt, trust any certificate) and `prefer` (maybe encrypt) are not
+//! offered: both accept a man in the middle. The server's certificate
+//! must be issued by a CA in the file (cert-manager's CA issuer, or the
+//! platform's); a bare self-signed leaf is not accepted as its own CA.
+
+use crate::creds::Endpoint;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// How to reach an endpoint. Serialized in `db.json` only when not
+/// `disable`, so files stay readable by a worker that predates TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain TCP.
+    #[default]
+    Disable,
+    /// TLS; the server's certificate must chain to the CA file and name
+    /// the host (DNS name or IP address).
+    VerifyFull,
+}
+
+impl SslMode {
+    /// True for [`SslMode::Disable`] (serde's `skip_serializing_if`).
+    pub fn is_disable(&self) -> bool {
+        *self == SslMode::Disable
+    }
+
+    /// libpq's spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// A CA file that cannot be used, or an endpoint that asks for TLS while
+/// no CA file is configured.
+#[derive(Debug, thiserror::Error)]
+pub enum PgTlsError {
+    #[error("{setting} {path}: cannot read: {source}")]
+    Read {
+        setting: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{setting} {path}: {message}")]
+    Invalid {
+        setting: &'static str,
+        path: String,
+        message: String,
+    },
+    #[error("{target} asks for sslmode verify-full but {setting} is not set")]
+    NoCa {
+        target: String,
+        setting: &'static str,
+    },
+}
+
+/// The TLS side of connecting to PostgreSQL: one connector (cheap to
+/// clone) for every pool and check of the process.
+#[derive(Clone)]
+pub struct PgTls {
+    connector: MakeRustlsConnect,
+    has_ca: bool,
+    setting: &'static str,
+}
+
+impl std::fmt::Debug for PgTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTls")
+            .field("has_ca", &self.has_ca)
+            .field("setting", &self.setting)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgTls {
+    /// Reads the CA bundle (PEM, one or more certificates) when given;
+    /// `setting` names the config key in errors (`database.ca_file`...).
+    /// Without a file only `disable` endpoints can be reached.
+    pub fn new(setting: &'static str, ca_file: Option<&Path>) -> Result<PgTls, PgTlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(path) = ca_file {
+            let shown = path.display().to_string();
+            let invalid = |message: String| PgTlsError::Invalid {
+                setting,
+                path: shown.clone(),
+                message,
+            };
+            let pem = std::fs::read(path).map_err(|source| PgTlsError::Read {
+                setting,
+                path: shown.clone(),
+                source,
+            })?;
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| invalid(format!("not a PEM certificate bundle: {e}")))?;
+            if certs.is_empty() {
+                return Err(invalid(
+                    "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+                ));
+            }
+            for (i, cert) in certs.into_iter().enumerate() {
+                roots.add(cert).map_err(|e| {
+                    invalid(format!("certificate {} is not usable as a CA: {e}", i + 1))
+                })?;
+            }
+        }
+        let has_ca = !roots.is_empty();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(PgTls {
+            connector: MakeRustlsConnect::new(config),
+            has_ca,
+            setting,
+        })
+    }
+
+    /// Sets `cfg`'s sslmode for `ep`; fails when `ep` wants TLS and there
+    /// is no CA to verify the server with.
+    pub fn configure(
+        &self,
+        ep: &Endpoint,
+        cfg: &mut tokio_postgres::Config,
+    ) -> Result<(), PgTlsError> {
+        use tokio_postgres::config::SslMode as Pg;
+        match ep.sslmode {
+            SslMode::Disable => {
+                cfg.ssl_mode(Pg::Disable);
+            }
+            SslMode::VerifyFull => {
+                if !self.has_ca {
+                    return Err(PgTlsError::NoCa {
+                        target: format!("{}:{}", ep.host, ep.port),
+                        setting: self.setting,
+                    });
+                }
+                // The connector verifies chain and name; Require makes a
+                // server without TLS an error instead of a fallback.
+                cfg.ssl_mode(Pg::Require);
+            }
+        }
+        Ok(())
+    }
+
+    /// The connector to pass to `connect` or a pool manager.
+    pub fn connector(&self) -> MakeRustlsConnect {
+        self.connector.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(sslmode: SslMode) -> Endpoint {
+        Endpoint {
+            host: "db".into(),
+            port: 5432,
+            dbname: "x".into(),
+            sslmode,
+        }
+    }
+
+    #[test]
+    fn verify_full_needs_a_ca_file() {
+        let tls = PgTls::new("database.ca_file", None).unwrap();
+        let mut cfg = tokio_postgres::Config::new();
+        tls.configure(&ep(SslMode::Disable), &mut cfg).unwrap();
+        let e = tls
+            .configure(&ep(SslMode::VerifyFull), &mut cfg)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("db:5432") && e.contains("database.ca_file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_ca_files_name_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ca.pem");
+        let e = PgTls::new("database_ca_file", Some(&p))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("database_ca_file") && e.contains("ca.pem"),
+            "{e}"
+        );
+        std::fs::write(&p, "hello\n").unwrap();
+        let e = PgTls::new("database_ca_file", Some(&p))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("holds no PEM certificate"), "{e}");
+        let junk = "-----BEGIN CERTIFICATE-----\nAAAAAAAA\n-----END CERTIFICATE-----\n";
+        std::fs::write(&p, junk).unwrap();
+        let e = PgTls::new("database_ca_file", Some(&p))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("certificate 1 is not usable"), "{e}");
+    }
+
+    #[test]
+    fn disable_is_not_written_to_db_json() {
+        let text = serde_json::to_string(&ep(SslMode::Disable)).unwrap();
+        assert!(!text.contains("sslmode"), "{text}");
+        let text = serde_json::to_string(&ep(SslMode::VerifyFull)).unwrap();
+        assert!(text.contains(r#""sslmode":"verify-full""#), "{text}");
+        let back: Endpoint = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.sslmode, SslMode::VerifyFull);
+    }
+}

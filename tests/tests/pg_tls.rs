@@ -1,0 +1,222 @@
+//! PostgreSQL over TLS (`sslmode = "verify-full"`), end to end: a replica
+//! with a certificate from a private CA that refuses `feature_reader`
+//! members without TLS, the real agent checking its new credential over TLS
+//! before publishing, and the real worker's pools over TLS. A worker with
+//! no CA file or the wrong CA keeps the credential unused and says why.
+
+use riskfeat_shared::creds::DbCredential;
+use riskfeat_shared::health::{request, ProbeKind};
+use riskfeat_shared::pg_tls::SslMode;
+use riskfeat_tests::{binary, data, wait_until, ChildProc, Stack, StackOptions, TestCa};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+fn agent_config(stack: &Stack, dir: &Path, ca_file: &Path) -> PathBuf {
+    let primary = stack.pg.primary.endpoint();
+    let replica = stack.pg.replica().endpoint();
+    let text = format!(
+        r#"
+shared_dir = "{shared}"
+metrics_addr = "127.0.0.1:0"
+
+[vault]
+addr = "{vault}"
+role_id_file = "{role_id}"
+secret_id_file = "{secret_id}"
+
+[database]
+primary = {{ host = "{ph}", port = {pp}, dbname = "{pd}" }}
+replica = {{ host = "{rh}", port = {rp}, dbname = "{rd}", sslmode = "verify-full" }}
+ca_file = "{ca}"
+"#,
+        shared = stack.shared_dir.path().display(),
+        vault = stack.vault_addr(),
+        role_id = stack.approle.role_id_file.display(),
+        secret_id = stack.approle.secret_id_file.display(),
+        ph = primary.host,
+        pp = primary.port,
+        pd = primary.dbname,
+        rh = replica.host,
+        rp = replica.port,
+        rd = replica.dbname,
+        ca = ca_file.display(),
+    );
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+struct Worker {
+    proc: ChildProc,
+    port: u16,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn spawn_worker(stack: &Stack, extra: &str) -> Worker {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.path().join("worker.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "shared_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nretry_initial_ms = 100\n\
+             retry_max_ms = 1000\n{extra}\n",
+            stack.shared_dir.path().display()
+        ),
+    )
+    .unwrap();
+    let proc = ChildProc::spawn(
+        &binary("riskfeat-worker"),
+        &["run", "--config", cfg.to_str().unwrap()],
+        &[],
+    )
+    .expect("spawn riskfeat-worker");
+    Worker {
+        proc,
+        port,
+        socket: stack.shared_dir.path().join("worker.sock"),
+        _dir: dir,
+    }
+}
+
+async fn worker_status(w: &Worker) -> Option<Value> {
+    let (_, body) = request(&w.socket, ProbeKind::Status, SECS(3)).await.ok()?;
+    serde_json::from_str(&body).ok()
+}
+
+/// Waits until the worker reports a credential error containing `needle`;
+/// asserts it is not ready and that it then stops cleanly.
+async fn expect_credential_error(stack: &Stack, extra: &str, needle: &str) {
+    let mut w = spawn_worker(stack, extra);
+    let deadline = std::time::Instant::now() + SECS(30);
+    let last = loop {
+        let st = worker_status(&w).await.unwrap_or(Value::Null);
+        let found = st["credential_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(needle));
+        if found {
+            break st;
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!(
+                "no credential error naming {needle:?} in 30 s\nlast status: {st:#}\nworker:\n{}",
+                w.proc.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(last["ready"], false, "{last:#}");
+    assert!(last["credential"].is_null(), "no pool in use: {last:#}");
+    w.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(w.proc.wait_exit(SECS(10)).is_some(), "{}", w.proc.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_and_worker_reach_the_replica_over_verified_tls() {
+    let stack = Stack::start(StackOptions::default()).await.unwrap();
+    let su = stack.pg.primary.connect_superuser().await.unwrap();
+    data::load(&su, data::generate(3, 20, 7)).await.unwrap();
+    stack.pg.wait_replica_caught_up().await.unwrap();
+
+    let ca = TestCa::new("riskfeat test CA").unwrap();
+    let server = ca.issue_server(&["127.0.0.1", "localhost"]).unwrap();
+    stack
+        .pg
+        .replica()
+        .enable_tls(&server, Some("feature_reader"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("pg-ca.pem");
+    ca.write_cert(&ca_file).unwrap();
+    let other_ca_file = dir.path().join("other-ca.pem");
+    TestCa::new("some other CA")
+        .unwrap()
+        .write_cert(&other_ca_file)
+        .unwrap();
+
+    // The agent publishes only after its check login, which must use TLS:
+    // the replica refuses feature_reader members without it.
+    let agent = ChildProc::spawn(
+        &binary("riskfeat-agent"),
+        &[
+            "run",
+            "--config",
+            agent_config(&stack, dir.path(), &ca_file).to_str().unwrap(),
+        ],
+        &[],
+    )
+    .expect("spawn riskfeat-agent");
+    let db_json = stack.shared_dir.path().join("db.json");
+    wait_until(SECS(60), "db.json from the agent", || {
+        let exists = db_json.exists();
+        async move { exists }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nagent:\n{}", agent.logs()));
+    let cred = DbCredential::load(&db_json).unwrap();
+    assert_eq!(cred.replica.sslmode, SslMode::VerifyFull);
+    let raw = std::fs::read_to_string(&db_json).unwrap();
+    assert!(
+        raw.contains("\"sslmode\": \"verify-full\"") || raw.contains("\"sslmode\":\"verify-full\"")
+    );
+
+    // Without a CA file the worker cannot honour verify-full: it says so.
+    expect_credential_error(&stack, "", "database_ca_file is not set").await;
+    // With the wrong CA the server's certificate is rejected.
+    expect_credential_error(
+        &stack,
+        &format!("database_ca_file = \"{}\"", other_ca_file.display()),
+        "certificate",
+    )
+    .await;
+
+    // With the right CA: ready, answers, and every worker connection is TLS.
+    let w = spawn_worker(
+        &stack,
+        &format!("database_ca_file = \"{}\"", ca_file.display()),
+    );
+    wait_until(SECS(30), "worker ready over TLS", || {
+        let socket = w.socket.clone();
+        async move {
+            matches!(
+                request(&socket, ProbeKind::Ready, SECS(2)).await,
+                Ok((200, _))
+            )
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nworker:\n{}\nagent:\n{}", w.proc.logs(), agent.logs()));
+    let resp = reqwest::get(format!("http://127.0.0.1:{}/v1/features/1", w.port))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["features"].is_object(), "{body:#}");
+    let st = worker_status(&w).await.unwrap();
+    assert_eq!(st["credential"]["sslmode"], "verify-full", "{st:#}");
+
+    let replica = stack.pg.replica().connect_superuser().await.unwrap();
+    let rows = replica
+        .query(
+            "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+             WHERE a.application_name = 'riskfeat-worker'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ssl: Vec<bool> = rows.iter().map(|r| r.get(0)).collect();
+    assert!(!ssl.is_empty(), "the worker holds replica connections");
+    assert!(
+        ssl.iter().all(|s| *s),
+        "every worker connection is TLS: {ssl:?}"
+    );
+}
