@@ -208,6 +208,7 @@ async fn rotates_three_times_without_dropping_a_connection() {
         .unwrap();
     let mut seen = first.clone();
     let mut replaced: Vec<String> = Vec::new();
+    let mut strays = Vec::new();
     let mut checks = 0u64;
     let deadline = tokio::time::Instant::now() + SECS(150);
     while seen.generation < first.generation + 3 {
@@ -248,6 +249,18 @@ async fn rotates_three_times_without_dropping_a_connection() {
                 .unwrap()
                 .contains(&seen.username));
             replaced.push(seen.username.clone());
+            // Sessions the worker would not have closed (a stray client):
+            // revocation must end them (vault #10681).
+            for server in [&stack.pg.primary, stack.pg.replica()] {
+                strays.push((
+                    seen.username.clone(),
+                    server.port,
+                    server
+                        .connect_as(&seen.username, seen.password.expose())
+                        .await
+                        .unwrap(),
+                ));
+            }
             held = stack
                 .pg
                 .replica()
@@ -267,6 +280,28 @@ async fn rotates_three_times_without_dropping_a_connection() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    // Their stray sessions can no longer read: on the primary the
+    // revocation statements terminated them; on the replica (a standby
+    // cannot be reached by them) the replayed DROP ROLE takes the
+    // feature_reader membership away (vault #10681).
+    let primary_port = stack.pg.primary.port;
+    for (user, port, client) in &strays {
+        let e = client
+            .simple_query("SELECT count(*) FROM transactions")
+            .await
+            .expect_err(&format!(
+                "a session of revoked {user} on port {port} still reads"
+            ));
+        if *port == primary_port {
+            assert!(e.is_closed(), "primary session of {user} terminated: {e:?}");
+        } else {
+            assert_eq!(
+                e.code(),
+                Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+                "replica session of {user}: {e:?}"
+            );
+        }
+    }
     // Exactly one lease outstanding: the published one.
     wait_until(SECS(30), "exactly one lease", || async {
         outstanding_leases(&stack).await.unwrap() == 1
