@@ -482,9 +482,64 @@ async fn bench(args: &Args, bin: &Path) -> anyhow::Result<String> {
     let q0 = server
         .metric("riskfeat_configd_db_snapshot_queries_total")
         .await;
+    let (mut done, wire, failed) = storm(port, &names, args.clients).await?;
+    done.sort();
+    let all = pct(&done, 1.0);
+    let hwm = server.vm("VmHWM:");
+    let queries = server
+        .metric("riskfeat_configd_db_snapshot_queries_total")
+        .await
+        - q0;
+    let builds = server
+        .metric("riskfeat_configd_snapshot_builds_total")
+        .await;
+    // The same storm again on a warm cache, with the peak reset: what it
+    // adds to the resident set is what 1,000 clients cost (connections,
+    // buffers in flight), the shared snapshots being built already.
+    let rss_before = server.vm("VmRSS:");
+    let reset = std::fs::write(format!("/proc/{}/clear_refs", server.pid()), "5").is_ok();
+    let (_, _, warm_failed) = storm(port, &names, args.clients).await?;
+    let warm_peak = server.vm("VmHWM:");
+    let per_client = if reset {
+        format!(
+            "{:.0} MB before, peak {:.0} MB: {:.0} KB per client ({} failed)",
+            rss_before as f64 / 1024.0,
+            warm_peak as f64 / 1024.0,
+            warm_peak.saturating_sub(rss_before) as f64 / args.clients.max(1) as f64,
+            warm_failed
+        )
+    } else {
+        "not measured (cannot reset VmHWM through /proc/<pid>/clear_refs here)".to_string()
+    };
+    let config_bytes =
+        (args.namespaces * args.items) as f64 * full as f64 / args.items.max(1) as f64;
+    out.push_str(&format!(
+        "### Start-up storm: {} namespaces x {} items x ~{} B, {} clients at once (cold cache)\n\n\
+         | measure | value |\n|---|---|\n| config size (JSON) | {} |\n| time until every client has its full namespace (gzip) | {} (p50 {}) |\n\
+         | failed clients | {} |\n| database snapshot queries | {} (one per namespace: single-flight) |\n| snapshot buffers built | {} |\n\
+         | bytes on the wire | {} ({} per client) |\n| configd peak RSS (VmHWM) | {:.0} MB ({:.1}x the config) |\n\
+         | the same storm again, warm (RSS before, peak) | {} |\n\n\
+         Loading the namespaces through the admin API (chunks of 10,000 items) took {:.0} s. Bench total {:.0} s.\n",
+        args.namespaces, args.items, args.value_bytes, args.clients, mb(config_bytes), ms(all), ms(pct(&done, 0.5)), failed,
+        queries, builds, mb(wire as f64), mb(wire as f64 / args.clients.max(1) as f64),
+        hwm as f64 / 1024.0, hwm as f64 * 1024.0 / config_bytes.max(1.0), per_client, load_time.as_secs_f64(), total.elapsed().as_secs_f64()
+    ));
+    drop(server);
+    drop(pg);
+    Ok(out)
+}
+
+/// `clients` clients at once, each fetching the full snapshot of one of
+/// `names` (round robin, gzip); returns when each finished, the bytes on
+/// the wire, and how many failed.
+async fn storm(
+    port: u16,
+    names: &[String],
+    clients: usize,
+) -> anyhow::Result<(Vec<Duration>, usize, usize)> {
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for c in 0..args.clients {
+    for c in 0..clients {
         let ns = names[c % names.len()].clone();
         tasks.push(tokio::spawn(async move {
             raw_get(port, &format!("/v1/namespaces/{ns}/changes?from=0"), true)
@@ -504,31 +559,7 @@ async fn bench(args: &Args, bin: &Path) -> anyhow::Result<String> {
             _ => failed += 1,
         }
     }
-    done.sort();
-    let all = pct(&done, 1.0);
-    let hwm = server.vm("VmHWM:");
-    let queries = server
-        .metric("riskfeat_configd_db_snapshot_queries_total")
-        .await
-        - q0;
-    let builds = server
-        .metric("riskfeat_configd_snapshot_builds_total")
-        .await;
-    let config_bytes =
-        (args.namespaces * args.items) as f64 * full as f64 / args.items.max(1) as f64;
-    out.push_str(&format!(
-        "### Start-up storm: {} namespaces x {} items x ~{} B, {} clients at once (cold cache)\n\n\
-         | measure | value |\n|---|---|\n| config size (JSON) | {} |\n| time until every client has its full namespace (gzip) | {} (p50 {}) |\n\
-         | failed clients | {} |\n| database snapshot queries | {} (one per namespace: single-flight) |\n| snapshot buffers built | {} |\n\
-         | bytes on the wire | {} ({} per client) |\n| configd peak RSS (VmHWM) | {:.0} MB ({:.1}x the config) |\n\n\
-         Loading the namespaces through the admin API (chunks of 10,000 items) took {:.0} s. Bench total {:.0} s.\n",
-        args.namespaces, args.items, args.value_bytes, args.clients, mb(config_bytes), ms(all), ms(pct(&done, 0.5)), failed,
-        queries, builds, mb(wire as f64), mb(wire as f64 / args.clients.max(1) as f64),
-        hwm as f64 / 1024.0, hwm as f64 * 1024.0 / config_bytes.max(1.0), load_time.as_secs_f64(), total.elapsed().as_secs_f64()
-    ));
-    drop(server);
-    drop(pg);
-    Ok(out)
+    Ok((done, wire, failed))
 }
 
 fn machine() -> String {
