@@ -43,7 +43,7 @@ const OUT_OF_BAND_SECRETS: &[&str] = &[
 ];
 /// ConfigMaps the pods mount that come from outside this repository
 /// (public material, e.g. a CA certificate from the operator's PKI).
-const OUT_OF_BAND_CONFIGMAPS: &[&str] = &["riskfeat-vault-ca"];
+const OUT_OF_BAND_CONFIGMAPS: &[&str] = &["riskfeat-vault-ca", "riskfeat-pg-ca"];
 /// Kinds kubernetes-validate has schemas for, as used here.
 const CORE_KINDS: &[&str] = &[
     "Namespace",
@@ -779,7 +779,7 @@ fn no_literal_secret_value_anywhere() {
 /// HTTPS with a private CA) is a read-only file projected from such a
 /// ConfigMap.
 #[test]
-fn every_mounted_config_map_exists_and_the_vault_ca_is_mounted() {
+fn every_mounted_config_map_exists_and_the_cas_are_mounted() {
     let ops = std::fs::read_to_string(repo_root().join("docs/operations.md"))
         .expect("docs/operations.md");
     for cm in OUT_OF_BAND_CONFIGMAPS {
@@ -799,30 +799,63 @@ fn every_mounted_config_map_exists_and_the_vault_ca_is_mounted() {
             }
         }
         let pod = &object(docs, "Deployment", "riskfeat-worker")["spec"]["template"]["spec"];
-        let agent = container(pod, "riskfeat-agent");
         let agent_toml = config_file(docs, pod, "agent-config", "agent.toml");
+        let worker_toml = config_file(docs, pod, "worker-config", "worker.toml");
         let vault = agent_toml["vault"].as_table().unwrap();
         let addr = vault["addr"].as_str().unwrap();
-        let Some(ca) = vault.get("ca_cert_file").and_then(|v| v.as_str()) else {
-            assert_ne!(*overlay, "prod", "prod: vault.ca_cert_file is not set");
-            continue;
-        };
-        assert!(addr.starts_with("https://"), "{overlay}: {addr}");
-        let mount = arr(&agent["volumeMounts"])
-            .iter()
-            .find(|m| ca.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
-            .unwrap_or_else(|| panic!("{overlay}: nothing mounted over {ca}"));
-        assert_eq!(mount["readOnly"], true, "{overlay}: {ca}");
-        let vol = volume(pod, mount["name"].as_str().unwrap());
-        let rel = &ca[mount["mountPath"].as_str().unwrap().len() + 1..];
-        assert!(
-            arr(&vol["configMap"]["items"])
-                .iter()
-                .any(|i| i["path"] == rel),
-            "{overlay}: volume {} does not project {rel}",
-            vol["name"]
-        );
+        match vault.get("ca_cert_file").and_then(|v| v.as_str()) {
+            Some(ca) => {
+                assert!(addr.starts_with("https://"), "{overlay}: {addr}");
+                assert_projected(overlay, pod, "riskfeat-agent", ca);
+            }
+            None => assert_ne!(*overlay, "prod", "prod: vault.ca_cert_file is not set"),
+        }
+        // PostgreSQL TLS: an endpoint with verify-full needs the CA in the
+        // agent (its check login) and in the worker (db.json copies it).
+        let db = agent_toml["database"].as_table().unwrap();
+        let tls: Vec<&str> = ["primary", "replica"]
+            .into_iter()
+            .filter(|ep| db[*ep].get("sslmode").and_then(|v| v.as_str()) == Some("verify-full"))
+            .collect();
+        if *overlay == "prod" {
+            assert_eq!(
+                tls,
+                ["primary", "replica"],
+                "prod: PostgreSQL without verify-full"
+            );
+        }
+        if !tls.is_empty() {
+            let ca = db["ca_file"]
+                .as_str()
+                .expect("database.ca_file with verify-full");
+            assert_projected(overlay, pod, "riskfeat-agent", ca);
+            let wca = worker_toml
+                .get("database_ca_file")
+                .and_then(|v| v.as_str())
+                .unwrap_or_else(|| panic!("{overlay}: verify-full but no database_ca_file"));
+            assert_projected(overlay, pod, "riskfeat-worker", wca);
+        }
     }
+}
+
+/// `path` is a file that a read-only ConfigMap volume mounted in the
+/// container `cname` projects.
+fn assert_projected(overlay: &str, pod: &Value, cname: &str, path: &str) {
+    let c = container(pod, cname);
+    let mount = arr(&c["volumeMounts"])
+        .iter()
+        .find(|m| path.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
+        .unwrap_or_else(|| panic!("{overlay}/{cname}: nothing mounted over {path}"));
+    assert_eq!(mount["readOnly"], true, "{overlay}/{cname}: {path}");
+    let vol = volume(pod, mount["name"].as_str().unwrap());
+    let rel = &path[mount["mountPath"].as_str().unwrap().len() + 1..];
+    assert!(
+        arr(&vol["configMap"]["items"])
+            .iter()
+            .any(|i| i["path"] == rel),
+        "{overlay}/{cname}: volume {} does not project {rel}",
+        vol["name"]
+    );
 }
 
 #[test]
