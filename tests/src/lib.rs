@@ -25,5 +25,5 @@ pub use bao::Bao;
 pub use pg::{PgCluster, PgServer};
 pub use process::{binary, wait_until, ChildProc};
 pub use proxy::TcpProxy;
-pub use stack::{AppRole, IssuedCreds, Stack, StackOptions};
+pub use stack::{AgentToml, AppRole, IssuedCreds, Stack, StackOptions};
 pub use tls::TestCa;

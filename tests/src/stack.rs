@@ -51,6 +51,23 @@ impl Default for StackOptions {
     }
 }
 
+/// What a test adds to [`Stack::agent_toml`]; every field is TOML text.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AgentToml<'a> {
+    /// `metrics_addr` (default `127.0.0.1:0`).
+    pub metrics_addr: Option<&'a str>,
+    /// More top-level keys (e.g. `log_level = "debug"`).
+    pub top: &'a str,
+    /// More `[vault]` keys (e.g. `ca_cert_file`).
+    pub vault: &'a str,
+    /// More `[database]` keys (e.g. `ca_file`).
+    pub database: &'a str,
+    /// The replica endpoint's `sslmode`, when not the default.
+    pub replica_sslmode: Option<&'a str>,
+    /// Further sections: `[lifecycle]`, `[configd]`, `[fallback]`...
+    pub sections: &'a str,
+}
+
 /// The AppRole the agent logs in with.
 pub struct AppRole {
     pub role_name: String,
@@ -129,6 +146,39 @@ impl Stack {
             opts,
             agent_token: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// An agent config (TOML) for this stack: `shared_dir`, `[vault]`
+    /// (address, AppRole files, a 2 s request timeout) and `[database]`
+    /// (primary and replica), plus what `t` adds. One writer for every
+    /// test and the demo, so a new required key is added once.
+    pub fn agent_toml(&self, t: AgentToml<'_>) -> String {
+        let ep = |e: &riskfeat_shared::creds::Endpoint, sslmode: Option<&str>| {
+            let tls = sslmode
+                .map(|m| format!(", sslmode = \"{m}\""))
+                .unwrap_or_default();
+            format!(
+                "{{ host = \"{}\", port = {}, dbname = \"{}\"{tls} }}",
+                e.host, e.port, e.dbname
+            )
+        };
+        format!(
+            "shared_dir = \"{shared}\"\nmetrics_addr = \"{metrics}\"\n{top}\n\n\
+             [vault]\naddr = \"{vault}\"\nrole_id_file = \"{role_id}\"\n\
+             secret_id_file = \"{secret_id}\"\nrequest_timeout_s = 2.0\n{vault_extra}\n\n\
+             [database]\nprimary = {primary}\nreplica = {replica}\n{database}\n\n{sections}\n",
+            shared = self.shared_dir.path().display(),
+            metrics = t.metrics_addr.unwrap_or("127.0.0.1:0"),
+            top = t.top,
+            vault = self.vault_addr(),
+            role_id = self.approle.role_id_file.display(),
+            secret_id = self.approle.secret_id_file.display(),
+            vault_extra = t.vault,
+            primary = ep(&self.pg.primary.endpoint(), None),
+            replica = ep(&self.pg.replica().endpoint(), t.replica_sslmode),
+            database = t.database,
+            sections = t.sections,
+        )
     }
 
     /// `http://127.0.0.1:PORT` (`https://` with TLS), through the proxy

@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 use riskfeat_shared::ack::WorkerAck;
 use riskfeat_shared::creds::DbCredential;
 use riskfeat_shared::health::{request, ProbeKind};
-use riskfeat_tests::{binary, wait_until, ChildProc, Stack, StackOptions};
+use riskfeat_tests::{binary, wait_until, AgentToml, ChildProc, Stack, StackOptions};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -21,44 +21,27 @@ use std::time::Duration;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
-/// Writes an agent config for `stack` into `dir`; `extra` is appended to
-/// `[lifecycle]` (and may open further sections after it).
+/// Writes an agent config for `stack` into `dir`; `lifecycle` is appended
+/// to `[lifecycle]`, and `tail` after it (it may open further sections).
 fn write_config(stack: &Stack, dir: &Path, lifecycle: &str, tail: &str) -> PathBuf {
-    let primary = stack.pg.primary.endpoint();
-    let replica = stack.pg.replica().endpoint();
-    let text = format!(
-        r#"
-shared_dir = "{shared}"
-metrics_addr = "127.0.0.1:0"
-log_level = "info,riskfeat_agent=debug"
+    write_agent_toml(stack, dir, "", lifecycle, tail)
+}
 
-[vault]
-addr = "{vault}"
-role_id_file = "{role_id}"
-secret_id_file = "{secret_id}"
-request_timeout_s = 2.0
-
-[database]
-primary = {{ host = "{ph}", port = {pp}, dbname = "{pd}" }}
-replica = {{ host = "{rh}", port = {rp}, dbname = "{rd}" }}
-
-[lifecycle]
-backoff_initial_s = 0.2
-backoff_max_s = 2.0
-{lifecycle}
-{tail}
-"#,
-        shared = stack.shared_dir.path().display(),
-        vault = stack.vault_addr(),
-        role_id = stack.approle.role_id_file.display(),
-        secret_id = stack.approle.secret_id_file.display(),
-        ph = primary.host,
-        pp = primary.port,
-        pd = primary.dbname,
-        rh = replica.host,
-        rp = replica.port,
-        rd = replica.dbname,
-    );
+fn write_agent_toml(
+    stack: &Stack,
+    dir: &Path,
+    vault: &str,
+    lifecycle: &str,
+    tail: &str,
+) -> PathBuf {
+    let text = stack.agent_toml(AgentToml {
+        top: "log_level = \"info,riskfeat_agent=debug\"",
+        vault,
+        sections: &format!(
+            "[lifecycle]\nbackoff_initial_s = 0.2\nbackoff_max_s = 2.0\n{lifecycle}\n{tail}"
+        ),
+        ..Default::default()
+    });
     let path = dir.join("agent.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -1051,18 +1034,10 @@ async fn wrapped_secret_id_is_unwrapped_once_and_its_file_deleted() {
 
 /// `write_config` with `vault.ca_cert_file` set (or not).
 fn write_config_with_ca(stack: &Stack, dir: &Path, ca: Option<&Path>) -> PathBuf {
-    let cfg = write_config(stack, dir, "", "");
-    if let Some(ca) = ca {
-        let text = std::fs::read_to_string(&cfg).unwrap().replace(
-            "request_timeout_s = 2.0\n",
-            &format!(
-                "request_timeout_s = 2.0\nca_cert_file = \"{}\"\n",
-                ca.display()
-            ),
-        );
-        std::fs::write(&cfg, text).unwrap();
-    }
-    cfg
+    let vault = ca
+        .map(|ca| format!("ca_cert_file = \"{}\"", ca.display()))
+        .unwrap_or_default();
+    write_agent_toml(stack, dir, &vault, "", "")
 }
 
 /// Production talks to Vault over HTTPS with a private CA. The agent

@@ -2,7 +2,7 @@
 //! agent (real OpenBao + PostgreSQL via the harness) and the real configd.
 
 use riskfeat_shared::config_file::ConfigSnapshot;
-use riskfeat_tests::{binary, wait_until, ChildProc, Stack, StackOptions};
+use riskfeat_tests::{binary, wait_until, AgentToml, ChildProc, Stack, StackOptions};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,44 +19,17 @@ fn free_port() -> u16 {
 }
 
 fn agent_config(stack: &Stack, dir: &Path, configd_port: u16) -> PathBuf {
-    let primary = stack.pg.primary.endpoint();
-    let replica = stack.pg.replica().endpoint();
     std::fs::write(dir.join("configd.token"), READER).unwrap();
-    let text = format!(
-        r#"
-shared_dir = "{shared}"
-metrics_addr = "127.0.0.1:0"
-log_level = "info,riskfeat_agent=debug"
-
-[vault]
-addr = "{vault}"
-role_id_file = "{role_id}"
-secret_id_file = "{secret_id}"
-
-[database]
-primary = {{ host = "{ph}", port = {pp}, dbname = "{pd}" }}
-replica = {{ host = "{rh}", port = {rp}, dbname = "{rd}" }}
-
-[configd]
-addr = "http://127.0.0.1:{configd_port}"
-token_file = "{token}"
-namespaces = ["features"]
-poll_timeout_s = 5
-backoff_initial_s = 0.2
-backoff_max_s = 1.0
-"#,
-        shared = stack.shared_dir.path().display(),
-        vault = stack.vault_addr(),
-        role_id = stack.approle.role_id_file.display(),
-        secret_id = stack.approle.secret_id_file.display(),
-        ph = primary.host,
-        pp = primary.port,
-        pd = primary.dbname,
-        rh = replica.host,
-        rp = replica.port,
-        rd = replica.dbname,
-        token = dir.join("configd.token").display(),
-    );
+    let text = stack.agent_toml(AgentToml {
+        top: "log_level = \"info,riskfeat_agent=debug\"",
+        sections: &format!(
+            "[configd]\naddr = \"http://127.0.0.1:{configd_port}\"\ntoken_file = \"{}\"\n\
+             namespaces = [\"features\"]\npoll_timeout_s = 5\nbackoff_initial_s = 0.2\n\
+             backoff_max_s = 1.0\n",
+            dir.join("configd.token").display()
+        ),
+        ..Default::default()
+    });
     let path = dir.join("agent.toml");
     std::fs::write(&path, text).unwrap();
     path

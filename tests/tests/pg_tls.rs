@@ -7,7 +7,7 @@
 use riskfeat_shared::creds::DbCredential;
 use riskfeat_shared::health::{request, ProbeKind};
 use riskfeat_shared::pg_tls::SslMode;
-use riskfeat_tests::{binary, data, wait_until, ChildProc, Stack, StackOptions, TestCa};
+use riskfeat_tests::{binary, data, wait_until, AgentToml, ChildProc, Stack, StackOptions, TestCa};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,35 +15,11 @@ use std::time::Duration;
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
 fn agent_config(stack: &Stack, dir: &Path, ca_file: &Path) -> PathBuf {
-    let primary = stack.pg.primary.endpoint();
-    let replica = stack.pg.replica().endpoint();
-    let text = format!(
-        r#"
-shared_dir = "{shared}"
-metrics_addr = "127.0.0.1:0"
-
-[vault]
-addr = "{vault}"
-role_id_file = "{role_id}"
-secret_id_file = "{secret_id}"
-
-[database]
-primary = {{ host = "{ph}", port = {pp}, dbname = "{pd}" }}
-replica = {{ host = "{rh}", port = {rp}, dbname = "{rd}", sslmode = "verify-full" }}
-ca_file = "{ca}"
-"#,
-        shared = stack.shared_dir.path().display(),
-        vault = stack.vault_addr(),
-        role_id = stack.approle.role_id_file.display(),
-        secret_id = stack.approle.secret_id_file.display(),
-        ph = primary.host,
-        pp = primary.port,
-        pd = primary.dbname,
-        rh = replica.host,
-        rp = replica.port,
-        rd = replica.dbname,
-        ca = ca_file.display(),
-    );
+    let text = stack.agent_toml(AgentToml {
+        replica_sslmode: Some("verify-full"),
+        database: &format!("ca_file = \"{}\"", ca_file.display()),
+        ..Default::default()
+    });
     let path = dir.join("agent.toml");
     std::fs::write(&path, text).unwrap();
     path

@@ -21,7 +21,7 @@ use riskfeat_shared::config_file::ConfigSnapshot;
 use riskfeat_shared::creds::DbCredential;
 use riskfeat_shared::health::{request, ProbeKind};
 use riskfeat_shared::Secret;
-use riskfeat_tests::{binary, wait_until, ChildProc, IssuedCreds, Stack, StackOptions};
+use riskfeat_tests::{binary, wait_until, AgentToml, ChildProc, IssuedCreds, Stack, StackOptions};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1103,39 +1103,12 @@ fn exit_codes_for_bad_config_and_shared_dir() {
 
 /// An agent config for `stack` (the real riskfeat-agent rotates).
 fn write_agent_config(stack: &Stack, dir: &std::path::Path, lifecycle: &str) -> PathBuf {
-    let primary = stack.pg.primary.endpoint();
-    let replica = stack.pg.replica().endpoint();
-    let text = format!(
-        r#"
-shared_dir = "{shared}"
-metrics_addr = "127.0.0.1:0"
-
-[vault]
-addr = "{vault}"
-role_id_file = "{role_id}"
-secret_id_file = "{secret_id}"
-request_timeout_s = 2.0
-
-[database]
-primary = {{ host = "{ph}", port = {pp}, dbname = "{pd}" }}
-replica = {{ host = "{rh}", port = {rp}, dbname = "{rd}" }}
-
-[lifecycle]
-backoff_initial_s = 0.2
-backoff_max_s = 2.0
-{lifecycle}
-"#,
-        shared = stack.shared_dir.path().display(),
-        vault = stack.vault_addr(),
-        role_id = stack.approle.role_id_file.display(),
-        secret_id = stack.approle.secret_id_file.display(),
-        ph = primary.host,
-        pp = primary.port,
-        pd = primary.dbname,
-        rh = replica.host,
-        rp = replica.port,
-        rd = replica.dbname,
-    );
+    let text = stack.agent_toml(AgentToml {
+        sections: &format!(
+            "[lifecycle]\nbackoff_initial_s = 0.2\nbackoff_max_s = 2.0\n{lifecycle}"
+        ),
+        ..Default::default()
+    });
     let path = dir.join("agent.toml");
     std::fs::write(&path, text).unwrap();
     path

@@ -12,7 +12,7 @@
 //! temp dir.
 
 use anyhow::{bail, Context};
-use riskfeat_tests::{binary, data, wait_until, ChildProc, Stack, StackOptions};
+use riskfeat_tests::{binary, data, wait_until, AgentToml, ChildProc, Stack, StackOptions};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
@@ -180,47 +180,21 @@ async fn run_stack(args: &Args, stack: &Stack, dir: &Path) -> anyhow::Result<()>
     }
 
     // The agent.
-    let primary = stack.pg.primary.endpoint();
-    let replica = stack.pg.replica().endpoint();
-    let mport = free_port()?;
     let shared = stack.shared_dir.path();
-    std::fs::write(
-        dir.join("agent.toml"),
-        format!(
-            r#"shared_dir = "{shared}"
-metrics_addr = "127.0.0.1:{mport}"
-
-[vault]
-addr = "{vault}"
-role_id_file = "{role_id}"
-secret_id_file = "{secret_id}"
-
-[database]
-primary = {{ host = "{ph}", port = {pp}, dbname = "{pd}" }}
-replica = {{ host = "{rh}", port = {rp}, dbname = "{rd}" }}
-
-[lifecycle]
-max_ttl_hint_s = {max_ttl}
-
-[configd]
-addr = "{base}"
-token_file = "{token}"
-namespaces = ["features"]
-"#,
-            shared = shared.display(),
-            vault = stack.vault_addr(),
-            role_id = stack.approle.role_id_file.display(),
-            secret_id = stack.approle.secret_id_file.display(),
-            ph = primary.host,
-            pp = primary.port,
-            pd = primary.dbname,
-            rh = replica.host,
-            rp = replica.port,
-            rd = replica.dbname,
-            max_ttl = args.max_ttl_s,
-            token = dir.join("configd.token").display(),
-        ),
-    )?;
+    let mport = free_port()?;
+    let metrics_addr = format!("127.0.0.1:{mport}");
+    let sections = format!(
+        "[lifecycle]\nmax_ttl_hint_s = {}\n\n[configd]\naddr = \"{base}\"\ntoken_file = \"{}\"\n\
+         namespaces = [\"features\"]\n",
+        args.max_ttl_s,
+        dir.join("configd.token").display()
+    );
+    let agent_toml = stack.agent_toml(AgentToml {
+        metrics_addr: Some(&metrics_addr),
+        sections: &sections,
+        ..Default::default()
+    });
+    std::fs::write(dir.join("agent.toml"), agent_toml)?;
     eprintln!("==> starting riskfeat-agent (metrics on 127.0.0.1:{mport})");
     let mut agent = ChildProc::spawn(
         &binary("riskfeat-agent"),
