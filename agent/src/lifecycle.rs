@@ -103,6 +103,8 @@ pub struct Lifecycle {
     secret: Option<SecretIdSource>,
     fallback: Option<FallbackCredential>,
     pg_tls: PgTls,
+    /// `database.ca_file` as last loaded into `pg_tls`.
+    pg_ca_bytes: Option<Vec<u8>>,
     st: AgentState,
     shutdown: watch::Receiver<bool>,
     login_retry: Retry,
@@ -163,6 +165,7 @@ impl Lifecycle {
             secret,
             fallback: inputs.fallback,
             pg_tls: inputs.pg_tls,
+            pg_ca_bytes: None,
             st,
             shutdown,
             login_retry: Retry::default(),
@@ -287,6 +290,37 @@ impl Lifecycle {
             .as_ref()
             .filter(|t| t.expires_at > now)
             .map(|t| t.token.clone())
+    }
+
+    /// The TLS for a replica check login, with `database.ca_file` read
+    /// again: a CA rotated through its ConfigMap applies to the next check
+    /// without a restart. A file that cannot be read or used keeps the CA
+    /// in use (and says so).
+    fn current_pg_tls(&mut self) -> PgTls {
+        let Some(path) = self.cfg.database.ca_file.clone() else {
+            return self.pg_tls.clone();
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) if self.pg_ca_bytes.as_deref() != Some(&bytes[..]) => {
+                match PgTls::from_pem("database.ca_file", &path, &bytes) {
+                    Ok(tls) => {
+                        if self.pg_ca_bytes.is_some() {
+                            tracing::info!(file = %path.display(), "database.ca_file changed; using it");
+                        }
+                        self.pg_tls = tls;
+                        self.pg_ca_bytes = Some(bytes);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "database.ca_file cannot be used; keeping the CA in use");
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read database.ca_file; keeping the CA in use");
+            }
+        }
+        self.pg_tls.clone()
     }
 
     /// Runs until shutdown; then revokes (when configured) and returns.
@@ -914,8 +948,9 @@ impl Lifecycle {
             }
         };
         let wait = std::time::Duration::from_secs(self.cfg.lifecycle.replica_wait_s);
+        let tls = self.current_pg_tls();
         let check = replica::wait_for_login(
-            &self.pg_tls,
+            &tls,
             &self.cfg.database.replica,
             &cred.username,
             &cred.password,
@@ -1012,8 +1047,9 @@ impl Lifecycle {
             return;
         }
         let wait = std::time::Duration::from_secs(self.cfg.lifecycle.replica_wait_s.min(5));
+        let tls = self.current_pg_tls();
         if let Err(msg) = replica::wait_for_login(
-            &self.pg_tls,
+            &tls,
             &self.cfg.database.replica,
             &fb.username,
             &fb.password,

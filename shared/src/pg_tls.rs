@@ -92,33 +92,45 @@ impl PgTls {
     /// `setting` names the config key in errors (`database.ca_file`...).
     /// Without a file only `disable` endpoints can be reached.
     pub fn new(setting: &'static str, ca_file: Option<&Path>) -> Result<PgTls, PgTlsError> {
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(path) = ca_file {
-            let shown = path.display().to_string();
-            let invalid = |message: String| PgTlsError::Invalid {
-                setting,
-                path: shown.clone(),
-                message,
-            };
-            let pem = std::fs::read(path).map_err(|source| PgTlsError::Read {
-                setting,
-                path: shown.clone(),
-                source,
-            })?;
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<_, _>>()
-                .map_err(|e| invalid(format!("not a PEM certificate bundle: {e}")))?;
-            if certs.is_empty() {
-                return Err(invalid(
-                    "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
-                ));
-            }
-            for (i, cert) in certs.into_iter().enumerate() {
-                roots.add(cert).map_err(|e| {
-                    invalid(format!("certificate {} is not usable as a CA: {e}", i + 1))
+        match ca_file {
+            None => Ok(Self::with_roots(setting, rustls::RootCertStore::empty())),
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|source| PgTlsError::Read {
+                    setting,
+                    path: path.display().to_string(),
+                    source,
                 })?;
+                Self::from_pem(setting, path, &pem)
             }
         }
+    }
+
+    /// Like [`PgTls::new`] from the bytes of `path` already read (to
+    /// compare them with the last ones loaded before parsing again).
+    pub fn from_pem(setting: &'static str, path: &Path, pem: &[u8]) -> Result<PgTls, PgTlsError> {
+        let invalid = |message: String| PgTlsError::Invalid {
+            setting,
+            path: path.display().to_string(),
+            message,
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| invalid(format!("not a PEM certificate bundle: {e}")))?;
+        if certs.is_empty() {
+            return Err(invalid(
+                "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+            ));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for (i, cert) in certs.into_iter().enumerate() {
+            roots.add(cert).map_err(|e| {
+                invalid(format!("certificate {} is not usable as a CA: {e}", i + 1))
+            })?;
+        }
+        Ok(Self::with_roots(setting, roots))
+    }
+
+    fn with_roots(setting: &'static str, roots: rustls::RootCertStore) -> PgTls {
         let has_ca = !roots.is_empty();
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -127,11 +139,11 @@ impl PgTls {
         .expect("ring supports the default protocol versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-        Ok(PgTls {
+        PgTls {
             connector: MakeRustlsConnect::new(config),
             has_ca,
             setting,
-        })
+        }
     }
 
     /// Sets `cfg`'s sslmode for `ep`; fails when `ep` wants TLS and there

@@ -14,10 +14,11 @@ use std::time::Duration;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
-fn agent_config(stack: &Stack, dir: &Path, ca_file: &Path) -> PathBuf {
+fn agent_config(stack: &Stack, dir: &Path, ca_file: &Path, sections: &str) -> PathBuf {
     let text = stack.agent_toml(AgentToml {
         replica_sslmode: Some("verify-full"),
         database: &format!("ca_file = \"{}\"", ca_file.display()),
+        sections,
         ..Default::default()
     });
     let path = dir.join("agent.toml");
@@ -126,7 +127,9 @@ async fn agent_and_worker_reach_the_replica_over_verified_tls() {
         &[
             "run",
             "--config",
-            agent_config(&stack, dir.path(), &ca_file).to_str().unwrap(),
+            agent_config(&stack, dir.path(), &ca_file, "")
+                .to_str()
+                .unwrap(),
         ],
         &[],
     )
@@ -195,4 +198,199 @@ async fn agent_and_worker_reach_the_replica_over_verified_tls() {
         ssl.iter().all(|s| *s),
         "every worker connection is TLS: {ssl:?}"
     );
+}
+
+/// Replaces `path` the way a ConfigMap update does: a new file renamed over.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn features_status(w: &Worker) -> u16 {
+    match reqwest::get(format!("http://127.0.0.1:{}/v1/features/1", w.port)).await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// A CA rotation as operators do it, with no restart: CA file = old + new,
+/// switch the server's certificate, CA file = new only. The worker rebuilds
+/// its pools at each change and never stops answering; the agent's next
+/// credential is checked with the new CA only; a broken CA file changes
+/// nothing and is named in /status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_rotation_applies_without_a_restart() {
+    let stack = Stack::start(StackOptions {
+        default_ttl: SECS(10),
+        max_ttl: SECS(30),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let su = stack.pg.primary.connect_superuser().await.unwrap();
+    data::load(&su, data::generate(3, 20, 7)).await.unwrap();
+    stack.pg.wait_replica_caught_up().await.unwrap();
+    let old = TestCa::new("riskfeat CA 2026").unwrap();
+    let new = TestCa::new("riskfeat CA 2027").unwrap();
+    let replica = stack.pg.replica();
+    replica
+        .enable_tls(
+            &old.issue_server(&["127.0.0.1"]).unwrap(),
+            Some("feature_reader"),
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.crt");
+    replace_file(&ca_file, &old.cert_pem());
+    let agent = ChildProc::spawn(
+        &binary("riskfeat-agent"),
+        &[
+            "run",
+            "--config",
+            agent_config(
+                &stack,
+                dir.path(),
+                &ca_file,
+                "[lifecycle]\nrotate_lead_s = 10\nmax_issuances_per_minute = 20\nbackoff_initial_s = 0.2",
+            )
+            .to_str()
+            .unwrap(),
+        ],
+        &[],
+    )
+    .expect("spawn riskfeat-agent");
+    let w = spawn_worker(
+        &stack,
+        &format!(
+            "database_ca_file = \"{}\"\nrecheck_interval_ms = 200",
+            ca_file.display()
+        ),
+    );
+    wait_until(SECS(60), "worker serving over TLS", || {
+        features_status_is(&w, 200)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nworker:\n{}\nagent:\n{}", w.proc.logs(), agent.logs()));
+
+    // Requests all along; none may fail.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, port) = (stop.clone(), w.port);
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let (mut ok, mut bad) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let url = format!("http://127.0.0.1:{port}/v1/features/2");
+                match client.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => ok += 1,
+                    Ok(r) => bad.push(format!(
+                        "{} {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    )),
+                    Err(e) => bad.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (ok, bad)
+        })
+    };
+    let reloads = |w: &Worker| {
+        w.proc
+            .logs()
+            .matches("database_ca_file changed; rebuilding the pools with it")
+            .count()
+    };
+    let rebuilt = |w: &Worker, n: usize| {
+        let done = reloads(w) >= n;
+        let socket = w.socket.clone();
+        async move {
+            done && request(&socket, ProbeKind::Status, SECS(2))
+                .await
+                .ok()
+                .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+                .is_some_and(|st| st["ready"] == true && st["credential_error"].is_null())
+        }
+    };
+
+    // 1. Bundle old + new: the worker rebuilds with it.
+    replace_file(&ca_file, &format!("{}{}", old.cert_pem(), new.cert_pem()));
+    wait_until(SECS(30), "pools rebuilt with the bundle", || rebuilt(&w, 1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nworker:\n{}", w.proc.logs()));
+    // 2. The server switches to a certificate of the new CA.
+    replica
+        .enable_tls(&new.issue_server(&["127.0.0.1"]).unwrap(), None)
+        .await
+        .unwrap();
+    // 3. New CA only: rebuilt again, and new connections verify with it.
+    replace_file(&ca_file, &new.cert_pem());
+    wait_until(SECS(30), "pools rebuilt with the new CA only", || {
+        rebuilt(&w, 2)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nworker:\n{}", w.proc.logs()));
+    let db = replica.connect_superuser().await.unwrap();
+    db.batch_execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'riskfeat-worker'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(features_status(&w).await, 200, "reconnects with the new CA");
+
+    // The agent checks its next credential with the new CA only.
+    let published = |min: u64| {
+        let path = stack.shared_dir.path().join("db.json");
+        async move { DbCredential::load(&path).is_ok_and(|c| c.generation >= min) }
+    };
+    let now = DbCredential::load(&stack.shared_dir.path().join("db.json"))
+        .unwrap()
+        .generation;
+    wait_until(SECS(60), "a credential published after the switch", || {
+        published(now + 1)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nagent:\n{}", agent.logs()));
+    assert!(
+        agent.logs().contains("database.ca_file changed; using it"),
+        "{}",
+        agent.logs()
+    );
+
+    // A broken CA file: nothing changes, and /status says why.
+    replace_file(&ca_file, "-----BEGIN CERTIFICATE-----\nnot base64\n");
+    wait_until(SECS(30), "the broken CA file named in /status", || {
+        let socket = w.socket.clone();
+        async move {
+            request(&socket, ProbeKind::Status, SECS(2))
+                .await
+                .ok()
+                .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+                .and_then(|st| st["credential_error"]["message"].as_str().map(String::from))
+                .is_some_and(|m| {
+                    m.contains("database_ca_file") && m.contains("keeping the CA in use")
+                })
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nworker:\n{}", w.proc.logs()));
+    assert_eq!(features_status(&w).await, 200);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, bad) = load.await.unwrap();
+    assert!(ok > 20, "the load made progress ({ok})");
+    assert!(
+        bad.is_empty(),
+        "{} failed requests: {:?}\nworker:\n{}",
+        bad.len(),
+        &bad[..bad.len().min(5)],
+        w.proc.logs()
+    );
+}
+
+async fn features_status_is(w: &Worker, code: u16) -> bool {
+    features_status(w).await == code
 }

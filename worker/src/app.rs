@@ -40,6 +40,9 @@ pub struct App {
     pub layout: SharedDir,
     pub metrics: Metrics,
     pub pool_settings: PoolSettings,
+    /// How new pools reach PostgreSQL; replaced when `database_ca_file`
+    /// changes (reload.rs), which also rebuilds the pools.
+    pub pg_tls: ArcSwap<PgTls>,
     pub pools: ArcSwapOption<DbPools>,
     pub params: ArcSwap<FeatureParams>,
     /// Latest db.json says `fallback: true` for the generation in use.
@@ -72,7 +75,6 @@ impl App {
             wait_timeout: Config::ms(cfg.pool_wait_timeout_ms),
             connect_timeout: Config::ms(cfg.connect_timeout_ms),
             statement_timeout: Config::ms(cfg.statement_timeout_ms),
-            tls,
         };
         let metrics = Metrics::new();
         metrics.pool_max_size.set(cfg.pool_size as i64);
@@ -81,6 +83,7 @@ impl App {
             cfg,
             metrics,
             pool_settings,
+            pg_tls: ArcSwap::from_pointee(tls),
             pools: ArcSwapOption::empty(),
             params: ArcSwap::from_pointee(FeatureParams::default()),
             fallback: AtomicBool::new(false),

@@ -48,14 +48,13 @@ pub const SQL_LAG: &str = "SELECT CASE \
        ELSE COALESCE(GREATEST(0, EXTRACT(EPOCH FROM (clock_timestamp() - pg_last_xact_replay_timestamp())) * 1000), 0)::float8 \
      END";
 
-/// Pool tuning from the worker config, and how to reach PostgreSQL.
+/// Pool tuning from the worker config.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub size: usize,
     pub wait_timeout: Duration,
     pub connect_timeout: Duration,
     pub statement_timeout: Duration,
-    pub tls: PgTls,
 }
 
 /// Why a pool could not be built, validated or used.
@@ -97,6 +96,8 @@ pub struct DbPools {
     primary_cfg: tokio_postgres::Config,
     pub built_at_utc: chrono::DateTime<chrono::Utc>,
     settings: PoolSettings,
+    /// The TLS these pools were built with (a new CA file means new pools).
+    tls: PgTls,
 }
 
 impl std::fmt::Debug for DbPools {
@@ -112,6 +113,7 @@ fn pg_config(
     ep: &Endpoint,
     cred: &DbCredential,
     s: &PoolSettings,
+    tls: &PgTls,
 ) -> Result<tokio_postgres::Config, PgTlsError> {
     let mut c = tokio_postgres::Config::new();
     c.host(&ep.host)
@@ -126,14 +128,14 @@ fn pg_config(
             "-c statement_timeout={}",
             s.statement_timeout.as_millis().max(1)
         ));
-    s.tls.configure(ep, &mut c)?;
+    tls.configure(ep, &mut c)?;
     Ok(c)
 }
 
-fn make_pool(cfg: tokio_postgres::Config, s: &PoolSettings) -> Pool {
+fn make_pool(cfg: tokio_postgres::Config, s: &PoolSettings, tls: &PgTls) -> Pool {
     let mgr = Manager::from_config(
         cfg,
-        s.tls.connector(),
+        tls.connector(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -155,20 +157,21 @@ fn target(ep: &Endpoint) -> String {
 impl DbPools {
     /// Pools for `cred` (no connection made yet); fails when an endpoint
     /// asks for TLS the settings cannot give (no CA file).
-    pub fn new(cred: &DbCredential, settings: &PoolSettings) -> Result<Self, DbError> {
-        let replica_cfg = pg_config(&cred.replica, cred, settings)?;
-        let primary_cfg = pg_config(&cred.primary, cred, settings)?;
+    pub fn new(cred: &DbCredential, settings: &PoolSettings, tls: &PgTls) -> Result<Self, DbError> {
+        let replica_cfg = pg_config(&cred.replica, cred, settings, tls)?;
+        let primary_cfg = pg_config(&cred.primary, cred, settings, tls)?;
         Ok(DbPools {
             generation: cred.generation,
             username: cred.username.clone(),
             replica_endpoint: cred.replica.clone(),
             primary_endpoint: cred.primary.clone(),
-            replica: make_pool(replica_cfg.clone(), settings),
-            primary: make_pool(primary_cfg.clone(), settings),
+            replica: make_pool(replica_cfg.clone(), settings, tls),
+            primary: make_pool(primary_cfg.clone(), settings, tls),
             replica_cfg,
             primary_cfg,
             built_at_utc: chrono::Utc::now(),
             settings: settings.clone(),
+            tls: tls.clone(),
         })
     }
 
@@ -236,7 +239,7 @@ impl DbPools {
             // Throw away idle connections that are already known dead.
             pool.retain(|c, _| !c.is_closed());
             let (client, connection) = cfg
-                .connect(self.settings.tls.connector())
+                .connect(self.tls.connector())
                 .await
                 .map_err(|e| self.pool_error(PoolError::Backend(e), ep))?;
             let task = tokio::spawn(connection);

@@ -11,6 +11,11 @@
 //!
 //! Config: a valid file replaces the parameters for the next request; an
 //! invalid one is logged once, counted, and the last good stays.
+//!
+//! CA: when `database_ca_file` changes (a CA rotation through a ConfigMap)
+//! and parses, the current credential's pools are rebuilt with it, through
+//! the same build-validate-swap path; a CA that does not verify the server
+//! leaves the working pools in place. An unusable file keeps the CA in use.
 
 use crate::app::{App, LastError};
 use crate::params::FeatureParams;
@@ -20,6 +25,7 @@ use riskfeat_shared::ack::WorkerAck;
 use riskfeat_shared::atomic::{write_json_atomic, WriteOptions};
 use riskfeat_shared::config_file::ConfigSnapshot;
 use riskfeat_shared::creds::DbCredential;
+use riskfeat_shared::pg_tls::PgTls;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,6 +40,11 @@ struct Seen {
     /// A credential that failed to log in: retry it at this instant.
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// `database_ca_file` as last loaded.
+    ca_bytes: Option<Vec<u8>>,
+    /// The pools must be rebuilt although the credential did not change
+    /// (a new CA): cleared by the next successful swap.
+    rebuild: bool,
 }
 
 /// Runs until `shutdown` fires. The first turn runs at once.
@@ -46,6 +57,12 @@ pub async fn run(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>
     );
     let mut seen = Seen {
         backoff: Duration::from_millis(app.cfg.retry_initial_ms),
+        // What run.rs loaded at start (a change since is picked up below).
+        ca_bytes: app
+            .cfg
+            .database_ca_file
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok()),
         ..Default::default()
     };
     let recheck = Duration::from_millis(app.cfg.recheck_interval_ms);
@@ -69,10 +86,48 @@ pub async fn run(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>
     }
 }
 
-/// One turn: credential first, then config.
+/// One turn: CA, credential, then config.
 async fn reconcile(app: &Arc<App>, seen: &mut Seen) {
+    reconcile_ca(app, seen);
     reconcile_credential(app, seen).await;
     reconcile_config(app, seen);
+}
+
+/// Loads `database_ca_file` again when its bytes changed; a usable one
+/// replaces the TLS of new pools and asks for a rebuild.
+fn reconcile_ca(app: &App, seen: &mut Seen) {
+    let Some(path) = &app.cfg.database_ca_file else {
+        return;
+    };
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            if seen.ca_bytes.is_some() {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read database_ca_file; keeping the CA in use");
+                seen.ca_bytes = None;
+            }
+            return;
+        }
+    };
+    if seen.ca_bytes.as_deref() == Some(&bytes[..]) {
+        return;
+    }
+    seen.ca_bytes = Some(bytes.clone());
+    match PgTls::from_pem("database_ca_file", path, &bytes) {
+        Ok(tls) => {
+            app.pg_tls.store(Arc::new(tls));
+            seen.rebuild = true;
+            seen.retry_at = None;
+            tracing::info!(file = %path.display(), "database_ca_file changed; rebuilding the pools with it");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "database_ca_file changed but cannot be used; keeping the CA in use");
+            App::set_error(
+                &app.credential_error,
+                Some(LastError::now(format!("{e} (keeping the CA in use)"), None)),
+            );
+        }
+    }
 }
 
 async fn reconcile_credential(app: &Arc<App>, seen: &mut Seen) {
@@ -93,7 +148,7 @@ async fn reconcile_credential(app: &Arc<App>, seen: &mut Seen) {
     };
     app.db_json_seen.store(true, Ordering::Relaxed);
     let retry_due = seen.retry_at.is_some_and(|t| Instant::now() >= t);
-    if seen.db_bytes.as_deref() == Some(&bytes[..]) && !retry_due {
+    if seen.db_bytes.as_deref() == Some(&bytes[..]) && !retry_due && !seen.rebuild {
         return;
     }
     let new_bytes = seen.db_bytes.as_deref() != Some(&bytes[..]);
@@ -123,7 +178,7 @@ async fn reconcile_credential(app: &Arc<App>, seen: &mut Seen) {
             return;
         }
     };
-    if let Some(cur) = app.pools.load().as_ref() {
+    if let Some(cur) = app.pools.load().as_ref().filter(|_| !seen.rebuild) {
         if cur.generation == cred.generation
             && cur.username == cred.username
             && cur.replica_endpoint == cred.replica
@@ -173,6 +228,7 @@ async fn reconcile_credential(app: &Arc<App>, seen: &mut Seen) {
     };
     seen.retry_at = None;
     seen.backoff = Duration::from_millis(app.cfg.retry_initial_ms);
+    seen.rebuild = false;
     let generation = cred.generation;
     let old = app.pools.swap(Some(Arc::new(pools)));
     app.fallback.store(cred.fallback, Ordering::Relaxed);
@@ -196,7 +252,8 @@ async fn reconcile_credential(app: &Arc<App>, seen: &mut Seen) {
 /// Builds the pools of `cred` and proves they work (`warm` connections, a
 /// bounded wait) before anything is swapped; on failure nothing is kept.
 async fn build_and_validate(app: &Arc<App>, cred: &DbCredential) -> Result<DbPools, String> {
-    let pools = DbPools::new(cred, &app.pool_settings).map_err(|e| e.to_string())?;
+    let tls = app.pg_tls.load_full();
+    let pools = DbPools::new(cred, &app.pool_settings, &tls).map_err(|e| e.to_string())?;
     let warm = app.cfg.pool_size.min(8);
     let validated = tokio::time::timeout(
         app.pool_settings.connect_timeout * 2 + app.pool_settings.statement_timeout,
