@@ -157,25 +157,33 @@ pub fn fallback(path: &Path) -> Result<FallbackCredential, InputError> {
 /// each checked by the TLS stack that will use it, so a wrong file is named
 /// here at start and not later as "cannot reach Vault".
 pub fn vault_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, InputError> {
-    const WHAT: &str = "vault.ca_cert_file";
+    let pem = std::fs::read(path).map_err(|source| InputError::Read {
+        what: VAULT_CA,
+        path: path.display().to_string(),
+        source,
+    })?;
+    vault_ca_pem(path, &pem)
+}
+
+const VAULT_CA: &str = "vault.ca_cert_file";
+
+/// [`vault_ca`] on bytes already read from `path` (a reload compares them
+/// with the last ones first).
+pub fn vault_ca_pem(path: &Path, pem: &[u8]) -> Result<Vec<reqwest::Certificate>, InputError> {
+    const WHAT: &str = VAULT_CA;
     let shown = path.display().to_string();
     let invalid = |message: String| InputError::Invalid {
         what: WHAT,
         path: shown.clone(),
         message,
     };
-    let pem = std::fs::read(path).map_err(|source| InputError::Read {
-        what: WHAT,
-        path: shown.clone(),
-        source,
-    })?;
     if pem.iter().all(u8::is_ascii_whitespace) {
         return Err(InputError::Empty {
             what: WHAT,
             path: shown.clone(),
         });
     }
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+    let certs = reqwest::Certificate::from_pem_bundle(pem)
         .map_err(|e| invalid(format!("not a PEM certificate bundle: {e}")))?;
     if certs.is_empty() {
         return Err(invalid(

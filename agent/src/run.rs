@@ -115,6 +115,10 @@ async fn run_async(cfg: Config) -> Result<(), Fatal> {
         &ca,
     )
     .map_err(|e| Fatal::Runtime(e.to_string()))?;
+    let vault = match &cfg.vault.ca_cert_file {
+        Some(path) => vault.reload_ca_from(path),
+        None => vault,
+    };
     let sync_status = cfg.configd.as_ref().map(|_| Arc::new(SyncStatus::new()));
     let board = Arc::new(StatusBoard::new(
         cfg.lifecycle.ready_min_remaining_s,

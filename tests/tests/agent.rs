@@ -1100,11 +1100,33 @@ async fn vault_over_tls_trusts_exactly_the_configured_ca() {
     assert_eq!(code, Some(66), "{logs}");
     assert!(logs.contains("no-such-ca.pem"), "{logs}");
 
-    // 4. The signing CA: a credential that logs in on the replica.
-    let cfg = write_config_with_ca(&stack, dir.path(), Some(&ca));
+    // 4. A CA file fixed in place (a ConfigMap update): the running agent
+    // uses it at its next request, no restart; a credential that logs in.
+    let live = dir.path().join("vault-ca.pem");
+    std::fs::copy(&leaf, &live).unwrap();
+    let cfg = write_config_with_ca(&stack, dir.path(), Some(&live));
     let agent = spawn_agent(&cfg, &[]);
+    wait_until(SECS(30), "the wrong CA in /status", || async {
+        status(&stack).await.is_ok_and(|s| {
+            s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("does not hold the CA"))
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    let tmp = dir.path().join("vault-ca.pem.new");
+    std::fs::copy(&ca, &tmp).unwrap();
+    std::fs::rename(&tmp, &live).unwrap();
     let c = wait_published(&stack, 1, SECS(60)).await;
     assert!(!c.fallback);
+    assert!(
+        agent
+            .logs()
+            .contains("vault.ca_cert_file changed; using it"),
+        "{}",
+        agent.logs()
+    );
     can_login_on_replica(&stack, &c).await.unwrap();
     write_ack(&stack, c.generation);
     wait_until(SECS(20), "ready", || ready(&stack))

@@ -10,17 +10,45 @@ use riskfeat_shared::Secret;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A client for one Vault address.
 #[derive(Clone)]
 pub struct VaultClient {
     http: reqwest::Client,
+    /// `vault.ca_cert_file`, read again before each request.
+    ca_watch: Option<Arc<CaWatch>>,
     /// Trusts only `vault.ca_cert_file` (changes the hint on a TLS error).
     custom_ca: bool,
     addr: String,
     timeout: Duration,
     durations: Option<HistogramVec>,
+}
+
+/// The CA file's bytes as last seen and the client built from them.
+struct CaWatch {
+    path: PathBuf,
+    state: Mutex<(Option<Vec<u8>>, reqwest::Client)>,
+}
+
+fn http_client(
+    timeout: Duration,
+    ca: &[reqwest::Certificate],
+) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(1);
+    if !ca.is_empty() {
+        builder = builder.tls_built_in_root_certs(false);
+        for cert in ca {
+            builder = builder.add_root_certificate(cert.clone());
+        }
+    }
+    builder.build()
 }
 
 /// A token from a login or a renewal.
@@ -136,29 +164,65 @@ impl VaultClient {
         durations: Option<HistogramVec>,
         ca: &[reqwest::Certificate],
     ) -> Result<Self, VaultError> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(1);
-        if !ca.is_empty() {
-            builder = builder.tls_built_in_root_certs(false);
-            for cert in ca {
-                builder = builder.add_root_certificate(cert.clone());
-            }
-        }
-        let http = builder.build().map_err(|e| VaultError::Connect {
+        let http = http_client(timeout, ca).map_err(|e| VaultError::Connect {
             method: "INIT",
             path: addr.to_string(),
             detail: e.to_string(),
         })?;
         Ok(Self {
             http,
+            ca_watch: None,
             addr: addr.trim_end_matches('/').to_string(),
             timeout,
             durations,
             custom_ca: !ca.is_empty(),
         })
+    }
+
+    /// Reads `path` (the `vault.ca_cert_file` given to [`VaultClient::new`])
+    /// again before every request and, when its bytes changed and hold a
+    /// usable CA, rebuilds the HTTPS client with it: a CA rotated through
+    /// its ConfigMap applies without a restart. An unusable file keeps the
+    /// CA in use and is logged once per change.
+    pub fn reload_ca_from(mut self, path: &Path) -> Self {
+        let bytes = std::fs::read(path).ok();
+        self.ca_watch = Some(Arc::new(CaWatch {
+            path: path.to_path_buf(),
+            state: Mutex::new((bytes, self.http.clone())),
+        }));
+        self
+    }
+
+    /// The client for the next request (see [`VaultClient::reload_ca_from`]).
+    fn client(&self) -> reqwest::Client {
+        let Some(w) = &self.ca_watch else {
+            return self.http.clone();
+        };
+        let mut st = w.state.lock().unwrap_or_else(|p| p.into_inner());
+        match std::fs::read(&w.path) {
+            Ok(bytes) if st.0.as_deref() != Some(&bytes[..]) => {
+                let built = crate::inputs::vault_ca_pem(&w.path, &bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|ca| http_client(self.timeout, &ca).map_err(|e| e.to_string()));
+                st.0 = Some(bytes);
+                match built {
+                    Ok(c) => {
+                        tracing::info!(file = %w.path.display(), "vault.ca_cert_file changed; using it");
+                        st.1 = c;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "vault.ca_cert_file cannot be used; keeping the CA in use")
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if st.0.take().is_some() {
+                    tracing::warn!(file = %w.path.display(), error = %e, "cannot read vault.ca_cert_file; keeping the CA in use");
+                }
+            }
+        }
+        st.1.clone()
     }
 
     /// Adds what to do to a failed TLS verification (the rest unchanged).
@@ -189,7 +253,7 @@ impl VaultClient {
             _ => "REQUEST",
         };
         let url = format!("{}/v1/{}", self.addr, path);
-        let mut req = self.http.request(method, &url);
+        let mut req = self.client().request(method, &url);
         if let Some(t) = token {
             req = req.header("X-Vault-Token", t.expose());
         }
