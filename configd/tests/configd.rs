@@ -790,3 +790,60 @@ async fn a_hundred_cold_misses_make_one_snapshot_query() {
         1.0
     );
 }
+
+/// A full load holds each current value once: the log entry that wrote it
+/// shares the item's allocation (the memory bound of the start-up storm
+/// rests on this), while overwritten and deleted values stay their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loaded_log_shares_the_current_values_with_the_items() {
+    use riskfeat_configd::store::{Change, Op, Store};
+    use std::sync::Arc;
+    let pg = PgCluster::start(false).await.unwrap();
+    let store = Store::new(&pg.primary.superuser_dsn(), 2).unwrap();
+    store.migrate().await.unwrap();
+    store.create_namespace("shared").await.unwrap();
+    let up = |k: &str, v: &str| Change {
+        op: Op::Upsert,
+        key: k.into(),
+        value: Some(v.into()),
+    };
+    let changes = [up("a", "{\"x\":1}"), up("b", "2"), up("c", "3")];
+    store
+        .publish("shared", Some(0), "t", "", &changes)
+        .await
+        .unwrap();
+    let del = Change {
+        op: Op::Delete,
+        key: "c".into(),
+        value: None,
+    };
+    let changes = [up("a", "{\"x\":9}"), del];
+    store
+        .publish("shared", Some(1), "t", "", &changes)
+        .await
+        .unwrap();
+
+    let loaded = store.load("shared", 1000).await.unwrap();
+    assert_eq!(loaded.version, 2);
+    let items: Vec<(&str, &str)> = loaded.items.iter().map(|(k, v)| (&**k, &**v)).collect();
+    assert_eq!(items, [("a", "{\"x\": 9}"), ("b", "2")]);
+    let entry = |version: u64, key: &str| {
+        loaded
+            .log
+            .iter()
+            .find(|c| c.version == version && &*c.key == key)
+            .unwrap_or_else(|| panic!("log entry {version}/{key} in {:?}", loaded.log))
+    };
+    let shared = |c: &riskfeat_configd::store::LoggedChange| {
+        let (k, v) = loaded.items.get_key_value(&c.key).unwrap();
+        Arc::ptr_eq(k, &c.key) && c.value.as_ref().is_some_and(|cv| Arc::ptr_eq(v, cv))
+    };
+    assert!(shared(entry(2, "a")), "the latest write of a is the item");
+    assert!(shared(entry(1, "b")), "b was written once");
+    let old_a = entry(1, "a");
+    assert_eq!(old_a.value.as_deref(), Some("{\"x\": 1}"));
+    assert!(!shared(old_a), "an overwritten value is its own copy");
+    let gone = entry(2, "c");
+    assert!(gone.value.is_none() && !loaded.items.contains_key(&gone.key));
+    assert_eq!(entry(1, "c").value.as_deref(), Some("3"));
+}

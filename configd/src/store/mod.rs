@@ -394,18 +394,10 @@ impl Store {
             let v: &str = r.get(1);
             items.insert(Arc::<str>::from(k), Arc::<str>::from(v));
         }
-        let mut log = Self::log_after(&tx, ns, log_from).await?;
+        // The latest upsert of a key usually holds the current value: the log
+        // shares that allocation with the items, row by row as it streams.
+        let log = Self::log_after(&tx, ns, log_from, Some(&items)).await?;
         tx.commit().await?;
-        // The latest upsert of a key usually holds the current value: share
-        // one allocation between the log and the items.
-        for c in log.iter_mut() {
-            if let (Some(v), Some((k, cur))) = (&c.value, items.get_key_value(&c.key)) {
-                if Arc::ptr_eq(v, cur) || **v == **cur {
-                    c.value = Some(cur.clone());
-                    c.key = k.clone();
-                }
-            }
-        }
         Ok(Loaded {
             version,
             log_from,
@@ -414,27 +406,43 @@ impl Store {
         })
     }
 
+    /// The change log after `from`, streamed: never more than one row
+    /// buffered beside the result. With `share`, a key and value equal to
+    /// the current item reuse its allocations instead of copying them (the
+    /// log of a freshly loaded namespace is mostly the current values).
     async fn log_after(
         tx: &tokio_postgres::Transaction<'_>,
         ns: &str,
         from: u64,
+        share: Option<&BTreeMap<Arc<str>, Arc<str>>>,
     ) -> Result<Vec<LoggedChange>, StoreError> {
-        let rows = tx
-            .query(
+        let from = from as i64;
+        let stream = tx
+            .query_raw(
                 "SELECT version, key, op, value::text FROM configd_changes \
                  WHERE namespace = $1 AND version > $2 ORDER BY version, key",
-                &[&ns, &(from as i64)],
+                [&ns as &(dyn tokio_postgres::types::ToSql + Sync), &from],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| LoggedChange {
+        futures::pin_mut!(stream);
+        let mut log = Vec::new();
+        while let Some(r) = futures::TryStreamExt::try_next(&mut stream).await? {
+            let key: &str = r.get(1);
+            let value: Option<&str> = r.get(3);
+            let current = share.and_then(|items| items.get_key_value(key));
+            let (key, value) = match (current, value) {
+                (Some((k, cur)), Some(v)) if **cur == *v => (k.clone(), Some(cur.clone())),
+                (Some((k, _)), v) => (k.clone(), v.map(Arc::from)),
+                (None, v) => (Arc::from(key), v.map(Arc::from)),
+            };
+            log.push(LoggedChange {
                 version: u(r.get(0)),
-                key: Arc::from(r.get::<_, &str>(1)),
+                key,
                 op: parse_op(r.get(2)),
-                value: r.get::<_, Option<&str>>(3).map(Arc::from),
-            })
-            .collect())
+                value,
+            });
+        }
+        Ok(log)
     }
 
     /// The log after `from` in one consistent view.
@@ -456,7 +464,7 @@ impl Store {
         let version = u(row.get(0));
         let compacted_to = u(row.get(1));
         let log = if from >= compacted_to {
-            Self::log_after(&tx, ns, from).await?
+            Self::log_after(&tx, ns, from, None).await?
         } else {
             Vec::new()
         };
