@@ -9,15 +9,19 @@
 //! - [`proxy`]: a TCP proxy to cut or slow a link;
 //! - [`process`]: the binaries under test as child processes;
 //! - [`data`]: deterministic transactions and a COPY loader;
-//! - [`tls`]: a private CA and server certificates (PostgreSQL TLS).
+//! - [`tls`]: a private CA and server certificates (PostgreSQL TLS);
+//! - [`openapi`]: real answers checked against `docs/openapi/`;
+//! - [`pytools`]: Python tools installed on first use.
 
 pub mod bao;
 pub mod bootstrap;
 pub mod data;
+pub mod openapi;
 pub mod pg;
 pub mod process;
 pub mod promtool;
 pub mod proxy;
+pub mod pytools;
 pub mod stack;
 pub mod tls;
 

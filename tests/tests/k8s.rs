@@ -240,34 +240,8 @@ fn assert_secret_file(pod: &Value, c: &Value, file: &str, what: &str) {
 
 /// PYTHONPATH with kubernetes-validate importable; installs it when not.
 fn kubernetes_validate_path() -> PathBuf {
-    let dir = cache_dir().join("pytools");
-    let importable = || {
-        run(Command::new("python3")
-            .args(["-c", "import kubernetes_validate"])
-            .env("PYTHONPATH", &dir))
-        .0
-    };
-    if importable() {
-        return dir;
-    }
-    let _guard = lock("pytools");
-    if !importable() {
-        eprintln!("installing {KUBERNETES_VALIDATE} into {}", dir.display());
-        let (ok, out) = run(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--upgrade",
-            "--target",
-            dir.to_str().unwrap(),
-            KUBERNETES_VALIDATE,
-        ]));
-        assert!(ok, "pip install {KUBERNETES_VALIDATE} failed:\n{out}");
-        assert!(importable(), "kubernetes_validate still not importable");
-    }
-    dir
+    riskfeat_tests::pytools::module_path(KUBERNETES_VALIDATE, "kubernetes_validate")
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Runs `kubernetes-validate --strict` on one multi-document file.

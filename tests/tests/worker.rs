@@ -21,6 +21,7 @@ use riskfeat_shared::config_file::ConfigSnapshot;
 use riskfeat_shared::creds::DbCredential;
 use riskfeat_shared::health::{request, ProbeKind};
 use riskfeat_shared::Secret;
+use riskfeat_tests::openapi::{axum_routes, OpenApi};
 use riskfeat_tests::{binary, wait_until, AgentToml, ChildProc, IssuedCreds, Stack, StackOptions};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -885,8 +886,40 @@ async fn replica_lag_is_measured_and_the_policy_applied() {
     drop(primary_worker);
 }
 
+/// The pinned openapi-spec-validator (OpenAPI 2.0 to 3.2).
+const OPENAPI_SPEC_VALIDATOR: &str = "openapi-spec-validator==0.9.0";
+
+/// docs/openapi/worker.yaml is a valid OpenAPI 3.1 document and lists
+/// exactly the routes of the worker's router, no more and no fewer.
+#[test]
+fn the_openapi_document_is_valid_and_lists_exactly_the_routes() {
+    let api = OpenApi::load("worker").unwrap();
+    let py = riskfeat_tests::pytools::module_path(OPENAPI_SPEC_VALIDATOR, "openapi_spec_validator")
+        .unwrap();
+    let out = std::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&api.path)
+        .env("PYTHONPATH", py)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let router = riskfeat_tests::process::workspace_root().join("worker/src/http.rs");
+    let routes = axum_routes(&std::fs::read_to_string(router).unwrap());
+    assert!(routes.len() >= 3, "routes read from the router: {routes:?}");
+    assert_eq!(api.operations(), routes, "document vs router");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn api_errors_probes_and_sigterm_drain() {
+    // Every JSON answer below is also checked against docs/openapi/worker.yaml.
+    let api = OpenApi::load("worker").unwrap();
+    let one = "/v1/features/{user_id}";
+    let batch = "/v1/features/batch";
     let stack = start_stack().await;
     let mut w = spawn_worker(&stack, "");
     let client = reqwest::Client::new();
@@ -913,6 +946,7 @@ async fn api_errors_probes_and_sigterm_drain() {
         (code, body["error"]["code"].as_str()),
         (503, Some("no_credential"))
     );
+    api.check("GET", one, code, &body).unwrap();
 
     // The probe subcommand.
     let probe = std::process::Command::new(binary("riskfeat-worker"))
@@ -939,7 +973,14 @@ async fn api_errors_probes_and_sigterm_drain() {
             (400, Some(want)),
             "{url}"
         );
+        api.check("GET", one, code, &body).unwrap();
     }
+    let (code, body) = get(&client, &format!("{}/v2/nope", w.base)).await.unwrap();
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    api.check_component("NotFound", &body).unwrap();
     let post = |body: String| {
         let c = client.clone();
         let url = format!("{}/v1/features/batch", w.base);
@@ -948,32 +989,67 @@ async fn api_errors_probes_and_sigterm_drain() {
             (r.status().as_u16(), r.json::<Value>().await.unwrap())
         }
     };
-    let (code, body) = post("{not json".into()).await;
-    assert_eq!(
-        (code, body["error"]["code"].as_str()),
-        (400, Some("bad_body"))
-    );
-    let (code, body) = post(json!({"ids": [1]}).to_string()).await;
-    assert_eq!(
-        (code, body["error"]["code"].as_str()),
-        (400, Some("bad_body"))
-    );
-    let many: Vec<i64> = (0..1001).collect();
-    let (code, body) = post(json!({"user_ids": many}).to_string()).await;
-    assert_eq!(
-        (code, body["error"]["code"].as_str()),
-        (400, Some("batch_too_large"))
-    );
+    for (req, want) in [
+        ("{not json".to_string(), "bad_body"),
+        (json!({"ids": [1]}).to_string(), "bad_body"),
+        (json!({"user_ids": [1, -2]}).to_string(), "bad_user_id"),
+        (
+            json!({"user_ids": (0..1001).collect::<Vec<i64>>()}).to_string(),
+            "batch_too_large",
+        ),
+    ] {
+        let (code, body) = post(req).await;
+        assert_eq!((code, body["error"]["code"].as_str()), (400, Some(want)));
+        api.check("POST", batch, code, &body).unwrap();
+    }
     let thousand: Vec<i64> = (1_000_000..1_001_000).collect();
     let (code, body) = post(json!({"user_ids": thousand}).to_string()).await;
     assert_eq!(code, 200);
     assert_eq!(body["results"].as_array().unwrap().len(), 1000);
+    api.check("POST", batch, code, &body).unwrap();
     let (code, body) = get(&client, &format!("{}/v1/features/987654321", w.base))
         .await
         .unwrap();
     assert_eq!(code, 200);
     assert_eq!(body["features"]["count"], 0);
     assert_eq!(body["degraded"], false);
+    api.check("GET", one, code, &body).unwrap();
+    // Users with one and with several transactions: every field non-null
+    // where the document says it can be.
+    let now = Utc::now();
+    insert_rows(&stack, 41, &[(12.5, now)]).await;
+    let rows: Vec<Txn> = (0..5)
+        .map(|i| {
+            (
+                10.0 * f64::from(i + 1),
+                now - ChronoDuration::minutes(i.into()),
+            )
+        })
+        .collect();
+    insert_rows(&stack, 42, &rows).await;
+    let url = format!("{}/v1/features/42", w.base);
+    let c2 = client.clone();
+    wait_until(SECS(15), "user 42 replayed on the replica", || {
+        let (c, url) = (c2.clone(), url.clone());
+        async move {
+            get(&c, &url)
+                .await
+                .is_ok_and(|(_, b)| b["features"]["count"] == 5)
+        }
+    })
+    .await
+    .unwrap();
+    for user in [41, 42] {
+        let (code, body) = get(&client, &format!("{}/v1/features/{user}", w.base))
+            .await
+            .unwrap();
+        assert_eq!(code, 200);
+        api.check("GET", one, code, &body).unwrap();
+    }
+    let (code, body) = post(json!({"user_ids": [42, 41, 0, 42]}).to_string()).await;
+    assert_eq!(code, 200);
+    assert_eq!(body["results"][1]["features"]["count"], 1);
+    api.check("POST", batch, code, &body).unwrap();
     let m = metrics(&client, &w).await;
     assert!(
         m.contains("riskfeat_worker_http_request_duration_seconds_count{route=\"/v1/features/{user_id}\",status=\"400\"} 2"),
@@ -997,6 +1073,9 @@ async fn api_errors_probes_and_sigterm_drain() {
     })
     .await
     .unwrap();
+    let (code, body) = get(&client, &url).await.unwrap();
+    assert_eq!(body["degraded"], true);
+    api.check("GET", one, code, &body).unwrap();
     assert!(metrics(&client, &w)
         .await
         .contains("riskfeat_worker_credential_fallback 1"));
