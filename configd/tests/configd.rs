@@ -4,9 +4,11 @@
 //! compaction, PostgreSQL outage, bad input, single-flight cache misses.
 
 use reqwest::StatusCode;
+use riskfeat_tests::openapi::{axum_routes, OpenApi};
 use riskfeat_tests::{binary, wait_until, ChildProc, PgCluster, PgServer};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 const ADMIN: &str = "admin-token-0123456789";
@@ -114,6 +116,24 @@ impl Configd {
     }
 }
 
+/// docs/openapi/configd.yaml: every JSON answer these tests get through
+/// `req`, `Local` and the publish helper is checked against it.
+fn api() -> &'static OpenApi {
+    static API: OnceLock<OpenApi> = OnceLock::new();
+    API.get_or_init(|| OpenApi::load("configd").unwrap())
+}
+
+/// Panics when an answer does not match the document (304 has no body).
+fn conforms(method: &reqwest::Method, url: &str, status: StatusCode, body: &Value) {
+    if status == StatusCode::NOT_MODIFIED {
+        return;
+    }
+    let path = reqwest::Url::parse(url).unwrap().path().to_string();
+    api()
+        .check_path(method.as_str(), &path, status.as_u16(), body, "Error")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
@@ -127,7 +147,7 @@ async fn req(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut r = http().request(method, url);
+    let mut r = http().request(method.clone(), &url);
     if let Some(t) = token {
         r = r.bearer_auth(t);
     }
@@ -137,7 +157,9 @@ async fn req(
     let resp = r.send().await.unwrap();
     let status = resp.status();
     let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    conforms(&method, &url, status, &body);
+    (status, body)
 }
 
 async fn create(c: &Configd, ns: &str) {
@@ -174,20 +196,18 @@ struct Local {
 impl Local {
     /// One `changes?from=` round; returns whether it was a snapshot.
     async fn sync(&mut self, c: &Configd, ns: &str) -> anyhow::Result<bool> {
-        let resp = http()
-            .get(c.url(&format!(
-                "/v1/namespaces/{ns}/changes?from={}",
-                self.version
-            )))
-            .bearer_auth(READER)
-            .send()
-            .await?;
+        let url = c.url(&format!(
+            "/v1/namespaces/{ns}/changes?from={}",
+            self.version
+        ));
+        let resp = http().get(&url).bearer_auth(READER).send().await?;
         anyhow::ensure!(
             resp.status() == StatusCode::OK,
             "changes: {}",
             resp.status()
         );
         let b: Value = resp.json().await?;
+        conforms(&reqwest::Method::GET, &url, StatusCode::OK, &b);
         let snapshot = b["snapshot"].as_bool().unwrap();
         if snapshot {
             self.snapshots += 1;
@@ -612,6 +632,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     let publish_url = a.url("/v1/admin/namespaces/features/publish");
     let raw = |body: &'static str, token: Option<&'static str>| {
         let url = publish_url.clone();
+        let url_for_check = url.clone();
         async move {
             let mut r = http()
                 .post(url)
@@ -622,7 +643,9 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             }
             let resp = r.send().await.unwrap();
             let s = resp.status();
-            (s, resp.json::<Value>().await.unwrap_or(Value::Null))
+            let b = resp.json::<Value>().await.unwrap_or(Value::Null);
+            conforms(&reqwest::Method::POST, &url_for_check, s, &b);
+            (s, b)
         }
     };
     let big = "x".repeat(2000);
@@ -744,6 +767,57 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1, "no change was logged by a rejected request");
+
+    // The rest of the surface, each answer checked against the document by
+    // `req`: an unknown route, the operations endpoints, history, a delete.
+    let (s, b) = req(reqwest::Method::GET, a.url("/v1/nope"), Some(READER), None).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_such_route"))
+    );
+    let (s, _) = req(reqwest::Method::GET, a.url("/healthz"), None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = req(reqwest::Method::GET, a.url("/readyz"), None, None).await;
+    assert_eq!((s, b["status"].as_str()), (StatusCode::OK, Some("ready")));
+    let history = a.url("/v1/admin/namespaces/features/history?limit=5");
+    let (s, b) = req(reqwest::Method::GET, history, Some(ADMIN), None).await;
+    assert_eq!(
+        (s, b["history"][0]["version"].as_u64()),
+        (StatusCode::OK, Some(1))
+    );
+    let secret_ns = a.url("/v1/admin/namespaces/secret-ns");
+    let (s, b) = req(
+        reqwest::Method::DELETE,
+        secret_ns.clone(),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!((s, b["deleted"].as_bool()), (StatusCode::OK, Some(true)));
+    let (s, b) = req(reqwest::Method::DELETE, secret_ns, Some(ADMIN), None).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("namespace_not_found"))
+    );
+}
+
+/// docs/openapi/configd.yaml is a valid OpenAPI 3.1 document and lists
+/// exactly the routes of configd's router.
+#[test]
+fn the_openapi_document_is_valid_and_lists_exactly_the_routes() {
+    api().validate_document().unwrap();
+    // configd's router merges the shared `/metrics` router.
+    let root = riskfeat_tests::process::workspace_root();
+    let mut routes =
+        axum_routes(&std::fs::read_to_string(root.join("configd/src/http/mod.rs")).unwrap());
+    routes.extend(axum_routes(
+        &std::fs::read_to_string(root.join("shared/src/metrics.rs")).unwrap(),
+    ));
+    assert!(
+        routes.len() >= 12,
+        "routes read from the router: {routes:?}"
+    );
+    assert_eq!(api().operations(), routes, "document vs router");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -12,6 +12,10 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+/// The pinned openapi-spec-validator (OpenAPI 2.0 to 3.2), pip-installed on
+/// first use.
+pub const OPENAPI_SPEC_VALIDATOR: &str = "openapi-spec-validator==0.9.0";
+
 /// One parsed OpenAPI document.
 pub struct OpenApi {
     pub path: PathBuf,
@@ -31,6 +35,26 @@ impl OpenApi {
         Ok(OpenApi { path, doc })
     }
 
+    /// Validates the document itself with openapi-spec-validator.
+    pub fn validate_document(&self) -> anyhow::Result<()> {
+        let py = crate::pytools::module_path(OPENAPI_SPEC_VALIDATOR, "openapi_spec_validator")?;
+        let out = std::process::Command::new("python3")
+            .args(["-m", "openapi_spec_validator"])
+            .arg(&self.path)
+            .env("PYTHONPATH", py)
+            .output()
+            .context("running openapi_spec_validator")?;
+        if !out.status.success() {
+            bail!(
+                "{} is not a valid OpenAPI document:\n{}{}",
+                self.path.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Every operation as (`GET`, `/v1/features/{user_id}`).
     pub fn operations(&self) -> BTreeSet<(String, String)> {
         let mut ops = BTreeSet::new();
@@ -44,6 +68,58 @@ impl OpenApi {
             }
         }
         ops
+    }
+
+    /// The document's path template that `path` (a concrete path, query
+    /// ignored) instantiates: `/v1/namespaces/a/watch` gives
+    /// `/v1/namespaces/{ns}/watch`. A literal segment beats a parameter.
+    pub fn template_of(&self, path: &str) -> Option<&str> {
+        let path = path.split('?').next().unwrap_or(path);
+        let segs: Vec<&str> = path.split('/').collect();
+        let mut best: Option<(&str, usize)> = None;
+        for template in self.doc["paths"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(t, _)| t)
+        {
+            let tsegs: Vec<&str> = template.split('/').collect();
+            if tsegs.len() != segs.len() {
+                continue;
+            }
+            let mut literal = 0;
+            let fits = tsegs.iter().zip(&segs).all(|(t, s)| {
+                if t.starts_with('{') && t.ends_with('}') {
+                    !s.is_empty()
+                } else {
+                    literal += 1;
+                    t == s
+                }
+            });
+            if fits && best.is_none_or(|(_, l)| literal > l) {
+                best = Some((template, literal));
+            }
+        }
+        best.map(|(t, _)| t)
+    }
+
+    /// Checks an answer to `method` on a concrete `path`: against its
+    /// operation when the path is in the document, else (an unknown route)
+    /// against `components/responses/<unknown_route>`.
+    pub fn check_path(
+        &self,
+        method: &str,
+        path: &str,
+        status: u16,
+        body: &Value,
+        unknown_route: &str,
+    ) -> anyhow::Result<()> {
+        match self.template_of(path) {
+            Some(t) if !self.doc["paths"][t][method.to_lowercase()].is_null() => {
+                self.check(method, t, status, body)
+            }
+            _ => self.check_component(unknown_route, body),
+        }
     }
 
     /// Follows a local `$ref` (`#/a/b`), or returns `v` itself.
@@ -206,5 +282,20 @@ mod tests {
         .map(|(m, p)| (m.to_string(), p.to_string()))
         .into();
         assert_eq!(axum_routes(src), want);
+    }
+
+    #[test]
+    fn concrete_paths_find_their_template() {
+        let api = OpenApi {
+            path: PathBuf::from("t.yaml"),
+            doc: json!({"paths": {
+                "/v1/ns/{ns}": {}, "/v1/ns/{ns}/watch": {}, "/v1/ns/batch": {}
+            }}),
+        };
+        assert_eq!(api.template_of("/v1/ns/a?x=1"), Some("/v1/ns/{ns}"));
+        assert_eq!(api.template_of("/v1/ns/a/watch"), Some("/v1/ns/{ns}/watch"));
+        assert_eq!(api.template_of("/v1/ns/batch"), Some("/v1/ns/batch"));
+        assert_eq!(api.template_of("/v1/ns/"), None);
+        assert_eq!(api.template_of("/v2/x"), None);
     }
 }
