@@ -43,6 +43,10 @@ pub struct Settings {
     /// Longest retry delay, seconds.
     #[serde(default = "default_backoff_max_s")]
     pub backoff_max_s: f64,
+    /// PEM CA bundle trusted for an `https://` addr instead of the system
+    /// roots (configd's certificate from a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_namespaces() -> Vec<String> {
@@ -68,6 +72,12 @@ impl Settings {
         if !(self.addr.starts_with("http://") || self.addr.starts_with("https://")) {
             out.push(format!(
                 "configd.addr {:?} must be an http:// or https:// URL",
+                self.addr
+            ));
+        }
+        if self.ca_file.is_some() && !self.addr.starts_with("https://") {
+            out.push(format!(
+                "configd.ca_file is set but configd.addr {:?} is not https://",
                 self.addr
             ));
         }
@@ -197,7 +207,9 @@ impl Metrics {
 enum SyncError {
     #[error("token file {path}: {message}")]
     Token { path: String, message: String },
-    #[error("configd unreachable: {0}")]
+    /// With the whole cause chain: "error sending request" alone does not
+    /// say that the certificate was refused or the connection reset.
+    #[error("configd unreachable: {}", riskfeat_shared::telemetry::error_chain(.0))]
     Http(#[from] reqwest::Error),
     #[error("configd answered {status}: {message}")]
     Status {
@@ -538,6 +550,7 @@ pub async fn run(
     shared: SharedDir,
     status: Arc<SyncStatus>,
     registry: prometheus::Registry,
+    ca: Vec<reqwest::Certificate>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     for dir in [shared.config_dir(), shared.config_cache_dir()] {
@@ -554,11 +567,16 @@ pub async fn run(
         let _ =
             std::fs::set_permissions(shared.config_dir(), std::fs::Permissions::from_mode(0o750));
     }
-    let http = match reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(settings.poll_timeout_s + 60))
-        .build()
-    {
+        .timeout(Duration::from_secs(settings.poll_timeout_s + 60));
+    if !ca.is_empty() {
+        builder = builder.tls_built_in_root_certs(false);
+        for cert in ca {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    let http = match builder.build() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the HTTP client; config sync disabled");
@@ -623,6 +641,7 @@ mod tests {
             poll_timeout_s: 30,
             backoff_initial_s: 0.5,
             backoff_max_s: 30.0,
+            ca_file: None,
         }
     }
 
@@ -635,11 +654,13 @@ mod tests {
             poll_timeout_s: 0,
             backoff_initial_s: 5.0,
             backoff_max_s: 1.0,
+            ca_file: Some("/ca.pem".into()),
             ..settings()
         };
         let p = bad.problems().join("\n");
         for needle in [
             "configd.addr",
+            "configd.ca_file is set but",
             "../x",
             "poll_timeout_s",
             "backoff_initial_s",
@@ -672,6 +693,7 @@ mod tests {
             shared.clone(),
             status.clone(),
             registry,
+            Vec::new(),
             stop_rx,
         ));
         let published = shared.config_json("features");

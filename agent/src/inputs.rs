@@ -157,12 +157,18 @@ pub fn fallback(path: &Path) -> Result<FallbackCredential, InputError> {
 /// each checked by the TLS stack that will use it, so a wrong file is named
 /// here at start and not later as "cannot reach Vault".
 pub fn vault_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, InputError> {
+    ca_bundle(VAULT_CA, path)
+}
+
+/// A PEM CA bundle for the setting `what` (`vault.ca_cert_file`,
+/// `configd.ca_file`), checked like [`vault_ca`].
+pub fn ca_bundle(what: &'static str, path: &Path) -> Result<Vec<reqwest::Certificate>, InputError> {
     let pem = std::fs::read(path).map_err(|source| InputError::Read {
-        what: VAULT_CA,
+        what,
         path: path.display().to_string(),
         source,
     })?;
-    vault_ca_pem(path, &pem)
+    ca_bundle_pem(what, path, &pem)
 }
 
 const VAULT_CA: &str = "vault.ca_cert_file";
@@ -170,16 +176,23 @@ const VAULT_CA: &str = "vault.ca_cert_file";
 /// [`vault_ca`] on bytes already read from `path` (a reload compares them
 /// with the last ones first).
 pub fn vault_ca_pem(path: &Path, pem: &[u8]) -> Result<Vec<reqwest::Certificate>, InputError> {
-    const WHAT: &str = VAULT_CA;
+    ca_bundle_pem(VAULT_CA, path, pem)
+}
+
+fn ca_bundle_pem(
+    what: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<reqwest::Certificate>, InputError> {
     let shown = path.display().to_string();
     let invalid = |message: String| InputError::Invalid {
-        what: WHAT,
+        what,
         path: shown.clone(),
         message,
     };
     if pem.iter().all(u8::is_ascii_whitespace) {
         return Err(InputError::Empty {
-            what: WHAT,
+            what,
             path: shown.clone(),
         });
     }

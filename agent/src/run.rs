@@ -106,6 +106,10 @@ async fn run_async(cfg: Config) -> Result<(), Fatal> {
         Some(path) => inputs::vault_ca(path).map_err(input_fatal)?,
         None => Vec::new(),
     };
+    let configd_ca = match cfg.configd.as_ref().and_then(|c| c.ca_file.as_deref()) {
+        Some(path) => inputs::ca_bundle("configd.ca_file", path).map_err(input_fatal)?,
+        None => Vec::new(),
+    };
 
     let metrics = AgentMetrics::new();
     let vault = VaultClient::new(
@@ -163,6 +167,7 @@ async fn run_async(cfg: Config) -> Result<(), Fatal> {
             shared.clone(),
             status.clone(),
             metrics.registry.clone(),
+            configd_ca,
             stop_rx.clone(),
         ))),
         _ => None,

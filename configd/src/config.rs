@@ -62,6 +62,13 @@ pub struct FileConfig {
     /// Load every namespace into the cache at start (under an advisory lock).
     #[serde(default = "d_true")]
     pub warm_up: bool,
+    /// PEM certificate chain: with `tls_key_file`, the listener speaks HTTPS
+    /// only (both or neither).
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 fn d_listen() -> String {
@@ -145,6 +152,8 @@ pub struct Config {
     pub max_poll_timeout: Duration,
     pub pool_size: usize,
     pub warm_up: bool,
+    /// HTTPS when set (checked to load at parse time).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 fn read_secret_file(path: &Path, what: &str) -> Result<String, ConfigError> {
@@ -256,6 +265,25 @@ impl Config {
                 base.join(p)
             }
         };
+        let tls = match (&raw.tls_cert_file, &raw.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let files = crate::tls::TlsFiles {
+                    cert: resolve(cert),
+                    key: resolve(key),
+                };
+                if let Err(e) = crate::tls::load(&files) {
+                    problems.push(e.to_string());
+                }
+                Some(files)
+            }
+            (None, None) => None,
+            _ => {
+                problems.push(
+                    "tls_cert_file and tls_key_file: set both (HTTPS) or neither (HTTP)".into(),
+                );
+                None
+            }
+        };
         let db_path = resolve(&raw.database_url_file);
         let tok_path = resolve(&raw.tokens_file);
         let database_url = match read_secret_file(&db_path, "database_url_file") {
@@ -311,6 +339,7 @@ impl Config {
             max_poll_timeout: Duration::from_secs(raw.max_poll_timeout_s),
             pool_size: raw.pool_size,
             warm_up: raw.warm_up,
+            tls,
         })
     }
 
@@ -390,6 +419,34 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn tls_files_are_both_or_neither_and_must_load() {
+        let dir = setup(TOKENS);
+        let base = "database_url_file='db'\ntokens_file='tokens.toml'\n";
+        let half = Config::parse(&format!("{base}tls_cert_file='c.pem'\n"), dir.path());
+        assert!(half.unwrap_err().to_string().contains("set both"));
+        let ca = riskfeat_tests::TestCa::new("unit").unwrap();
+        let a = ca.issue_server(&["127.0.0.1"]).unwrap();
+        let b = ca.issue_server(&["127.0.0.1"]).unwrap();
+        std::fs::write(dir.path().join("c.pem"), &a.cert_pem).unwrap();
+        std::fs::write(dir.path().join("k.pem"), &a.key_pem).unwrap();
+        std::fs::write(dir.path().join("other.pem"), &b.key_pem).unwrap();
+        std::fs::write(dir.path().join("junk.pem"), "not pem").unwrap();
+        let both = format!("{base}tls_cert_file='c.pem'\ntls_key_file='k.pem'\n");
+        let cfg = Config::parse(&both, dir.path()).unwrap();
+        assert_eq!(cfg.tls.unwrap().key, dir.path().join("k.pem"));
+        for (cert, key, needle) in [
+            ("c.pem", "other.pem", "tls_key_file"),
+            ("junk.pem", "k.pem", "tls_cert_file"),
+            ("c.pem", "junk.pem", "tls_key_file"),
+            ("missing.pem", "k.pem", "cannot read"),
+        ] {
+            let text = format!("{base}tls_cert_file='{cert}'\ntls_key_file='{key}'\n");
+            let e = Config::parse(&text, dir.path()).unwrap_err().to_string();
+            assert!(e.contains(needle), "{cert}/{key}: {e}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod store;
+pub mod tls;
 pub mod watch;
 
 use std::sync::atomic::Ordering;
@@ -30,6 +31,8 @@ pub enum RunError {
     Store(#[from] store::StoreError),
     #[error("HTTP server: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Runs configd until `shutdown` completes.
@@ -55,13 +58,35 @@ pub async fn run(
             source,
         })?;
     let local = listener.local_addr().map_err(RunError::Serve)?;
-    tracing::info!(listen = %local, "riskfeat-configd listening");
     let app = http::router(state.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-    });
+    let server = match &cfg.tls {
+        None => {
+            tracing::info!(listen = %local, "riskfeat-configd listening (HTTP)");
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            })
+        }
+        Some(files) => {
+            let (config, seen) = tls::load(files)?;
+            let served = axum_server::tls_rustls::RustlsConfig::from_config(config);
+            tokio::spawn(tls::keep_current(served.clone(), files.clone(), seen));
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                // Held long-polls end with the grace period, as over HTTP.
+                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+            });
+            let std_listener = listener.into_std().map_err(RunError::Serve)?;
+            tracing::info!(listen = %local, cert = %files.cert.display(), "riskfeat-configd listening (HTTPS)");
+            let server = axum_server::from_tcp_rustls(std_listener, served)
+                .map_err(RunError::Serve)?
+                .handle(handle);
+            tokio::spawn(async move { server.serve(app.into_make_service()).await })
+        }
+    };
     // Migrations (retried until PostgreSQL answers), then warm-up.
     let mut delay = std::time::Duration::from_millis(200);
     loop {

@@ -18,6 +18,8 @@ pub struct TestCa {
 pub struct ServerCert {
     pub cert_pem: String,
     pub key_pem: String,
+    /// The certificate, DER (what a client sees as the peer certificate).
+    pub cert_der: Vec<u8>,
 }
 
 impl TestCa {
@@ -66,6 +68,7 @@ impl TestCa {
         Ok(ServerCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            cert_der: cert.der().to_vec(),
         })
     }
 }
