@@ -118,6 +118,9 @@ struct SyncState {
     last_error: Option<String>,
     /// Whether the last request to configd succeeded.
     connected: bool,
+    /// Why a changed `configd.ca_file` was not loaded (cleared when a
+    /// version of the file loads); the CA in use stays.
+    ca_error: Option<String>,
 }
 
 impl SyncStatus {
@@ -219,6 +222,9 @@ enum SyncError {
     },
     #[error("configd sent an invalid body: {0}")]
     Body(String),
+    /// A changed `configd.ca_file` that does not load (the CA in use stays).
+    #[error("{0}; keeping the CA in use")]
+    Ca(String),
     #[error("{0}")]
     Write(#[from] riskfeat_shared::atomic::AtomicWriteError),
 }
@@ -230,6 +236,7 @@ impl SyncError {
             SyncError::Http(_) => "http",
             SyncError::Status { .. } => "status",
             SyncError::Body(_) => "body",
+            SyncError::Ca(_) => "ca",
             SyncError::Write(_) => "write",
         }
     }
@@ -266,7 +273,26 @@ struct Syncer {
     status: Arc<SyncStatus>,
     metrics: Metrics,
     http: reqwest::Client,
+    /// The bytes of `configd.ca_file` the client was built from.
+    ca_seen: Option<Vec<u8>>,
     locals: BTreeMap<String, Local>,
+}
+
+/// The HTTP client, trusting only `ca` when it is not empty.
+fn http_client(
+    settings: &Settings,
+    ca: Vec<reqwest::Certificate>,
+) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(settings.poll_timeout_s + 60));
+    if !ca.is_empty() {
+        builder = builder.tls_built_in_root_certs(false);
+        for cert in ca {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build()
 }
 
 async fn error_of(resp: reqwest::Response) -> SyncError {
@@ -529,6 +555,42 @@ impl Syncer {
         Ok(())
     }
 
+    /// Rebuilds the client when `configd.ca_file` changed (a CA rotation
+    /// through the mounted ConfigMap needs no restart). A changed file that
+    /// does not load is reported once and the CA in use stays.
+    fn reload_ca(&mut self) {
+        let Some(path) = self.settings.ca_file.clone() else {
+            return;
+        };
+        let Ok(bytes) = std::fs::read(&path) else {
+            return; // mid-update by the kubelet; the next round reads again
+        };
+        if self.ca_seen.as_deref() == Some(&bytes[..]) {
+            return;
+        }
+        self.ca_seen = Some(bytes.clone());
+        let built = crate::inputs::ca_bundle_pem("configd.ca_file", &path, &bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|ca| {
+                http_client(&self.settings, ca)
+                    .map_err(|e| riskfeat_shared::telemetry::error_chain(&e))
+            });
+        match built {
+            Ok(client) => {
+                self.http = client;
+                self.status.update(|s| s.ca_error = None);
+                tracing::info!(path = %path.display(), "configd CA reloaded");
+            }
+            Err(e) => {
+                let e = SyncError::Ca(e);
+                tracing::error!(error = %e, "configd.ca_file changed but does not load");
+                self.note_error(None, &e);
+                let text = e.to_string();
+                self.status.update(|s| s.ca_error = Some(text));
+            }
+        }
+    }
+
     fn note_error(&self, ns: Option<&str>, e: &SyncError) {
         self.metrics.errors.with_label_values(&[e.kind()]).inc();
         let text = e.to_string();
@@ -567,28 +629,25 @@ pub async fn run(
         let _ =
             std::fs::set_permissions(shared.config_dir(), std::fs::Permissions::from_mode(0o750));
     }
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(settings.poll_timeout_s + 60));
-    if !ca.is_empty() {
-        builder = builder.tls_built_in_root_certs(false);
-        for cert in ca {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    let http = match builder.build() {
+    let http = match http_client(&settings, ca) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the HTTP client; config sync disabled");
             return;
         }
     };
+    // The CA was checked at start (run.rs); later changes load in rounds.
+    let ca_seen = settings
+        .ca_file
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok());
     let mut s = Syncer {
         metrics: Metrics::new(&registry),
         settings,
         shared,
         status,
         http,
+        ca_seen,
         locals: BTreeMap::new(),
     };
     s.restore_cache();
@@ -598,6 +657,7 @@ pub async fn run(
     let mut synced = BTreeSet::new();
     let mut last_logged: Option<(String, std::time::Instant)> = None;
     loop {
+        s.reload_ca();
         let result = tokio::select! {
             r = s.round(&mut synced) => r,
             _ = shutdown.wait_for(|stop| *stop) => return,

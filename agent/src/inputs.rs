@@ -179,7 +179,8 @@ pub fn vault_ca_pem(path: &Path, pem: &[u8]) -> Result<Vec<reqwest::Certificate>
     ca_bundle_pem(VAULT_CA, path, pem)
 }
 
-fn ca_bundle_pem(
+/// [`ca_bundle`] on bytes already read from `path`.
+pub fn ca_bundle_pem(
     what: &'static str,
     path: &Path,
     pem: &[u8],

@@ -256,8 +256,8 @@ async fn agent_status(stack: &Stack) -> Value {
 }
 
 /// configd over HTTPS: the agent trusts exactly `configd.ca_file` (a wrong
-/// CA is named in its status and nothing is published), plain HTTP is
-/// refused, a renewed certificate is served to new connections without a
+/// CA is named in its status and nothing is published; the file fixed in
+/// place applies without a restart), plain HTTP is refused, a renewed certificate is served to new connections without a
 /// restart while the agent keeps syncing, and a renewed pair that does not
 /// load keeps the one in use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +318,7 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
         &format!("addr = \"{base}\"\nca_file = \"{}\"", ca_file.display()),
     );
     let run = ["run", "--config", cfg.to_str().unwrap()];
-    let mut agent = ChildProc::spawn(&binary("riskfeat-agent"), &run, &[]).unwrap();
+    let agent = ChildProc::spawn(&binary("riskfeat-agent"), &run, &[]).unwrap();
     wait_until(
         Duration::from_secs(30),
         "the agent names the TLS failure",
@@ -334,19 +334,30 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
         published(&stack).is_none(),
         "nothing published from an untrusted server"
     );
-    agent.signal(nix::sys::signal::Signal::SIGTERM);
-    agent
-        .wait_exit(Duration::from_secs(30))
-        .expect("agent exits");
-
-    // The right CA: config over https.
+    // The CA file fixed in place (a ConfigMap update): no restart needed.
+    // A file that is not a CA first: reported, the CA in use stays.
+    std::fs::write(&ca_file, "not a certificate").unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "the bad CA file is named",
+        || async {
+            agent_status(&stack).await["config"]["ca_error"]
+                .as_str()
+                .is_some_and(|e| {
+                    e.contains("configd.ca_file") && e.contains("keeping the CA in use")
+                })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
     ca.write_cert(&ca_file).unwrap();
-    let agent = ChildProc::spawn(&binary("riskfeat-agent"), &run, &[]).unwrap();
     wait_until(Duration::from_secs(30), "config over https", || async {
         published(&stack).is_some_and(|s| s.version == 1)
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    assert!(agent.logs().contains("configd CA reloaded"));
+    assert!(agent_status(&stack).await["config"]["ca_error"].is_null());
 
     // Renewal (same CA, new key): new connections get the new certificate,
     // from the same process, and the agent keeps following.
