@@ -364,21 +364,8 @@ impl Store {
     /// its items plus the retained log after `max(compacted_to, version - retention)`.
     pub async fn load(&self, ns: &str, retention: u64) -> Result<Loaded, StoreError> {
         let mut client = self.client().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let row = tx
-            .query_opt(
-                "SELECT version, compacted_to FROM configd_namespaces WHERE name = $1",
-                &[&ns],
-            )
-            .await?
-            .ok_or_else(|| StoreError::NotFound(ns.to_string()))?;
-        let version = u(row.get(0));
-        let compacted_to = u(row.get(1));
+        let tx = Self::consistent_view(&mut client).await?;
+        let (version, compacted_to) = Self::versions(&tx, ns).await?;
         let log_from = compacted_to.max(version.saturating_sub(retention));
         // Streamed: never holds every row and the map at once.
         let stream = tx
@@ -404,6 +391,34 @@ impl Store {
             items,
             log,
         })
+    }
+
+    /// A read-only repeatable-read transaction: every query in it sees the
+    /// same committed state (the namespace row, its items, its log).
+    async fn consistent_view(
+        client: &mut deadpool_postgres::Object,
+    ) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+        Ok(client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?)
+    }
+
+    /// `(version, compacted_to)` of `ns`.
+    async fn versions(
+        tx: &tokio_postgres::Transaction<'_>,
+        ns: &str,
+    ) -> Result<(u64, u64), StoreError> {
+        let row = tx
+            .query_opt(
+                "SELECT version, compacted_to FROM configd_namespaces WHERE name = $1",
+                &[&ns],
+            )
+            .await?
+            .ok_or_else(|| StoreError::NotFound(ns.to_string()))?;
+        Ok((u(row.get(0)), u(row.get(1))))
     }
 
     /// The change log after `from`, streamed: never more than one row
@@ -448,21 +463,8 @@ impl Store {
     /// The log after `from` in one consistent view.
     pub async fn since(&self, ns: &str, from: u64) -> Result<Since, StoreError> {
         let mut client = self.client().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let row = tx
-            .query_opt(
-                "SELECT version, compacted_to FROM configd_namespaces WHERE name = $1",
-                &[&ns],
-            )
-            .await?
-            .ok_or_else(|| StoreError::NotFound(ns.to_string()))?;
-        let version = u(row.get(0));
-        let compacted_to = u(row.get(1));
+        let tx = Self::consistent_view(&mut client).await?;
+        let (version, compacted_to) = Self::versions(&tx, ns).await?;
         let log = if from >= compacted_to {
             Self::log_after(&tx, ns, from, None).await?
         } else {
@@ -486,21 +488,8 @@ impl Store {
         b: u64,
     ) -> Result<(u64, BTreeMap<String, (Option<String>, Option<String>)>), StoreError> {
         let mut client = self.client().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let row = tx
-            .query_opt(
-                "SELECT version, compacted_to FROM configd_namespaces WHERE name = $1",
-                &[&ns],
-            )
-            .await?
-            .ok_or_else(|| StoreError::NotFound(ns.to_string()))?;
-        let version = u(row.get(0));
-        let compacted_to = u(row.get(1));
+        let tx = Self::consistent_view(&mut client).await?;
+        let (version, compacted_to) = Self::versions(&tx, ns).await?;
         for v in [a, b] {
             if v < compacted_to || v > version {
                 return Err(StoreError::VersionRange {
