@@ -10,6 +10,7 @@
 //! down still gives the worker its config. Errors back off exponentially
 //! with jitter; versions and errors go to `/status` and metrics.
 
+use crate::ca_file::CaFile;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use rand::Rng;
 use riskfeat_shared::atomic::{write_json_atomic, WriteOptions};
@@ -223,7 +224,7 @@ enum SyncError {
     #[error("configd sent an invalid body: {0}")]
     Body(String),
     /// A changed `configd.ca_file` that does not load (the CA in use stays).
-    #[error("{0}; keeping the CA in use")]
+    #[error("{0}")]
     Ca(String),
     #[error("{0}")]
     Write(#[from] riskfeat_shared::atomic::AtomicWriteError),
@@ -273,8 +274,8 @@ struct Syncer {
     status: Arc<SyncStatus>,
     metrics: Metrics,
     http: reqwest::Client,
-    /// The bytes of `configd.ca_file` the client was built from.
-    ca_seen: Option<Vec<u8>>,
+    /// `configd.ca_file`, read again before every round.
+    ca: Option<CaFile<reqwest::Client>>,
     locals: BTreeMap<String, Local>,
 }
 
@@ -555,39 +556,30 @@ impl Syncer {
         Ok(())
     }
 
-    /// Rebuilds the client when `configd.ca_file` changed (a CA rotation
-    /// through the mounted ConfigMap needs no restart). A changed file that
-    /// does not load is reported once and the CA in use stays.
+    /// Takes the client from `configd.ca_file` as it is now (a CA rotation
+    /// through the mounted ConfigMap needs no restart, see [`CaFile`]). A
+    /// changed file that does not load keeps the CA in use; its error is
+    /// `ca_error` in `/status` until a version of the file loads.
     fn reload_ca(&mut self) {
-        let Some(path) = self.settings.ca_file.clone() else {
+        let Some(file) = &mut self.ca else {
             return;
         };
-        let Ok(bytes) = std::fs::read(&path) else {
-            return; // mid-update by the kubelet; the next round reads again
-        };
-        if self.ca_seen.as_deref() == Some(&bytes[..]) {
-            return;
-        }
-        self.ca_seen = Some(bytes.clone());
-        let built = crate::inputs::ca_bundle_pem("configd.ca_file", &path, &bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|ca| {
-                http_client(&self.settings, ca)
-                    .map_err(|e| riskfeat_shared::telemetry::error_chain(&e))
-            });
-        match built {
-            Ok(client) => {
-                self.http = client;
-                self.status.update(|s| s.ca_error = None);
-                tracing::info!(path = %path.display(), "configd CA reloaded");
+        let settings = &self.settings;
+        self.http = file.current(|path, bytes| {
+            let ca = crate::inputs::ca_bundle_pem("configd.ca_file", path, bytes)
+                .map_err(|e| e.to_string())?;
+            http_client(settings, ca).map_err(|e| riskfeat_shared::telemetry::error_chain(&e))
+        });
+        let error = file.error().map(str::to_string);
+        let mut new_error = None;
+        self.status.update(|s| {
+            if s.ca_error != error {
+                new_error.clone_from(&error);
+                s.ca_error.clone_from(&error);
             }
-            Err(e) => {
-                let e = SyncError::Ca(e);
-                tracing::error!(error = %e, "configd.ca_file changed but does not load");
-                self.note_error(None, &e);
-                let text = e.to_string();
-                self.status.update(|s| s.ca_error = Some(text));
-            }
+        });
+        if let Some(e) = new_error {
+            self.note_error(None, &SyncError::Ca(e));
         }
     }
 
@@ -612,7 +604,7 @@ pub async fn run(
     shared: SharedDir,
     status: Arc<SyncStatus>,
     registry: prometheus::Registry,
-    ca: Vec<reqwest::Certificate>,
+    ca: Option<crate::inputs::LoadedCa>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     for dir in [shared.config_dir(), shared.config_cache_dir()] {
@@ -629,25 +621,23 @@ pub async fn run(
         let _ =
             std::fs::set_permissions(shared.config_dir(), std::fs::Permissions::from_mode(0o750));
     }
-    let http = match http_client(&settings, ca) {
+    let certs = ca.as_ref().map(|c| c.certs.clone()).unwrap_or_default();
+    let http = match http_client(&settings, certs) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the HTTP client; config sync disabled");
             return;
         }
     };
-    // The CA was checked at start (run.rs); later changes load in rounds.
-    let ca_seen = settings
-        .ca_file
-        .as_ref()
-        .and_then(|p| std::fs::read(p).ok());
+    // Loaded and checked at start (run.rs); later changes load in rounds.
+    let ca = ca.map(|c| CaFile::new("configd.ca_file", &c.path, c.bytes, http.clone()));
     let mut s = Syncer {
         metrics: Metrics::new(&registry),
         settings,
         shared,
         status,
         http,
-        ca_seen,
+        ca,
         locals: BTreeMap::new(),
     };
     s.restore_cache();
@@ -753,7 +743,7 @@ mod tests {
             shared.clone(),
             status.clone(),
             registry,
-            Vec::new(),
+            None,
             stop_rx,
         ));
         let published = shared.config_json("features");

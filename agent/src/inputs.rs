@@ -153,33 +153,46 @@ pub fn fallback(path: &Path) -> Result<FallbackCredential, InputError> {
     })
 }
 
-/// The CA bundle of `vault.ca_cert_file`: one or more PEM certificates,
-/// each checked by the TLS stack that will use it, so a wrong file is named
-/// here at start and not later as "cannot reach Vault".
-pub fn vault_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, InputError> {
-    ca_bundle(VAULT_CA, path)
+/// What `vault.ca_cert_file` is called in errors.
+pub const VAULT_CA: &str = "vault.ca_cert_file";
+
+/// A CA file as loaded at start: its bytes (what a reload compares with)
+/// and the certificates in them.
+pub struct LoadedCa {
+    pub path: std::path::PathBuf,
+    pub bytes: Vec<u8>,
+    pub certs: Vec<reqwest::Certificate>,
 }
 
-/// A PEM CA bundle for the setting `what` (`vault.ca_cert_file`,
-/// `configd.ca_file`), checked like [`vault_ca`].
-pub fn ca_bundle(what: &'static str, path: &Path) -> Result<Vec<reqwest::Certificate>, InputError> {
-    let pem = std::fs::read(path).map_err(|source| InputError::Read {
+/// Reads the CA file of `what` once: one or more PEM certificates, each
+/// checked by the TLS stack that will use it, so a wrong file is named here
+/// at start and not later as "cannot reach Vault".
+pub fn load_ca(what: &'static str, path: &Path) -> Result<LoadedCa, InputError> {
+    let bytes = read_ca(what, path)?;
+    let certs = ca_bundle_pem(what, path, &bytes)?;
+    Ok(LoadedCa {
+        path: path.to_path_buf(),
+        bytes,
+        certs,
+    })
+}
+
+/// The bytes of the CA file of `what` (`database.ca_file`, ...).
+pub fn read_ca(what: &'static str, path: &Path) -> Result<Vec<u8>, InputError> {
+    std::fs::read(path).map_err(|source| InputError::Read {
         what,
         path: path.display().to_string(),
         source,
-    })?;
-    ca_bundle_pem(what, path, &pem)
+    })
 }
 
-const VAULT_CA: &str = "vault.ca_cert_file";
-
-/// [`vault_ca`] on bytes already read from `path` (a reload compares them
+/// [`load_ca`] of `vault.ca_cert_file` on bytes already read from `path` (a reload compares them
 /// with the last ones first).
 pub fn vault_ca_pem(path: &Path, pem: &[u8]) -> Result<Vec<reqwest::Certificate>, InputError> {
     ca_bundle_pem(VAULT_CA, path, pem)
 }
 
-/// [`ca_bundle`] on bytes already read from `path`.
+/// The certificates in `pem`, read from `path` for the setting `what`.
 pub fn ca_bundle_pem(
     what: &'static str,
     path: &Path,
@@ -224,6 +237,10 @@ pub fn ca_bundle_pem(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vault_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, InputError> {
+        load_ca(VAULT_CA, path).map(|c| c.certs)
+    }
 
     #[test]
     fn empty_and_missing_files_name_the_path() {

@@ -27,6 +27,7 @@
 //! State is saved to `agent-state.json` after every step so a restart
 //! resumes the same token and lease.
 
+use crate::ca_file::CaFile;
 use crate::config::Config;
 use crate::fatal::Fatal;
 use crate::inputs::{FallbackCredential, SecretIdSource};
@@ -102,9 +103,10 @@ pub struct Lifecycle {
     role_id: Secret,
     secret: Option<SecretIdSource>,
     fallback: Option<FallbackCredential>,
+    /// The TLS for check logins without `database.ca_file`.
     pg_tls: PgTls,
-    /// `database.ca_file` as last loaded into `pg_tls`.
-    pg_ca_bytes: Option<Vec<u8>>,
+    /// `database.ca_file`, read again before each check login.
+    pg_ca: Option<CaFile<PgTls>>,
     st: AgentState,
     shutdown: watch::Receiver<bool>,
     login_retry: Retry,
@@ -127,8 +129,10 @@ pub struct Inputs {
     pub secret: Option<SecretIdSource>,
     pub fallback: Option<FallbackCredential>,
     pub state: AgentState,
-    /// TLS to the replica for the login check (`database.ca_file`).
+    /// TLS to the replica for the login check: as built at start, and
+    /// `database.ca_file` to read again when set.
     pub pg_tls: PgTls,
+    pub pg_ca: Option<CaFile<PgTls>>,
 }
 
 impl Lifecycle {
@@ -165,7 +169,7 @@ impl Lifecycle {
             secret,
             fallback: inputs.fallback,
             pg_tls: inputs.pg_tls,
-            pg_ca_bytes: None,
+            pg_ca: inputs.pg_ca,
             st,
             shutdown,
             login_retry: Retry::default(),
@@ -294,33 +298,15 @@ impl Lifecycle {
 
     /// The TLS for a replica check login, with `database.ca_file` read
     /// again: a CA rotated through its ConfigMap applies to the next check
-    /// without a restart. A file that cannot be read or used keeps the CA
-    /// in use (and says so).
+    /// without a restart; a file that cannot be read or used keeps the CA
+    /// in use and says so (see [`CaFile`]).
     fn current_pg_tls(&mut self) -> PgTls {
-        let Some(path) = self.cfg.database.ca_file.clone() else {
-            return self.pg_tls.clone();
-        };
-        match std::fs::read(&path) {
-            Ok(bytes) if self.pg_ca_bytes.as_deref() != Some(&bytes[..]) => {
-                match PgTls::from_pem("database.ca_file", &path, &bytes) {
-                    Ok(tls) => {
-                        if self.pg_ca_bytes.is_some() {
-                            tracing::info!(file = %path.display(), "database.ca_file changed; using it");
-                        }
-                        self.pg_tls = tls;
-                        self.pg_ca_bytes = Some(bytes);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "database.ca_file cannot be used; keeping the CA in use");
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "cannot read database.ca_file; keeping the CA in use");
-            }
+        match &mut self.pg_ca {
+            Some(file) => file.current(|path, bytes| {
+                PgTls::from_pem("database.ca_file", path, bytes).map_err(|e| e.to_string())
+            }),
+            None => self.pg_tls.clone(),
         }
-        self.pg_tls.clone()
     }
 
     /// Runs until shutdown; then revokes (when configured) and returns.
@@ -1440,6 +1426,7 @@ mod tests {
                 fallback: None,
                 state: AgentState::default(),
                 pg_tls: PgTls::new("database.ca_file", None).unwrap(),
+                pg_ca: None,
             },
             rx,
         )

@@ -1,6 +1,7 @@
 //! `riskfeat-agent run`: start-up checks, the servers (health socket,
 //! metrics), config sync, the credential lifecycle, and shutdown on SIGTERM.
 
+use crate::ca_file::CaFile;
 use crate::config::Config;
 use crate::config_sync::{self, SyncStatus};
 use crate::fatal::Fatal;
@@ -12,7 +13,7 @@ use crate::status::StatusBoard;
 use crate::vault::VaultClient;
 use riskfeat_shared::fs_check;
 use riskfeat_shared::layout::SharedDir;
-use riskfeat_shared::pg_tls::{PgTls, PgTlsError};
+use riskfeat_shared::pg_tls::PgTls;
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
@@ -97,18 +98,27 @@ async fn run_async(cfg: Config) -> Result<(), Fatal> {
         None => None,
     };
 
-    let pg_tls =
-        PgTls::new("database.ca_file", cfg.database.ca_file.as_deref()).map_err(|e| match e {
-            PgTlsError::Read { .. } => Fatal::Input(e.to_string()),
-            _ => Fatal::Config(e.to_string()),
-        })?;
-    let ca = match &cfg.vault.ca_cert_file {
-        Some(path) => inputs::vault_ca(path).map_err(input_fatal)?,
-        None => Vec::new(),
+    // Each CA file is read once here; later changes load through CaFile.
+    let (pg_tls, pg_ca) = match cfg.database.ca_file.as_deref() {
+        None => (
+            PgTls::new("database.ca_file", None).map_err(|e| Fatal::Config(e.to_string()))?,
+            None,
+        ),
+        Some(path) => {
+            let bytes = inputs::read_ca("database.ca_file", path).map_err(input_fatal)?;
+            let tls = PgTls::from_pem("database.ca_file", path, &bytes)
+                .map_err(|e| Fatal::Config(e.to_string()))?;
+            let file = CaFile::new("database.ca_file", path, bytes, tls.clone());
+            (tls, Some(file))
+        }
+    };
+    let vault_ca = match &cfg.vault.ca_cert_file {
+        Some(path) => Some(inputs::load_ca(inputs::VAULT_CA, path).map_err(input_fatal)?),
+        None => None,
     };
     let configd_ca = match cfg.configd.as_ref().and_then(|c| c.ca_file.as_deref()) {
-        Some(path) => inputs::ca_bundle("configd.ca_file", path).map_err(input_fatal)?,
-        None => Vec::new(),
+        Some(path) => Some(inputs::load_ca("configd.ca_file", path).map_err(input_fatal)?),
+        None => None,
     };
 
     let metrics = AgentMetrics::new();
@@ -116,11 +126,11 @@ async fn run_async(cfg: Config) -> Result<(), Fatal> {
         &cfg.vault.addr,
         cfg.request_timeout(),
         Some(metrics.vault_request_duration.clone()),
-        &ca,
+        vault_ca.as_ref().map_or(&[][..], |ca| &ca.certs[..]),
     )
     .map_err(|e| Fatal::Runtime(e.to_string()))?;
-    let vault = match &cfg.vault.ca_cert_file {
-        Some(path) => vault.reload_ca_from(path),
+    let vault = match vault_ca {
+        Some(ca) => vault.reload_ca_from(&ca.path, ca.bytes),
         None => vault,
     };
     let sync_status = cfg.configd.as_ref().map(|_| Arc::new(SyncStatus::new()));
@@ -196,6 +206,7 @@ async fn run_async(cfg: Config) -> Result<(), Fatal> {
             fallback,
             state,
             pg_tls,
+            pg_ca,
         },
         stop_rx,
     );

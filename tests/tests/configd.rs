@@ -349,7 +349,7 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
-    assert!(agent.logs().contains("configd CA reloaded"));
+    assert!(agent.logs().contains("configd.ca_file changed; using it"));
     assert!(agent_status(&stack).await["config"]["ca_error"].is_null());
 
     // Renewal (same CA, new key): new connections get the new certificate,

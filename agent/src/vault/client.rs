@@ -4,13 +4,14 @@
 //! are parsed straight into [`Secret`] so they cannot reach a log line.
 
 use super::VaultError;
+use crate::ca_file::CaFile;
 use prometheus::HistogramVec;
 use reqwest::Method;
 use riskfeat_shared::Secret;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,18 +20,12 @@ use std::time::{Duration, Instant};
 pub struct VaultClient {
     http: reqwest::Client,
     /// `vault.ca_cert_file`, read again before each request.
-    ca_watch: Option<Arc<CaWatch>>,
+    ca_watch: Option<Arc<Mutex<CaFile<reqwest::Client>>>>,
     /// Trusts only `vault.ca_cert_file` (changes the hint on a TLS error).
     custom_ca: bool,
     addr: String,
     timeout: Duration,
     durations: Option<HistogramVec>,
-}
-
-/// The CA file's bytes as last seen and the client built from them.
-struct CaWatch {
-    path: PathBuf,
-    state: Mutex<(Option<Vec<u8>>, reqwest::Client)>,
 }
 
 fn http_client(
@@ -179,17 +174,14 @@ impl VaultClient {
         })
     }
 
-    /// Reads `path` (the `vault.ca_cert_file` given to [`VaultClient::new`])
-    /// again before every request and, when its bytes changed and hold a
-    /// usable CA, rebuilds the HTTPS client with it: a CA rotated through
-    /// its ConfigMap applies without a restart. An unusable file keeps the
-    /// CA in use and is logged once per change.
-    pub fn reload_ca_from(mut self, path: &Path) -> Self {
-        let bytes = std::fs::read(path).ok();
-        self.ca_watch = Some(Arc::new(CaWatch {
-            path: path.to_path_buf(),
-            state: Mutex::new((bytes, self.http.clone())),
-        }));
+    /// Reads `path` (the `vault.ca_cert_file` whose certificates were given
+    /// to [`VaultClient::new`], `seen` its bytes then) again before every
+    /// request and, when its bytes changed and hold a usable CA, rebuilds
+    /// the HTTPS client with it (see [`CaFile`]): a CA rotated through its
+    /// ConfigMap applies without a restart.
+    pub fn reload_ca_from(mut self, path: &Path, seen: Vec<u8>) -> Self {
+        let file = CaFile::new(crate::inputs::VAULT_CA, path, seen, self.http.clone());
+        self.ca_watch = Some(Arc::new(Mutex::new(file)));
         self
     }
 
@@ -198,31 +190,13 @@ impl VaultClient {
         let Some(w) = &self.ca_watch else {
             return self.http.clone();
         };
-        let mut st = w.state.lock().unwrap_or_else(|p| p.into_inner());
-        match std::fs::read(&w.path) {
-            Ok(bytes) if st.0.as_deref() != Some(&bytes[..]) => {
-                let built = crate::inputs::vault_ca_pem(&w.path, &bytes)
-                    .map_err(|e| e.to_string())
-                    .and_then(|ca| http_client(self.timeout, &ca).map_err(|e| e.to_string()));
-                st.0 = Some(bytes);
-                match built {
-                    Ok(c) => {
-                        tracing::info!(file = %w.path.display(), "vault.ca_cert_file changed; using it");
-                        st.1 = c;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "vault.ca_cert_file cannot be used; keeping the CA in use")
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                if st.0.take().is_some() {
-                    tracing::warn!(file = %w.path.display(), error = %e, "cannot read vault.ca_cert_file; keeping the CA in use");
-                }
-            }
-        }
-        st.1.clone()
+        let timeout = self.timeout;
+        w.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .current(|path, bytes| {
+                let ca = crate::inputs::vault_ca_pem(path, bytes).map_err(|e| e.to_string())?;
+                http_client(timeout, &ca).map_err(|e| e.to_string())
+            })
     }
 
     /// Adds what to do to a failed TLS verification (the rest unchanged).
