@@ -282,18 +282,12 @@ struct Syncer {
 /// The HTTP client, trusting only `ca` when it is not empty.
 fn http_client(
     settings: &Settings,
-    ca: Vec<reqwest::Certificate>,
+    ca: &[reqwest::Certificate],
 ) -> Result<reqwest::Client, reqwest::Error> {
-    let mut builder = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(settings.poll_timeout_s + 60));
-    if !ca.is_empty() {
-        builder = builder.tls_built_in_root_certs(false);
-        for cert in ca {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    builder.build()
+    crate::inputs::trust_only(builder, ca).build()
 }
 
 async fn error_of(resp: reqwest::Response) -> SyncError {
@@ -568,7 +562,7 @@ impl Syncer {
         self.http = file.current(|path, bytes| {
             let ca = crate::inputs::ca_bundle_pem("configd.ca_file", path, bytes)
                 .map_err(|e| e.to_string())?;
-            http_client(settings, ca).map_err(|e| riskfeat_shared::telemetry::error_chain(&e))
+            http_client(settings, &ca).map_err(|e| riskfeat_shared::telemetry::error_chain(&e))
         });
         let error = file.error().map(str::to_string);
         let mut new_error = None;
@@ -621,7 +615,7 @@ pub async fn run(
         let _ =
             std::fs::set_permissions(shared.config_dir(), std::fs::Permissions::from_mode(0o750));
     }
-    let certs = ca.as_ref().map(|c| c.certs.clone()).unwrap_or_default();
+    let certs = ca.as_ref().map_or(&[][..], |c| &c.certs[..]);
     let http = match http_client(&settings, certs) {
         Ok(c) => c,
         Err(e) => {

@@ -192,6 +192,20 @@ pub fn vault_ca_pem(path: &Path, pem: &[u8]) -> Result<Vec<reqwest::Certificate>
     ca_bundle_pem(VAULT_CA, path, pem)
 }
 
+/// `builder` trusting only `ca` when it is not empty (else the system roots).
+pub fn trust_only(
+    mut builder: reqwest::ClientBuilder,
+    ca: &[reqwest::Certificate],
+) -> reqwest::ClientBuilder {
+    if !ca.is_empty() {
+        builder = builder.tls_built_in_root_certs(false);
+        for cert in ca {
+            builder = builder.add_root_certificate(cert.clone());
+        }
+    }
+    builder
+}
+
 /// The certificates in `pem`, read from `path` for the setting `what`.
 pub fn ca_bundle_pem(
     what: &'static str,
@@ -218,9 +232,7 @@ pub fn ca_bundle_pem(
         ));
     }
     for (i, cert) in certs.iter().enumerate() {
-        reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(cert.clone())
+        trust_only(reqwest::Client::builder(), std::slice::from_ref(cert))
             .build()
             .map_err(|e| {
                 invalid(format!(

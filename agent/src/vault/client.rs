@@ -32,18 +32,12 @@ fn http_client(
     timeout: Duration,
     ca: &[reqwest::Certificate],
 ) -> Result<reqwest::Client, reqwest::Error> {
-    let mut builder = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(1);
-    if !ca.is_empty() {
-        builder = builder.tls_built_in_root_certs(false);
-        for cert in ca {
-            builder = builder.add_root_certificate(cert.clone());
-        }
-    }
-    builder.build()
+    crate::inputs::trust_only(builder, ca).build()
 }
 
 /// A token from a login or a renewal.
