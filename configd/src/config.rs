@@ -152,8 +152,8 @@ pub struct Config {
     pub max_poll_timeout: Duration,
     pub pool_size: usize,
     pub warm_up: bool,
-    /// HTTPS when set (checked to load at parse time).
-    pub tls: Option<crate::tls::TlsFiles>,
+    /// HTTPS when set: the pair as loaded while checking the config.
+    pub tls: Option<crate::tls::LoadedTls>,
 }
 
 fn read_secret_file(path: &Path, what: &str) -> Result<String, ConfigError> {
@@ -271,10 +271,9 @@ impl Config {
                     cert: resolve(cert),
                     key: resolve(key),
                 };
-                if let Err(e) = crate::tls::load(&files) {
-                    problems.push(e.to_string());
-                }
-                Some(files)
+                crate::tls::load(&files)
+                    .map_err(|e| problems.push(e.to_string()))
+                    .ok()
             }
             (None, None) => None,
             _ => {
@@ -436,7 +435,7 @@ mod tests {
         std::fs::write(dir.path().join("junk.pem"), "not pem").unwrap();
         let both = format!("{base}tls_cert_file='c.pem'\ntls_key_file='k.pem'\n");
         let cfg = Config::parse(&both, dir.path()).unwrap();
-        assert_eq!(cfg.tls.unwrap().key, dir.path().join("k.pem"));
+        assert_eq!(cfg.tls.unwrap().files.key, dir.path().join("k.pem"));
         for (cert, key, needle) in [
             ("c.pem", "other.pem", "tls_key_file"),
             ("junk.pem", "k.pem", "tls_cert_file"),

@@ -31,8 +31,6 @@ pub enum RunError {
     Store(#[from] store::StoreError),
     #[error("HTTP server: {0}")]
     Serve(std::io::Error),
-    #[error("{0}")]
-    Tls(#[from] tls::TlsError),
 }
 
 /// Runs configd until `shutdown` completes.
@@ -68,19 +66,18 @@ pub async fn run(
                     .await
             })
         }
-        Some(files) => {
-            let (config, seen) = tls::load(files)?;
-            let served = axum_server::tls_rustls::RustlsConfig::from_config(config);
-            tokio::spawn(tls::keep_current(served.clone(), files.clone(), seen));
+        Some(loaded) => {
+            let served = axum_server::tls_rustls::RustlsConfig::from_config(loaded.config.clone());
+            tokio::spawn(tls::keep_current(served.clone(), loaded.clone()));
             let handle = axum_server::Handle::new();
             let stopper = handle.clone();
             tokio::spawn(async move {
                 shutdown.await;
-                // Held long-polls end with the grace period, as over HTTP.
-                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+                // Like axum::serve's: stop accepting, let requests finish.
+                stopper.graceful_shutdown(None);
             });
             let std_listener = listener.into_std().map_err(RunError::Serve)?;
-            tracing::info!(listen = %local, cert = %files.cert.display(), "riskfeat-configd listening (HTTPS)");
+            tracing::info!(listen = %local, cert = %loaded.files.cert.display(), "riskfeat-configd listening (HTTPS)");
             let server = axum_server::from_tcp_rustls(std_listener, served)
                 .map_err(RunError::Serve)?
                 .handle(handle);

@@ -39,8 +39,25 @@ fn err(setting: &'static str, path: &Path, problem: impl Into<String>) -> TlsErr
     }
 }
 
-/// The bytes of both files (compared to notice a renewal).
-pub fn read(files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+/// A pair as loaded: the config served and the bytes it came from
+/// (compared to notice a renewal). `Debug` shows the file names only.
+#[derive(Clone)]
+pub struct LoadedTls {
+    pub files: TlsFiles,
+    pub config: Arc<ServerConfig>,
+    seen: (Vec<u8>, Vec<u8>),
+}
+
+impl std::fmt::Debug for LoadedTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedTls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The bytes of both files.
+fn read(files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
     let cert = std::fs::read(&files.cert)
         .map_err(|e| err("tls_cert_file", &files.cert, format!("cannot read: {e}")))?;
     let key = std::fs::read(&files.key)
@@ -48,8 +65,8 @@ pub fn read(files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
     Ok((cert, key))
 }
 
-/// A rustls server config (HTTP/1.1) from PEM bytes of `files`.
-pub fn server_config(
+/// A rustls server config (HTTP/1.1) from the PEM bytes of `files`.
+fn server_config(
     files: &TlsFiles,
     cert_pem: &[u8],
     key_pem: &[u8],
@@ -88,47 +105,46 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Loads the pair (start-up and every reload go through here).
-pub fn load(files: &TlsFiles) -> Result<(Arc<ServerConfig>, Vec<u8>), TlsError> {
+/// Loads the pair (start-up, from the config check, and every reload).
+pub fn load(files: &TlsFiles) -> Result<LoadedTls, TlsError> {
     let (cert, key) = read(files)?;
     let config = server_config(files, &cert, &key)?;
-    let mut seen = cert;
-    seen.extend_from_slice(&key);
-    Ok((config, seen))
+    Ok(LoadedTls {
+        files: files.clone(),
+        config,
+        seen: (cert, key),
+    })
 }
 
 /// Serves a renewed pair as soon as it loads; runs for the process' life.
-pub async fn keep_current(
-    served: axum_server::tls_rustls::RustlsConfig,
-    files: TlsFiles,
-    mut seen: Vec<u8>,
-) {
+pub async fn keep_current(served: axum_server::tls_rustls::RustlsConfig, loaded: LoadedTls) {
+    let LoadedTls {
+        files, mut seen, ..
+    } = loaded;
     let mut tick = tokio::time::interval(RECHECK);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let (cert, key) = match read(&files) {
+        let pair = match read(&files) {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::error!(error = %e, "TLS files unreadable; serving the certificate in use");
                 continue;
             }
         };
-        let mut now = cert.clone();
-        now.extend_from_slice(&key);
-        if now == seen {
+        if pair == seen {
             continue;
         }
-        match server_config(&files, &cert, &key) {
+        let built = server_config(&files, &pair.0, &pair.1);
+        // Once per change: a half-renewed pair usually completes at the
+        // next check.
+        seen = pair;
+        match built {
             Ok(config) => {
                 served.reload_from_config(config);
-                seen = now;
                 tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
             }
             Err(e) => {
-                // Logged once per change: a half-renewed pair usually
-                // completes at the next check.
-                seen = now;
                 tracing::error!(error = %e, "renewed TLS files do not load; serving the certificate in use");
             }
         }
