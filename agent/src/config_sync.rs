@@ -10,10 +10,10 @@
 //! down still gives the worker its config. Errors back off exponentially
 //! with jitter; versions and errors go to `/status` and metrics.
 
-use crate::ca_file::CaFile;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use rand::Rng;
 use riskfeat_shared::atomic::{write_json_atomic, WriteOptions};
+use riskfeat_shared::ca_file::CaFile;
 use riskfeat_shared::config_file::ConfigSnapshot;
 use riskfeat_shared::layout::SharedDir;
 use riskfeat_shared::Secret;

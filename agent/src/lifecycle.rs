@@ -27,7 +27,6 @@
 //! State is saved to `agent-state.json` after every step so a restart
 //! resumes the same token and lease.
 
-use crate::ca_file::CaFile;
 use crate::config::Config;
 use crate::fatal::Fatal;
 use crate::inputs::{FallbackCredential, SecretIdSource};
@@ -40,6 +39,7 @@ use chrono::{DateTime, Duration, Utc};
 use rand::Rng;
 use riskfeat_shared::ack::WorkerAck;
 use riskfeat_shared::atomic::{write_json_atomic, WriteOptions, WriteOutcome};
+use riskfeat_shared::ca_file::CaFile;
 use riskfeat_shared::creds::DbCredential;
 use riskfeat_shared::layout::SharedDir;
 use riskfeat_shared::pg_tls::PgTls;

@@ -5,7 +5,6 @@
 //! Thin entry point: flags, then [`run::run`], [`riskfeat_shared::health`]'s
 //! probe, or a config check. Exit codes are documented in docs/agent.md.
 
-mod ca_file;
 mod config;
 mod config_sync;
 mod fatal;

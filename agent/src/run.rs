@@ -1,7 +1,6 @@
 //! `riskfeat-agent run`: start-up checks, the servers (health socket,
 //! metrics), config sync, the credential lifecycle, and shutdown on SIGTERM.
 
-use crate::ca_file::CaFile;
 use crate::config::Config;
 use crate::config_sync::{self, SyncStatus};
 use crate::fatal::Fatal;
@@ -11,6 +10,7 @@ use crate::metrics::AgentMetrics;
 use crate::state::AgentState;
 use crate::status::StatusBoard;
 use crate::vault::VaultClient;
+use riskfeat_shared::ca_file::CaFile;
 use riskfeat_shared::fs_check;
 use riskfeat_shared::layout::SharedDir;
 use riskfeat_shared::pg_tls::PgTls;

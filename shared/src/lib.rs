@@ -7,12 +7,14 @@
 //! memory-backed ([`fs_check`]), and the operational surface both binaries
 //! expose the same way: health over a unix socket ([`health`]), Prometheus
 //! metrics ([`metrics`]) and logging ([`telemetry`]); and how both reach
-//! PostgreSQL over TLS ([`pg_tls`]).
+//! PostgreSQL over TLS ([`pg_tls`]) and pick up a rotated CA file
+//! ([`ca_file`]).
 //!
 //! This crate depends on none of agent, worker or configd.
 
 pub mod ack;
 pub mod atomic;
+pub mod ca_file;
 pub mod config_file;
 pub mod creds;
 pub mod fs_check;

@@ -23,6 +23,7 @@ use crate::pool::DbPools;
 use crate::watch::DirWatch;
 use riskfeat_shared::ack::WorkerAck;
 use riskfeat_shared::atomic::{write_json_atomic, WriteOptions};
+use riskfeat_shared::ca_file::CaFile;
 use riskfeat_shared::config_file::ConfigSnapshot;
 use riskfeat_shared::creds::DbCredential;
 use riskfeat_shared::pg_tls::PgTls;
@@ -40,15 +41,20 @@ struct Seen {
     /// A credential that failed to log in: retry it at this instant.
     retry_at: Option<Instant>,
     backoff: Duration,
-    /// `database_ca_file` as last loaded.
-    ca_bytes: Option<Vec<u8>>,
+    /// `database_ca_file`, read again every turn.
+    ca: Option<CaFile<PgTls>>,
     /// The pools must be rebuilt although the credential did not change
     /// (a new CA): cleared by the next successful swap.
     rebuild: bool,
 }
 
 /// Runs until `shutdown` fires. The first turn runs at once.
-pub async fn run(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+/// `ca` is `database_ca_file` as run.rs loaded it at start.
+pub async fn run(
+    app: Arc<App>,
+    ca: Option<CaFile<PgTls>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let (tx, mut rx) = mpsc::channel(1);
     let mut watch = DirWatch::new(
         app.cfg.shared_dir.clone(),
@@ -57,12 +63,7 @@ pub async fn run(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>
     );
     let mut seen = Seen {
         backoff: Duration::from_millis(app.cfg.retry_initial_ms),
-        // What run.rs loaded at start (a change since is picked up below).
-        ca_bytes: app
-            .cfg
-            .database_ca_file
-            .as_ref()
-            .and_then(|p| std::fs::read(p).ok()),
+        ca,
         ..Default::default()
     };
     let recheck = Duration::from_millis(app.cfg.recheck_interval_ms);
@@ -93,40 +94,27 @@ async fn reconcile(app: &Arc<App>, seen: &mut Seen) {
     reconcile_config(app, seen);
 }
 
-/// Loads `database_ca_file` again when its bytes changed; a usable one
-/// replaces the TLS of new pools and asks for a rebuild.
+/// Loads `database_ca_file` again when its bytes changed (see [`CaFile`]);
+/// a usable one replaces the TLS of new pools and asks for a rebuild, an
+/// unusable one keeps the CA in use and is named in `/status`.
 fn reconcile_ca(app: &App, seen: &mut Seen) {
-    let Some(path) = &app.cfg.database_ca_file else {
+    let Some(file) = &mut seen.ca else {
         return;
     };
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) => {
-            if seen.ca_bytes.is_some() {
-                tracing::warn!(file = %path.display(), error = %e, "cannot read database_ca_file; keeping the CA in use");
-                seen.ca_bytes = None;
-            }
-            return;
-        }
-    };
-    if seen.ca_bytes.as_deref() == Some(&bytes[..]) {
-        return;
-    }
-    seen.ca_bytes = Some(bytes.clone());
-    match PgTls::from_pem("database_ca_file", path, &bytes) {
-        Ok(tls) => {
-            app.pg_tls.store(Arc::new(tls));
+    let refreshed = file.refresh(|path, bytes| {
+        PgTls::from_pem("database_ca_file", path, bytes).map_err(|e| e.to_string())
+    });
+    match refreshed {
+        Some(Ok(())) => {
+            app.pg_tls.store(Arc::new(file.value().clone()));
             seen.rebuild = true;
             seen.retry_at = None;
-            tracing::info!(file = %path.display(), "database_ca_file changed; rebuilding the pools with it");
+            tracing::info!("database_ca_file changed; rebuilding the pools with it");
         }
-        Err(e) => {
-            tracing::error!(error = %e, "database_ca_file changed but cannot be used; keeping the CA in use");
-            App::set_error(
-                &app.credential_error,
-                Some(LastError::now(format!("{e} (keeping the CA in use)"), None)),
-            );
+        Some(Err(why)) => {
+            App::set_error(&app.credential_error, Some(LastError::now(why, None)));
         }
+        None => {}
     }
 }
 

@@ -5,6 +5,7 @@
 use crate::app::App;
 use crate::config::Config;
 use crate::health::Health;
+use riskfeat_shared::ca_file::CaFile;
 use riskfeat_shared::pg_tls::{PgTls, PgTlsError};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -61,13 +62,27 @@ pub async fn run(cfg: Config) -> Result<(), Fatal> {
     check_shared_dir(&cfg)?;
     let addr = cfg.listen_addr();
     let shutdown_timeout = Duration::from_secs(cfg.shutdown_timeout_s);
-    let tls = PgTls::new("database_ca_file", cfg.database_ca_file.as_deref()).map_err(|e| {
-        let code = match e {
-            PgTlsError::Read { .. } => 66,
-            _ => 64,
-        };
-        Fatal::new(code, e.to_string())
-    })?;
+    // The CA file is read once here; later changes load through CaFile.
+    let (tls, ca_file) = match cfg.database_ca_file.as_deref() {
+        None => (
+            PgTls::new("database_ca_file", None).map_err(|e| Fatal::new(64, e.to_string()))?,
+            None,
+        ),
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|source| {
+                let e = PgTlsError::Read {
+                    setting: "database_ca_file",
+                    path: path.display().to_string(),
+                    source,
+                };
+                Fatal::new(66, e.to_string())
+            })?;
+            let tls = PgTls::from_pem("database_ca_file", path, &bytes)
+                .map_err(|e| Fatal::new(64, e.to_string()))?;
+            let file = CaFile::new("database_ca_file", path, bytes, tls.clone());
+            (tls, Some(file))
+        }
+    };
     let app = Arc::new(App::new(cfg, tls));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -87,7 +102,7 @@ pub async fn run(cfg: Config) -> Result<(), Fatal> {
         Arc::new(Health(app.clone())),
         wait_stop(stop_rx.clone()),
     ));
-    let reload = tokio::spawn(crate::reload::run(app.clone(), stop_rx.clone()));
+    let reload = tokio::spawn(crate::reload::run(app.clone(), ca_file, stop_rx.clone()));
     let lag = tokio::spawn(crate::lag::run(app.clone(), stop_rx.clone()));
 
     tracing::info!(%local, socket = %socket.display(), namespace = %app.cfg.namespace, "riskfeat-worker listening");

@@ -4,9 +4,9 @@
 //! are parsed straight into [`Secret`] so they cannot reach a log line.
 
 use super::VaultError;
-use crate::ca_file::CaFile;
 use prometheus::HistogramVec;
 use reqwest::Method;
+use riskfeat_shared::ca_file::CaFile;
 use riskfeat_shared::Secret;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;

@@ -1,7 +1,8 @@
-//! A CA file read again before each use (`vault.ca_cert_file`,
-//! `database.ca_file`, `configd.ca_file`): what is built from it (an HTTP
-//! client, the PostgreSQL TLS config) is rebuilt only when the file's bytes
-//! change, so a CA rotated through its ConfigMap applies without a restart.
+//! A CA file read again before each use (the agent's `vault.ca_cert_file`,
+//! `database.ca_file`, `configd.ca_file`; the worker's `database_ca_file`):
+//! what is built from it (an HTTP client, the PostgreSQL TLS config) is
+//! rebuilt only when the file's bytes change, so a CA rotated through its
+//! ConfigMap applies without a restart.
 //! A changed file that cannot be used keeps the value in use; that is logged
 //! once per change and kept in [`CaFile::error`] for `/status`.
 
@@ -32,6 +33,17 @@ impl<T: Clone> CaFile<T> {
     /// Reads the file again and returns the value to use, rebuilt with
     /// `build` when the bytes changed and they build.
     pub fn current(&mut self, build: impl FnOnce(&Path, &[u8]) -> Result<T, String>) -> T {
+        self.refresh(build);
+        self.current.clone()
+    }
+
+    /// Reads the file again: `None` when it did not change (or cannot be
+    /// read), `Some(Ok(()))` when a changed file is now in use,
+    /// `Some(Err(why))` when a changed file was refused.
+    pub fn refresh(
+        &mut self,
+        build: impl FnOnce(&Path, &[u8]) -> Result<T, String>,
+    ) -> Option<Result<(), String>> {
         let setting = self.setting;
         match std::fs::read(&self.path) {
             Ok(bytes) if self.seen.as_deref() != Some(&bytes[..]) => {
@@ -42,22 +54,30 @@ impl<T: Clone> CaFile<T> {
                         tracing::info!(file = %self.path.display(), "{setting} changed; using it");
                         self.current = value;
                         self.error = None;
+                        Some(Ok(()))
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "{setting} cannot be used; keeping the CA in use");
-                        self.error = Some(format!("{e}; keeping the CA in use"));
+                        let why = format!("{e}; keeping the CA in use");
+                        self.error = Some(why.clone());
+                        Some(Err(why))
                     }
                 }
             }
-            Ok(_) => {}
+            Ok(_) => None,
             Err(e) => {
                 // Forget the bytes so the file is used again once readable.
                 if self.seen.take().is_some() {
                     tracing::warn!(file = %self.path.display(), error = %e, "cannot read {setting}; keeping the CA in use");
                 }
+                None
             }
         }
-        self.current.clone()
+    }
+
+    /// The value in use.
+    pub fn value(&self) -> &T {
+        &self.current
     }
 
     /// Why the file as it is now is not in use (None when it is).
