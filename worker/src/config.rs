@@ -74,6 +74,9 @@ pub struct Config {
     pub log_format: LogFormat,
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// `[source]`: the transactions table and its columns.
+    #[serde(default)]
+    pub source: crate::source::Source,
 }
 
 fn default_shared_dir() -> PathBuf {
@@ -252,6 +255,7 @@ impl Config {
         if self.shared_dir.as_os_str().is_empty() {
             out.push("shared_dir is empty".into());
         }
+        out.extend(self.source.problems());
         if tracing_subscriber_filter_invalid(&self.log_level) {
             out.push(format!(
                 "log_level = {:?}: not a valid filter",
@@ -294,12 +298,15 @@ fn check_key(key: &str, value: &toml::Value) -> Result<(), String> {
         }
         "lag_policy" => ty::<LagPolicy>(key, value, "\"mark_stale\" or \"primary\""),
         "log_format" => ty::<LogFormat>(key, value, "\"text\" or \"json\""),
+        "source" => crate::source::Source::deserialize(value.clone())
+            .map(|_| ())
+            .map_err(|e| format!("[source]: {}", e.message())),
         other => Err(format!(
             "unknown key {other:?} (known: shared_dir, allow_disk, listen, namespace, pool_size, \
              pool_wait_timeout_ms, connect_timeout_ms, statement_timeout_ms, max_replica_lag_ms, \
              lag_policy, lag_check_interval_ms, recheck_interval_ms, retry_initial_ms, retry_max_ms, \
              drain_timeout_s, shutdown_timeout_s, max_batch, database_ca_file, worker_threads, log_format, \
-             log_level)"
+             log_level, [source])"
         )),
     }
 }

@@ -17,6 +17,7 @@ mod params;
 mod pool;
 mod reload;
 mod run;
+mod source;
 mod watch;
 
 use clap::{Parser, Subcommand};
