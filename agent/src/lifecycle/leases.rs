@@ -4,7 +4,7 @@
 //! shutdown when so configured.
 
 use super::retry::backoff_delay;
-use super::Lifecycle;
+use super::{Lifecycle, Renewable};
 use crate::state::LeaseState;
 use crate::vault::VaultError;
 use chrono::{Duration, Utc};
@@ -129,19 +129,12 @@ impl Lifecycle {
         let Some(token) = self.token_valid(now) else {
             return;
         };
-        let due = |l: &LeaseState| {
-            l.renewable
-                && now >= l.next_renew_at
-                && l.expires_at > now
-                && l.hard_end
-                    .is_none_or(|h| l.expires_at + Duration::seconds(1) < h)
-        };
         let mut targets: Vec<(Option<usize>, LeaseState)> = Vec::new();
-        if let Some(c) = self.st.current.as_ref().filter(|l| due(l)) {
+        if let Some(c) = self.st.current.as_ref().filter(|l| l.renew_due(now)) {
             targets.push((None, c.clone()));
         }
         for (i, l) in self.st.retiring.iter().enumerate() {
-            if due(l) && l.retire_by.is_none_or(|r| r > now) {
+            if l.renew_due(now) && l.retire_by.is_none_or(|r| r > now) {
                 targets.push((Some(i), l.clone()));
             }
         }

@@ -44,7 +44,7 @@ use crate::config::Config;
 use crate::fatal::Fatal;
 use crate::inputs::{FallbackCredential, SecretIdSource};
 use crate::metrics::AgentMetrics;
-use crate::state::{AgentState, TokenState};
+use crate::state::{AgentState, LeaseState, TokenState};
 use crate::status::{Counts, StatusBoard, VaultView};
 use crate::vault::VaultClient;
 use chrono::{DateTime, Duration, Utc};
@@ -62,14 +62,59 @@ fn secs(s: f64) -> Duration {
     Duration::milliseconds((s.max(0.0) * 1000.0) as i64)
 }
 
-/// True when a token should be renewed now: renewable, not yet extended
-/// to its hard end, and its renewal time has come.
-fn token_renew_due(t: &TokenState, now: DateTime<Utc>) -> bool {
-    t.renewable
-        && now >= t.next_renew_at
-        && t.expires_at > now
-        && t.hard_end
-            .is_none_or(|h| t.expires_at + Duration::seconds(1) < h)
+/// What decides when a token or a lease is renewed.
+struct Schedule {
+    renewable: bool,
+    next_renew_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    /// Its last possible moment, once a capped renewal revealed it.
+    hard_end: Option<DateTime<Utc>>,
+}
+
+/// A token or a lease: renewed on a schedule, each renewal extending its
+/// expiry, until a renewal comes back capped at its hard end.
+trait Renewable {
+    fn schedule(&self) -> Schedule;
+
+    /// True when it should be renewed at `now`: renewable, alive, not yet
+    /// extended to its hard end, and its renewal time has come.
+    fn renew_due(&self, now: DateTime<Utc>) -> bool {
+        let s = self.schedule();
+        s.renewable
+            && now >= s.next_renew_at
+            && s.expires_at > now
+            && s.hard_end
+                .is_none_or(|h| s.expires_at + Duration::seconds(1) < h)
+    }
+
+    /// Its next renewal time, if a renewal will be due then (the same test,
+    /// asked at that time): what [`Lifecycle::next_wake`] waits for.
+    fn next_renewal(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let at = self.schedule().next_renew_at;
+        self.renew_due(at.max(now)).then_some(at)
+    }
+}
+
+impl Renewable for TokenState {
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            renewable: self.renewable,
+            next_renew_at: self.next_renew_at,
+            expires_at: self.expires_at,
+            hard_end: self.hard_end,
+        }
+    }
+}
+
+impl Renewable for LeaseState {
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            renewable: self.renewable,
+            next_renew_at: self.next_renew_at,
+            expires_at: self.expires_at,
+            hard_end: self.hard_end,
+        }
+    }
 }
 
 /// The state machine; see the module docs.
@@ -264,26 +309,22 @@ impl Lifecycle {
                 if let Some(end) = tok.hard_end {
                     t.push((end - self.relogin_lead(tok)).max(retry(&self.login_retry)));
                 }
-                if token_renew_due(tok, tok.next_renew_at.max(now)) {
-                    t.push(tok.next_renew_at);
-                }
+                t.extend(tok.next_renewal(now));
             }
         }
-        for old in &self.st.old_tokens {
-            if token_renew_due(old, old.next_renew_at.max(now)) {
-                t.push(old.next_renew_at);
-            }
-        }
+        t.extend(
+            self.st
+                .old_tokens
+                .iter()
+                .filter_map(|o| o.next_renewal(now)),
+        );
         if !self.leases_verified {
             t.push(now + Duration::seconds(1));
         }
         for l in self.st.current.iter().chain(self.st.retiring.iter()) {
-            if l.renewable
-                && l.hard_end
-                    .is_none_or(|h| l.expires_at + Duration::seconds(1) < h)
-            {
-                t.push(l.next_renew_at);
-            }
+            // (`next_renewal` also asks that the lease outlive that time;
+            // its expiry, an earlier wake-up, is pushed in any case.)
+            t.extend(l.next_renewal(now));
             t.push(l.expires_at);
         }
         if let Some(c) = &self.st.current {
@@ -318,7 +359,6 @@ impl Lifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::LeaseState;
 
     pub(super) fn lifecycle(lifecycle_toml: &str) -> Lifecycle {
         let text = format!(
@@ -402,5 +442,40 @@ mod tests {
         );
         l.st.current.as_mut().unwrap().next_renew_at = now + Duration::seconds(30);
         assert_eq!(l.next_wake(now), now + Duration::seconds(30));
+    }
+
+    #[test]
+    fn renewal_due_for_tokens_and_leases_alike() {
+        let now = Utc::now();
+        let at = now + Duration::seconds(40);
+        let mut l = lease(now, 60);
+        let mut t = TokenState {
+            token: Secret::new("t"),
+            serial: 1,
+            obtained_at: now,
+            expires_at: l.expires_at,
+            ttl_s: 60,
+            renewable: true,
+            hard_end: None,
+            next_renew_at: at,
+        };
+        for r in [&l as &dyn Renewable, &t] {
+            assert!(!r.renew_due(now), "not yet");
+            assert!(r.renew_due(at) && r.renew_due(at + Duration::seconds(19)));
+            assert!(!r.renew_due(at + Duration::seconds(20)), "expired");
+            assert_eq!(r.next_renewal(now), Some(at));
+            assert_eq!(r.next_renewal(at + Duration::seconds(5)), Some(at));
+        }
+        // Extended to its hard end (within a second): no more renewals.
+        l.hard_end = Some(l.expires_at + Duration::milliseconds(500));
+        t.hard_end = Some(t.expires_at + Duration::seconds(2));
+        assert!(!l.renew_due(at) && l.next_renewal(now).is_none());
+        assert!(t.renew_due(at), "the hard end is further away");
+        // Not renewable, or expiring before its renewal time.
+        t.renewable = false;
+        l.hard_end = None;
+        l.next_renew_at = l.expires_at + Duration::seconds(1);
+        assert!(!t.renew_due(at) && t.next_renewal(now).is_none());
+        assert!(l.next_renewal(now).is_none());
     }
 }

@@ -4,7 +4,7 @@
 //! created are still in use.
 
 use super::retry::backoff_delay;
-use super::{token_renew_due, Lifecycle};
+use super::{Lifecycle, Renewable};
 use crate::fatal::Fatal;
 use crate::inputs::SecretIdSource;
 use crate::state::TokenState;
@@ -73,7 +73,7 @@ impl Lifecycle {
             return Ok(());
         }
         if let Some(t) = self.st.token.clone() {
-            if token_renew_due(&t, now) {
+            if t.renew_due(now) {
                 self.st.token = self.renew_token(t).await;
             }
         }
@@ -91,7 +91,7 @@ impl Lifecycle {
             if t.expires_at <= now || !serials.contains(&t.serial) {
                 continue;
             }
-            let kept = if token_renew_due(&t, now) {
+            let kept = if t.renew_due(now) {
                 self.renew_token(t).await
             } else {
                 Some(t)
