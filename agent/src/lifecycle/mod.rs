@@ -95,27 +95,22 @@ trait Renewable {
     }
 }
 
-impl Renewable for TokenState {
-    fn schedule(&self) -> Schedule {
-        Schedule {
-            renewable: self.renewable,
-            next_renew_at: self.next_renew_at,
-            expires_at: self.expires_at,
-            hard_end: self.hard_end,
+/// Tokens and leases keep their schedule in fields of the same names.
+macro_rules! renewable {
+    ($($state:ty),*) => {$(
+        impl Renewable for $state {
+            fn schedule(&self) -> Schedule {
+                Schedule {
+                    renewable: self.renewable,
+                    next_renew_at: self.next_renew_at,
+                    expires_at: self.expires_at,
+                    hard_end: self.hard_end,
+                }
+            }
         }
-    }
+    )*};
 }
-
-impl Renewable for LeaseState {
-    fn schedule(&self) -> Schedule {
-        Schedule {
-            renewable: self.renewable,
-            next_renew_at: self.next_renew_at,
-            expires_at: self.expires_at,
-            hard_end: self.hard_end,
-        }
-    }
-}
+renewable!(TokenState, LeaseState);
 
 /// The state machine; see the module docs.
 pub struct Lifecycle {
