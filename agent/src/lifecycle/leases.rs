@@ -1,4 +1,5 @@
-//! The leases already held: checked on start (resume, then
+//! The leases already held: resumed on start (with the generation and the
+//! stored token, checked by lookup-self; the leases then by
 //! sys/leases/lookup), renewed on schedule, the superseded ones revoked
 //! after the worker's ack (or the grace period), and every one revoked on
 //! shutdown when so configured.
