@@ -299,7 +299,10 @@ mod tests {
         let problems = deserialize::<Top>("count = 1\n[inner]\nport = 2\n").unwrap_err();
         assert_eq!(
             problems,
-            ["inner.addr: required key is missing", "name: required key is missing"],
+            [
+                "inner.addr: required key is missing",
+                "name: required key is missing"
+            ],
             "inner, dropped after its error, is not reported missing"
         );
         let problems = deserialize::<Top>("name = 'n'\n").unwrap_err();

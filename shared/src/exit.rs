@@ -71,6 +71,9 @@ mod tests {
         ] {
             assert_eq!(f.exit_code(), code, "{f:?}");
         }
-        assert_eq!(Fatal::Input("no such file".into()).to_string(), "no such file");
+        assert_eq!(
+            Fatal::Input("no such file".into()).to_string(),
+            "no such file"
+        );
     }
 }
