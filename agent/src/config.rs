@@ -187,18 +187,11 @@ impl ConfigdSettings {
     /// Every problem with the settings, all at once (empty when valid).
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if !(self.addr.starts_with("http://") || self.addr.starts_with("https://")) {
-            out.push(format!(
-                "configd.addr {:?} must be an http:// or https:// URL",
-                self.addr
-            ));
-        }
-        if self.ca_file.is_some() && !self.addr.starts_with("https://") {
-            out.push(format!(
-                "configd.ca_file is set but configd.addr {:?} is not https://",
-                self.addr
-            ));
-        }
+        url(
+            ("configd.addr", &self.addr),
+            ("configd.ca_file", self.ca_file.is_some()),
+            &mut out,
+        );
         if self.namespaces.is_empty() {
             out.push("configd.namespaces is empty".to_string());
         }
@@ -309,18 +302,11 @@ impl Config {
             ));
         }
         let v = &self.vault;
-        if !(v.addr.starts_with("http://") || v.addr.starts_with("https://")) {
-            out.push(format!(
-                "vault.addr: {:?} must start with http:// or https://",
-                v.addr
-            ));
-        }
-        if v.ca_cert_file.is_some() && !v.addr.starts_with("https://") {
-            out.push(format!(
-                "vault.ca_cert_file is set but vault.addr {:?} is not https://",
-                v.addr
-            ));
-        }
+        url(
+            ("vault.addr", &v.addr),
+            ("vault.ca_cert_file", v.ca_cert_file.is_some()),
+            &mut out,
+        );
         if !(v.request_timeout_s > 0.0 && v.request_timeout_s <= 300.0) {
             out.push("vault.request_timeout_s must be in (0, 300]".into());
         }
@@ -392,6 +378,19 @@ impl Config {
     /// The Vault request timeout.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.vault.request_timeout_s)
+    }
+}
+
+/// An `http://` or `https://` base URL; one with its own CA file set must be
+/// `https://`.
+fn url((name, addr): (&str, &str), (ca, ca_set): (&str, bool), out: &mut Vec<String>) {
+    if !(addr.starts_with("http://") || addr.starts_with("https://")) {
+        out.push(format!(
+            "{name}: {addr:?} must start with http:// or https://"
+        ));
+    }
+    if ca_set && !addr.starts_with("https://") {
+        out.push(format!("{ca} is set but {name} {addr:?} is not https://"));
     }
 }
 
@@ -522,15 +521,12 @@ mod tests {
 
     #[test]
     fn every_configd_settings_problem_at_once() {
-        let good = ConfigdSettings {
-            addr: "http://127.0.0.1:1".into(),
-            token_file: "/nonexistent".into(),
-            namespaces: vec!["features".into()],
-            poll_timeout_s: 30,
-            backoff_initial_s: 0.5,
-            backoff_max_s: 30.0,
-            ca_file: None,
-        };
+        let text =
+            format!("{MINIMAL}\n[configd]\naddr = \"http://127.0.0.1:1\"\ntoken_file = \"/t\"\n");
+        let good = Config::parse("agent.toml", &text, &Overrides::default())
+            .unwrap()
+            .configd
+            .unwrap();
         assert!(good.problems().is_empty());
         let bad = ConfigdSettings {
             addr: "127.0.0.1:8070".into(),

@@ -409,6 +409,41 @@ mod tests {
     }
 
     #[test]
+    fn type_errors_and_missing_files_are_listed_with_their_keys() {
+        let dir = setup(TOKENS);
+        let err = Config::parse("wake_batch = 'x'\nbogus = 1\n", dir.path())
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "(config text): invalid config:\n",
+            "\n  - wake_batch: invalid type: string \"x\", expected usize",
+            "\n  - bogus: unknown key, expected one of `listen`, ",
+        ] {
+            assert!(err.contains(want), "{want:?} missing in {err}");
+        }
+        let err = Config::parse("pool_size = 0\n", dir.path())
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "\n  - pool_size: must be 1..=256",
+            "\n  - database_url_file: required key is missing",
+            "\n  - tokens_file: required key is missing",
+        ] {
+            assert!(err.contains(want), "{want:?} missing in {err}");
+        }
+        // An unreadable file with nothing else wrong: exit 66.
+        let err = Config::parse(
+            "database_url_file='absent'\ntokens_file='tokens.toml'\n",
+            dir.path(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Input { .. }), "{err:?}");
+        assert!(err.to_string().contains("database_url_file"), "{err}");
+        let fatal = err.fatal(riskfeat_shared::exit::Fatal::Input);
+        assert_eq!(fatal.exit_code(), 66);
+    }
+
+    #[test]
     fn tls_files_are_both_or_neither_and_must_load() {
         let dir = setup(TOKENS);
         let base = "database_url_file='db'\ntokens_file='tokens.toml'\n";
