@@ -20,6 +20,7 @@ mod run;
 mod watch;
 
 use clap::{Parser, Subcommand};
+use riskfeat_shared::exit::Fatal;
 use riskfeat_shared::health::ProbeKind;
 use riskfeat_shared::telemetry::LogFormat;
 use std::path::{Path, PathBuf};
@@ -67,7 +68,8 @@ enum Command {
     CheckConfig,
 }
 
-fn load(cli: &Cli) -> Result<config::Config, config::ConfigError> {
+/// The config; a config that cannot be used or read exits 64.
+fn load(cli: &Cli) -> Result<config::Config, Fatal> {
     let overrides = config::Overrides {
         shared_dir: cli.shared_dir.clone(),
         listen: cli.listen.clone(),
@@ -81,16 +83,13 @@ fn load(cli: &Cli) -> Result<config::Config, config::ConfigError> {
         }
         None => config::Config::load(Path::new(DEFAULT_CONFIG), &overrides),
     }
+    .map_err(|e| e.fatal(Fatal::Config))
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match riskfeat_shared::exit::parse_args() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 64 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
     match cli.command {
         Some(Command::Probe { kind, ref socket }) => {
@@ -109,18 +108,12 @@ fn main() -> ExitCode {
                 println!("config ok");
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("riskfeat-worker: {e}");
-                ExitCode::from(64)
-            }
+            Err(e) => e.exit("riskfeat-worker: "),
         },
         None | Some(Command::Run) => {
             let cfg = match load(&cli) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("riskfeat-worker: {e}");
-                    return ExitCode::from(64);
-                }
+                Err(e) => return e.exit("riskfeat-worker: "),
             };
             riskfeat_shared::telemetry::init(cfg.log_format, &cfg.log_level);
             let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -130,16 +123,15 @@ fn main() -> ExitCode {
             let rt = match builder.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("riskfeat-worker: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
+                    return Fatal::Runtime(format!("cannot start the runtime: {e}"))
+                        .exit("riskfeat-worker: ")
                 }
             };
             match rt.block_on(run::run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = %e, code = e.code, "riskfeat-worker stopped");
-                    eprintln!("riskfeat-worker: {e}");
-                    ExitCode::from(e.code)
+                    tracing::error!(error = %e, code = e.exit_code(), "riskfeat-worker stopped");
+                    e.exit("riskfeat-worker: ")
                 }
             }
         }
