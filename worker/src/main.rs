@@ -2,24 +2,14 @@
 //! replica, with the credential and feature parameters the agent publishes
 //! in the shared directory.
 //!
-//! Thin entry point: flags, then [`run::run`] or the health probe. Exit
+//! Thin entry point: flags, then [`riskfeat_worker::run::run`] or the health
+//! probe; everything else lives in the library (`src/lib.rs`). Exit
 //! codes (docs/worker.md): 0 ok, 1 runtime failure, 64 bad flags/config,
 //! 66 shared dir missing, 78 shared dir not tmpfs/ramfs without `allow_disk`.
 
-mod app;
-mod config;
-mod features;
-mod health;
-mod http;
-mod lag;
-mod metrics;
-mod params;
-mod pool;
-mod reload;
-mod run;
-mod watch;
 
 use clap::{Parser, Subcommand};
+use riskfeat_worker::{config, run};
 use riskfeat_shared::exit::Fatal;
 use riskfeat_shared::health::ProbeKind;
 use riskfeat_shared::telemetry::LogFormat;
