@@ -1,31 +1,19 @@
 //! The agent's configuration: a TOML file (`--config`), a few flag/env
-//! overrides, and validation that reports every problem at once.
+//! overrides, and validation that reports every problem at once, loaded
+//! through [`riskfeat_shared::config_loader`] like the worker's and configd's.
 //!
 //! Every key has a default except what identifies the environment: the Vault
-//! address, the AppRole role_id and secret_id sources, and the database
-//! endpoints. Unknown keys are rejected. See docs/agent.md for the reference.
+//! address, the AppRole role_id and secret_id sources, the database
+//! endpoints, and configd's address and token file when `[configd]` is
+//! there. Unknown keys are rejected. See docs/agent.md for the reference.
 
-use crate::config_sync;
+use riskfeat_shared::config_loader::{self, set, ConfigError, Validate};
 use riskfeat_shared::creds::Endpoint;
 use riskfeat_shared::telemetry::LogFormat;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// Why the configuration could not be used (exit 64).
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{path}: cannot read config file: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: invalid config: {message}")]
-    Parse { path: String, message: String },
-    #[error("{path}: invalid config:\n  - {}", problems.join("\n  - "))]
-    Invalid { path: String, problems: Vec<String> },
-}
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,10 +26,8 @@ pub struct Config {
     #[serde(default)]
     pub allow_disk: bool,
     /// Group id given to `db.json` (and config files): the pod's fsGroup.
-    #[serde(default)]
     pub file_group: Option<u32>,
     /// Health socket; default `<shared_dir>/agent.sock`.
-    #[serde(default)]
     pub socket: Option<PathBuf>,
     /// Prometheus `/metrics` listen address.
     #[serde(default = "default_metrics_addr")]
@@ -56,10 +42,8 @@ pub struct Config {
     pub database: DatabaseSettings,
     #[serde(default)]
     pub lifecycle: LifecycleSettings,
-    #[serde(default)]
     pub fallback: Option<FallbackSettings>,
-    #[serde(default)]
-    pub configd: Option<config_sync::Settings>,
+    pub configd: Option<ConfigdSettings>,
 }
 
 /// `[vault]`: where Vault is and how to log in.
@@ -71,7 +55,6 @@ pub struct VaultSettings {
     /// PEM file of the CA(s) Vault's TLS certificate must chain to. When
     /// set, only these are trusted (not the built-in public roots); read
     /// once at start. Requires an `https://` addr.
-    #[serde(default)]
     pub ca_cert_file: Option<PathBuf>,
     /// Per-request timeout, seconds.
     #[serde(default = "default_request_timeout_s")]
@@ -80,11 +63,9 @@ pub struct VaultSettings {
     #[serde(default = "default_approle_mount")]
     pub approle_mount: String,
     /// File holding the role_id (else env `RISKFEAT_AGENT_ROLE_ID`).
-    #[serde(default)]
     pub role_id_file: Option<PathBuf>,
     /// File holding the secret_id (or a response-wrapping token, see
     /// `secret_id_wrapped`).
-    #[serde(default)]
     pub secret_id_file: Option<PathBuf>,
     /// The secret_id file holds a response-wrapping token to unwrap.
     #[serde(default)]
@@ -111,59 +92,60 @@ pub struct DatabaseSettings {
     pub replica: Endpoint,
     /// PEM CA(s) PostgreSQL's certificates must chain to; required when an
     /// endpoint has `sslmode = "verify-full"`. Read once at start.
-    #[serde(default)]
     pub ca_file: Option<PathBuf>,
 }
 
-/// `[lifecycle]`: timing of renewals, rotations and revocations.
+/// `[lifecycle]`: timing of renewals, rotations and revocations. Every key
+/// has a default ([`Default`]).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LifecycleSettings {
     /// Renew a lease at this fraction of its duration.
-    #[serde(default = "default_renew_fraction")]
     pub renew_fraction: f64,
     /// Relative jitter applied to every schedule (0.1 = +-10%).
-    #[serde(default = "default_jitter")]
     pub jitter: f64,
     /// Issue the next credential this long before the current one's hard end
     /// (lease max_ttl or the creating token's end); clamped to half the
     /// credential's lifetime.
-    #[serde(default = "default_rotate_lead_s")]
     pub rotate_lead_s: u64,
     /// The credential max_ttl when known (0 = learn it from the first
     /// capped renewal).
-    #[serde(default)]
     pub max_ttl_hint_s: u64,
     /// How long to retry logging in with a new credential on the replica.
-    #[serde(default = "default_replica_wait_s")]
     pub replica_wait_s: u64,
     /// After publishing a new credential, wait at most this long for the
     /// worker's ack before revoking the old lease (also bounded by the old
     /// lease's end).
-    #[serde(default = "default_ack_grace_s")]
     pub ack_grace_s: u64,
     /// Hard cap on new credentials per minute.
-    #[serde(default = "default_max_issuances_per_minute")]
     pub max_issuances_per_minute: u32,
     /// Readiness turns false when the published credential has less left.
-    #[serde(default = "default_ready_min_remaining_s")]
     pub ready_min_remaining_s: u64,
     /// Revoke leases on SIGTERM.
-    #[serde(default = "default_true")]
     pub revoke_on_shutdown: bool,
     /// Upper bound on the shutdown revocations.
-    #[serde(default = "default_shutdown_timeout_s")]
     pub shutdown_timeout_s: u64,
     /// Retry backoff: first delay and cap, seconds.
-    #[serde(default = "default_backoff_initial_s")]
     pub backoff_initial_s: f64,
-    #[serde(default = "default_backoff_max_s")]
     pub backoff_max_s: f64,
 }
 
 impl Default for LifecycleSettings {
     fn default() -> Self {
-        toml::from_str("").expect("all lifecycle keys have defaults")
+        Self {
+            renew_fraction: default_renew_fraction(),
+            jitter: 0.1,
+            rotate_lead_s: 600,
+            max_ttl_hint_s: 0,
+            replica_wait_s: 30,
+            ack_grace_s: 120,
+            max_issuances_per_minute: 6,
+            ready_min_remaining_s: 10,
+            revoke_on_shutdown: true,
+            shutdown_timeout_s: 10,
+            backoff_initial_s: default_backoff_initial_s(),
+            backoff_max_s: default_backoff_max_s(),
+        }
     }
 }
 
@@ -175,6 +157,61 @@ pub struct FallbackSettings {
     pub file: PathBuf,
 }
 
+/// `[configd]`: where riskfeat-configd is and what to sync from it
+/// ([`crate::config_sync`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigdSettings {
+    /// Base URL of riskfeat-configd, e.g. `http://127.0.0.1:8070`.
+    pub addr: String,
+    /// File holding the bearer token (read role).
+    pub token_file: PathBuf,
+    /// Namespaces to watch and publish.
+    #[serde(default = "default_namespaces")]
+    pub namespaces: Vec<String>,
+    /// Long-poll timeout asked of configd, seconds.
+    #[serde(default = "default_poll_timeout_s")]
+    pub poll_timeout_s: u64,
+    /// First retry delay after an error, seconds.
+    #[serde(default = "default_backoff_initial_s")]
+    pub backoff_initial_s: f64,
+    /// Longest retry delay, seconds.
+    #[serde(default = "default_backoff_max_s")]
+    pub backoff_max_s: f64,
+    /// PEM CA bundle trusted for an `https://` addr instead of the system
+    /// roots (configd's certificate from a private CA).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ConfigdSettings {
+    /// Every problem with the settings, all at once (empty when valid).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        url(
+            ("configd.addr", &self.addr),
+            ("configd.ca_file", self.ca_file.is_some()),
+            &mut out,
+        );
+        if self.namespaces.is_empty() {
+            out.push("configd.namespaces is empty".to_string());
+        }
+        for ns in &self.namespaces {
+            if !riskfeat_shared::layout::valid_namespace(ns) {
+                out.push(format!("configd.namespaces: invalid namespace name {ns:?}"));
+            }
+        }
+        if !(1..=600).contains(&self.poll_timeout_s) {
+            out.push("configd.poll_timeout_s must be 1..=600".to_string());
+        }
+        if !(self.backoff_initial_s > 0.0 && self.backoff_max_s >= self.backoff_initial_s) {
+            out.push("configd.backoff_initial_s must be > 0 and <= backoff_max_s".to_string());
+        }
+        out
+    }
+}
+
+// Defaults of the keys in sections that also have required keys (a
+// section where every key has one uses `#[serde(default)]` and `Default`).
 fn default_shared_dir() -> PathBuf {
     PathBuf::from(riskfeat_shared::layout::DEFAULT_SHARED_DIR)
 }
@@ -199,29 +236,11 @@ fn default_db_mount() -> String {
 fn default_db_role() -> String {
     "feature-reader".into()
 }
-fn default_jitter() -> f64 {
-    0.1
+fn default_namespaces() -> Vec<String> {
+    vec!["features".to_string()]
 }
-fn default_rotate_lead_s() -> u64 {
-    600
-}
-fn default_replica_wait_s() -> u64 {
+fn default_poll_timeout_s() -> u64 {
     30
-}
-fn default_ack_grace_s() -> u64 {
-    120
-}
-fn default_max_issuances_per_minute() -> u32 {
-    6
-}
-fn default_ready_min_remaining_s() -> u64 {
-    10
-}
-fn default_true() -> bool {
-    true
-}
-fn default_shutdown_timeout_s() -> u64 {
-    10
 }
 fn default_backoff_initial_s() -> f64 {
     0.5
@@ -238,133 +257,30 @@ pub struct Overrides {
     pub log_level: Option<String>,
 }
 
+impl config_loader::Overrides<Config> for Overrides {
+    fn apply(&self, cfg: &mut Config) {
+        set(&mut cfg.shared_dir, &self.shared_dir);
+        set(&mut cfg.log_format, &self.log_format);
+        set(&mut cfg.log_level, &self.log_level);
+    }
+}
+
+impl Validate for Config {
+    fn problems(&self) -> Vec<String> {
+        Config::problems(self)
+    }
+}
+
 impl Config {
     /// Reads, parses, applies overrides and validates; every problem at once.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        Self::parse(&shown, &text, overrides)
+        config_loader::load(path, overrides)
     }
 
     /// Parses text; `path` only names the file in errors.
+    #[cfg(test)]
     pub fn parse(path: &str, text: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let mut cfg = Self::deserialize_all(path, text)?;
-        if let Some(d) = &overrides.shared_dir {
-            cfg.shared_dir = d.clone();
-        }
-        if let Some(f) = overrides.log_format {
-            cfg.log_format = f;
-        }
-        if let Some(l) = &overrides.log_level {
-            cfg.log_level = l.clone();
-        }
-        let problems = cfg.problems();
-        if problems.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigError::Invalid {
-                path: path.to_string(),
-                problems,
-            })
-        }
-    }
-
-    /// Deserializes section by section so that type errors and unknown
-    /// keys in different sections are all reported at once.
-    fn deserialize_all(path: &str, text: &str) -> Result<Config, ConfigError> {
-        use serde::de::DeserializeOwned;
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: path.to_string(),
-                message: e.to_string().trim_end().replace('\n', " "),
-            })?;
-        fn check<T: DeserializeOwned>(name: &str, v: &toml::Value, out: &mut Vec<String>) {
-            let toml::Value::Table(table) = v else {
-                if let Err(e) = T::deserialize(v.clone()) {
-                    out.push(format!("[{name}]: {}", e.message().trim_end()));
-                }
-                return;
-            };
-            // Serde stops at the first error of a table: drop the offending
-            // key and try again, so every bad key of the section is named.
-            // Re-parsing the section's own text gives errors that quote the
-            // offending line.
-            let mut table = table.clone();
-            let mut removed: Vec<String> = Vec::new();
-            for _ in 0..32 {
-                let text = toml::to_string(&table).unwrap_or_default();
-                let Err(e) = toml::from_str::<T>(&text) else {
-                    return;
-                };
-                let full = e.to_string();
-                let msg = describe_toml_error(&full);
-                if removed
-                    .iter()
-                    .any(|k| msg.contains(&format!("missing field `{k}`")))
-                {
-                    return;
-                }
-                out.push(format!("[{name}]: {msg}"));
-                let key = offending_key(&full);
-                match key.filter(|k| table.remove(k).is_some()) {
-                    Some(k) => removed.push(k),
-                    None => return,
-                }
-            }
-        }
-        let mut problems = Vec::new();
-        let mut top = toml::Table::new();
-        for (key, value) in &table {
-            match key.as_str() {
-                "vault" => check::<VaultSettings>(key, value, &mut problems),
-                "database" => check::<DatabaseSettings>(key, value, &mut problems),
-                "lifecycle" => check::<LifecycleSettings>(key, value, &mut problems),
-                "fallback" => check::<FallbackSettings>(key, value, &mut problems),
-                "configd" => check::<config_sync::Settings>(key, value, &mut problems),
-                _ => {
-                    top.insert(key.clone(), value.clone());
-                }
-            }
-        }
-        for required in ["vault", "database"] {
-            if !table.contains_key(required) {
-                problems.push(format!("missing section [{required}]"));
-            }
-        }
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        #[allow(dead_code)]
-        struct TopLevel {
-            #[serde(default)]
-            shared_dir: Option<PathBuf>,
-            #[serde(default)]
-            allow_disk: Option<bool>,
-            #[serde(default)]
-            file_group: Option<u32>,
-            #[serde(default)]
-            socket: Option<PathBuf>,
-            #[serde(default)]
-            metrics_addr: Option<String>,
-            #[serde(default)]
-            log_level: Option<String>,
-            #[serde(default)]
-            log_format: Option<LogFormat>,
-        }
-        check::<TopLevel>("top level", &toml::Value::Table(top), &mut problems);
-        if !problems.is_empty() {
-            return Err(ConfigError::Invalid {
-                path: path.to_string(),
-                problems,
-            });
-        }
-        Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
-            path: path.to_string(),
-            message: e.message().trim_end().replace('\n', " "),
-        })
+        config_loader::parse(path, text, Path::new("."), overrides)
     }
 
     /// Every semantic problem (empty when valid).
@@ -386,18 +302,11 @@ impl Config {
             ));
         }
         let v = &self.vault;
-        if !(v.addr.starts_with("http://") || v.addr.starts_with("https://")) {
-            out.push(format!(
-                "vault.addr: {:?} must start with http:// or https://",
-                v.addr
-            ));
-        }
-        if v.ca_cert_file.is_some() && !v.addr.starts_with("https://") {
-            out.push(format!(
-                "vault.ca_cert_file is set but vault.addr {:?} is not https://",
-                v.addr
-            ));
-        }
+        url(
+            ("vault.addr", &v.addr),
+            ("vault.ca_cert_file", v.ca_cert_file.is_some()),
+            &mut out,
+        );
         if !(v.request_timeout_s > 0.0 && v.request_timeout_s <= 300.0) {
             out.push("vault.request_timeout_s must be in (0, 300]".into());
         }
@@ -472,39 +381,16 @@ impl Config {
     }
 }
 
-/// The key an error is about: an unknown field's name, else the key of the
-/// quoted source line (`key = value`).
-fn offending_key(full: &str) -> Option<String> {
-    if let Some(rest) = full.split("unknown field `").nth(1) {
-        return rest.split('`').next().map(str::to_string);
+/// An `http://` or `https://` base URL; one with its own CA file set must be
+/// `https://`.
+fn url((name, addr): (&str, &str), (ca, ca_set): (&str, bool), out: &mut Vec<String>) {
+    if !(addr.starts_with("http://") || addr.starts_with("https://")) {
+        out.push(format!(
+            "{name}: {addr:?} must start with http:// or https://"
+        ));
     }
-    full.lines().find_map(|l| {
-        let (num, rest) = l.trim().split_once('|')?;
-        if num.trim().is_empty() || !num.trim().chars().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        let key = rest.split('=').next()?.trim();
-        (!key.is_empty() && !key.starts_with('[')).then(|| key.trim_matches('"').to_string())
-    })
-}
-
-/// `at `line`: message` from toml's multi-line error with a source snippet.
-fn describe_toml_error(full: &str) -> String {
-    let lines: Vec<&str> = full.lines().map(str::trim).collect();
-    let snippet = lines.iter().find_map(|l| {
-        let (num, rest) = l.split_once('|')?;
-        (!num.trim().is_empty() && num.trim().chars().all(|c| c.is_ascii_digit()))
-            .then(|| rest.trim())
-    });
-    let message = lines
-        .iter()
-        .rev()
-        .find(|l| !l.is_empty() && !l.starts_with('|') && !l.starts_with("TOML parse error"))
-        .copied()
-        .unwrap_or(full);
-    match snippet {
-        Some(s) => format!("at `{s}`: {message}"),
-        None => message.to_string(),
+    if ca_set && !addr.starts_with("https://") {
+        out.push(format!("{ca} is set but {name} {addr:?} is not https://"));
     }
 }
 
@@ -616,20 +502,51 @@ mod tests {
         let err = Config::parse("a.toml", text, &Overrides::default()).unwrap_err();
         let msg = err.to_string();
         for want in [
-            "colour",
-            "[vault]",
-            "[database]",
-            "extra",
-            "[lifecycle]",
-            "rotate_lead_s",
+            "\n  - colour: unknown key, expected one of `shared_dir`, ",
+            "\n  - vault.addr: invalid type: integer `5`, expected a string",
+            "\n  - database.replica.extra: unknown key, expected one of `host`, ",
+            "\n  - lifecycle.rotate_lead_s: invalid type: string \"soon\", expected u64",
         ] {
             assert!(msg.contains(want), "missing {want:?} in {msg}");
         }
+        // The removals that let the others be found add no "missing" noise.
+        assert!(!msg.contains("missing"), "{msg}");
         let err = Config::parse("a.toml", "[vault\n", &Overrides::default()).unwrap_err();
         assert!(
-            err.to_string().starts_with("a.toml: invalid config"),
+            err.to_string()
+                .starts_with("a.toml: invalid config:\n  - line 1, column 7 (`[vault`): "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_configd_settings_problem_at_once() {
+        let text =
+            format!("{MINIMAL}\n[configd]\naddr = \"http://127.0.0.1:1\"\ntoken_file = \"/t\"\n");
+        let good = Config::parse("agent.toml", &text, &Overrides::default())
+            .unwrap()
+            .configd
+            .unwrap();
+        assert!(good.problems().is_empty());
+        let bad = ConfigdSettings {
+            addr: "127.0.0.1:8070".into(),
+            namespaces: vec!["../x".into()],
+            poll_timeout_s: 0,
+            backoff_initial_s: 5.0,
+            backoff_max_s: 1.0,
+            ca_file: Some("/ca.pem".into()),
+            ..good
+        };
+        let p = bad.problems().join("\n");
+        for needle in [
+            "configd.addr",
+            "configd.ca_file is set but",
+            "../x",
+            "poll_timeout_s",
+            "backoff_initial_s",
+        ] {
+            assert!(p.contains(needle), "{needle} missing in {p}");
+        }
     }
 
     #[test]
@@ -638,6 +555,8 @@ mod tests {
             "{MINIMAL}\n[configd]\naddr = \"http://127.0.0.1:8070\"\ntoken_file = \"/t\"\nnamespaces = [\"features\"]\n"
         );
         let c = Config::parse("agent.toml", &text, &Overrides::default()).unwrap();
-        assert!(c.configd.is_some());
+        let configd = c.configd.unwrap();
+        assert_eq!(configd.namespaces, ["features"]);
+        assert_eq!(configd.poll_timeout_s, 30);
     }
 }

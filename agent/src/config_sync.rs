@@ -10,6 +10,7 @@
 //! down still gives the worker its config. Errors back off exponentially
 //! with jitter; versions and errors go to `/status` and metrics.
 
+use crate::config::ConfigdSettings as Settings;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use rand::Rng;
 use riskfeat_shared::atomic::{write_json_atomic, WriteOptions};
@@ -23,82 +24,6 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// The `[configd]` section of the agent's config file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// Base URL of riskfeat-configd, e.g. `http://127.0.0.1:8070`.
-    pub addr: String,
-    /// File holding the bearer token (read role).
-    pub token_file: PathBuf,
-    /// Namespaces to watch and publish.
-    #[serde(default = "default_namespaces")]
-    pub namespaces: Vec<String>,
-    /// Long-poll timeout asked of configd, seconds.
-    #[serde(default = "default_poll_timeout_s")]
-    pub poll_timeout_s: u64,
-    /// First retry delay after an error, seconds.
-    #[serde(default = "default_backoff_initial_s")]
-    pub backoff_initial_s: f64,
-    /// Longest retry delay, seconds.
-    #[serde(default = "default_backoff_max_s")]
-    pub backoff_max_s: f64,
-    /// PEM CA bundle trusted for an `https://` addr instead of the system
-    /// roots (configd's certificate from a private CA).
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-}
-
-fn default_namespaces() -> Vec<String> {
-    vec!["features".to_string()]
-}
-
-fn default_poll_timeout_s() -> u64 {
-    30
-}
-
-fn default_backoff_initial_s() -> f64 {
-    0.5
-}
-
-fn default_backoff_max_s() -> f64 {
-    30.0
-}
-
-impl Settings {
-    /// Every problem with the settings, all at once (empty when valid).
-    pub fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if !(self.addr.starts_with("http://") || self.addr.starts_with("https://")) {
-            out.push(format!(
-                "configd.addr {:?} must be an http:// or https:// URL",
-                self.addr
-            ));
-        }
-        if self.ca_file.is_some() && !self.addr.starts_with("https://") {
-            out.push(format!(
-                "configd.ca_file is set but configd.addr {:?} is not https://",
-                self.addr
-            ));
-        }
-        if self.namespaces.is_empty() {
-            out.push("configd.namespaces is empty".to_string());
-        }
-        for ns in &self.namespaces {
-            if !riskfeat_shared::layout::valid_namespace(ns) {
-                out.push(format!("configd.namespaces: invalid namespace name {ns:?}"));
-            }
-        }
-        if !(1..=600).contains(&self.poll_timeout_s) {
-            out.push("configd.poll_timeout_s must be 1..=600".to_string());
-        }
-        if !(self.backoff_initial_s > 0.0 && self.backoff_max_s >= self.backoff_initial_s) {
-            out.push("configd.backoff_initial_s must be > 0 and <= backoff_max_s".to_string());
-        }
-        out
-    }
-}
 
 /// What the sync loop reports to `/status` and metrics.
 #[derive(Debug, Default)]
@@ -686,30 +611,6 @@ mod tests {
             backoff_initial_s: 0.5,
             backoff_max_s: 30.0,
             ca_file: None,
-        }
-    }
-
-    #[test]
-    fn every_settings_problem_at_once() {
-        assert!(settings().problems().is_empty());
-        let bad = Settings {
-            addr: "127.0.0.1:8070".into(),
-            namespaces: vec!["../x".into()],
-            poll_timeout_s: 0,
-            backoff_initial_s: 5.0,
-            backoff_max_s: 1.0,
-            ca_file: Some("/ca.pem".into()),
-            ..settings()
-        };
-        let p = bad.problems().join("\n");
-        for needle in [
-            "configd.addr",
-            "configd.ca_file is set but",
-            "../x",
-            "poll_timeout_s",
-            "backoff_initial_s",
-        ] {
-            assert!(p.contains(needle), "{needle} missing in {p}");
         }
     }
 

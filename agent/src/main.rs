@@ -66,57 +66,43 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match riskfeat_shared::exit::parse_args() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 64 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
     let overrides = config::Overrides {
         shared_dir: cli.shared_dir.clone(),
         log_format: cli.log_format,
         log_level: cli.log_level.clone(),
     };
+    let load =
+        || config::Config::load(&cli.config, &overrides).map_err(|e| e.fatal(fatal::Fatal::Config));
     match cli.command.unwrap_or(Command::Run) {
         Command::Probe { kind, socket } => {
             let socket = socket.unwrap_or_else(|| match &cli.shared_dir {
                 Some(d) => d.join("agent.sock"),
-                None => config::Config::load(&cli.config, &overrides)
-                    .map(|c| c.socket_path())
-                    .unwrap_or_else(|_| {
-                        PathBuf::from(riskfeat_shared::layout::DEFAULT_SHARED_DIR)
-                            .join("agent.sock")
-                    }),
+                None => load().map(|c| c.socket_path()).unwrap_or_else(|_| {
+                    PathBuf::from(riskfeat_shared::layout::DEFAULT_SHARED_DIR).join("agent.sock")
+                }),
             });
             riskfeat_shared::health::probe_command(&socket, kind)
         }
-        Command::CheckConfig => match config::Config::load(&cli.config, &overrides) {
+        Command::CheckConfig => match load() {
             Ok(_) => {
                 println!("{}: ok", cli.config.display());
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("riskfeat-agent: {e}");
-                ExitCode::from(64)
-            }
+            Err(e) => e.exit("riskfeat-agent: "),
         },
         Command::Run => {
-            let cfg = match config::Config::load(&cli.config, &overrides) {
+            let cfg = match load() {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("riskfeat-agent: {e}");
-                    return ExitCode::from(64);
-                }
+                Err(e) => return e.exit("riskfeat-agent: "),
             };
             riskfeat_shared::telemetry::init(cfg.log_format, &cfg.log_level);
             match run::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("riskfeat-agent: error: {e}");
-                    ExitCode::from(e.exit_code())
-                }
+                Err(e) => e.exit("riskfeat-agent: error: "),
             }
         }
     }

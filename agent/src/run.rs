@@ -184,13 +184,8 @@ async fn run_async(cfg: Config) -> Result<(), Fatal> {
     };
 
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
+        let signal = riskfeat_shared::signal::shutdown_signal().await;
+        tracing::info!("{signal}: shutting down");
         let _ = stop_tx.send(true);
     });
 

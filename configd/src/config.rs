@@ -1,108 +1,92 @@
 //! The configd config file (TOML, `deny_unknown_fields`) and the tokens file.
 //!
-//! Every problem is collected and reported at once. The database DSN and the
-//! tokens are secrets: they are read from files and kept in
+//! Every problem is collected and reported at once; the file is loaded
+//! through [`riskfeat_shared::config_loader`] like the agent's and worker's,
+//! and [`FileConfig`]'s validation reads the files it names. The database
+//! DSN and the tokens are secrets: they are read from files and kept in
 //! [`riskfeat_shared::Secret`].
 
+use riskfeat_shared::config_loader::{self, Rejected};
 use riskfeat_shared::Secret;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Why the configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file(s) could not be read (exit 66).
-    #[error("{0}")]
-    Input(String),
-    /// Invalid content, every problem listed (exit 64).
-    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
-    Invalid(Vec<String>),
-}
+pub use riskfeat_shared::config_loader::ConfigError;
 
-/// The raw file.
+/// The raw file. Every key but the two files has a default ([`Default`]).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct FileConfig {
     /// HTTP listen address (API, `/healthz`, `/readyz`, `/metrics`).
-    #[serde(default = "d_listen")]
     pub listen: String,
-    /// File holding the PostgreSQL DSN (libpq `key=value` or URL).
-    pub database_url_file: PathBuf,
-    /// Tokens file (TOML or JSON): `[[tokens]] name, token, role, namespaces`.
-    pub tokens_file: PathBuf,
+    /// File holding the PostgreSQL DSN (libpq `key=value` or URL); required.
+    pub database_url_file: Option<PathBuf>,
+    /// Tokens file (TOML or JSON): `[[tokens]] name, token, role, namespaces`;
+    /// required.
+    pub tokens_file: Option<PathBuf>,
     /// Largest JSON value of one item, bytes.
-    #[serde(default = "d_max_value_bytes")]
     pub max_value_bytes: usize,
     /// Largest request body, bytes.
-    #[serde(default = "d_max_body_bytes")]
     pub max_body_bytes: usize,
     /// Versions of change log kept per namespace (older are compacted).
-    #[serde(default = "d_retention")]
     pub retention_versions: u64,
     /// Seconds between compaction runs.
-    #[serde(default = "d_compact_interval")]
     pub compact_interval_s: u64,
     /// Watchers woken per wake tick.
-    #[serde(default = "d_wake_batch")]
     pub wake_batch: usize,
     /// Milliseconds between wake ticks.
-    #[serde(default = "d_wake_interval")]
     pub wake_interval_ms: u64,
     /// Seconds between fallback scans of the namespaces table.
-    #[serde(default = "d_scan_interval")]
     pub scan_interval_s: u64,
     /// Largest long-poll timeout a client may ask for, seconds.
-    #[serde(default = "d_max_poll")]
     pub max_poll_timeout_s: u64,
     /// Database pool size.
-    #[serde(default = "d_pool")]
     pub pool_size: usize,
     /// Load every namespace into the cache at start (under an advisory lock).
-    #[serde(default = "d_true")]
     pub warm_up: bool,
     /// PEM certificate chain: with `tls_key_file`, the listener speaks HTTPS
     /// only (both or neither).
-    #[serde(default)]
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key of `tls_cert_file`.
-    #[serde(default)]
     pub tls_key_file: Option<PathBuf>,
 }
 
-fn d_listen() -> String {
-    "127.0.0.1:8070".into()
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8070".into(),
+            database_url_file: None,
+            tokens_file: None,
+            max_value_bytes: 64 * 1024,
+            max_body_bytes: 64 * 1024 * 1024,
+            retention_versions: 1000,
+            compact_interval_s: 60,
+            wake_batch: 500,
+            wake_interval_ms: 5,
+            scan_interval_s: 5,
+            max_poll_timeout_s: 120,
+            pool_size: 8,
+            warm_up: true,
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
+    }
 }
-fn d_max_value_bytes() -> usize {
-    64 * 1024
+
+/// Flags/env that win over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
 }
-fn d_max_body_bytes() -> usize {
-    64 * 1024 * 1024
-}
-fn d_retention() -> u64 {
-    1000
-}
-fn d_compact_interval() -> u64 {
-    60
-}
-fn d_wake_batch() -> usize {
-    500
-}
-fn d_wake_interval() -> u64 {
-    5
-}
-fn d_scan_interval() -> u64 {
-    5
-}
-fn d_max_poll() -> u64 {
-    120
-}
-fn d_pool() -> usize {
-    8
-}
-fn d_true() -> bool {
-    true
+
+impl config_loader::Overrides<FileConfig> for Overrides {
+    fn apply(&self, cfg: &mut FileConfig) {
+        if let Some(l) = self.listen {
+            cfg.listen = l.to_string();
+        }
+    }
 }
 
 /// A bearer token's role.
@@ -156,15 +140,14 @@ pub struct Config {
     pub tls: Option<crate::tls::LoadedTls>,
 }
 
-fn read_secret_file(path: &Path, what: &str) -> Result<String, ConfigError> {
+/// The trimmed content of a secret file, or why it cannot be had (exit 66
+/// when nothing else is wrong).
+fn read_secret_file(path: &Path, what: &str) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::Input(format!("{what} {}: cannot read: {e}", path.display())))?;
+        .map_err(|e| format!("{what} {}: cannot read: {e}", path.display()))?;
     let text = text.trim().to_string();
     if text.is_empty() {
-        return Err(ConfigError::Input(format!(
-            "{what} {}: empty",
-            path.display()
-        )));
+        return Err(format!("{what} {}: empty", path.display()));
     }
     Ok(text)
 }
@@ -204,11 +187,14 @@ pub fn parse_tokens(text: &str, path: &Path) -> Result<Vec<TokenEntry>, Vec<Stri
     }
 }
 
-impl Config {
-    /// Parses and validates the TOML text; `base` resolves relative paths.
-    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
-        let raw: FileConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Invalid(vec![e.to_string()]))?;
+impl config_loader::ConfigFile for FileConfig {
+    type Valid = Config;
+
+    /// Checks every value and reads the files named (relative to `base`):
+    /// every problem at once, or [`Rejected::Input`] when an unreadable file
+    /// is the only one.
+    fn validate(self, base: &Path) -> Result<Config, Rejected> {
+        let raw = self;
         let mut problems = Vec::new();
         let listen = raw.listen.parse::<SocketAddr>().map_err(|_| {
             problems.push(format!("listen: {:?} is not an address:port", raw.listen));
@@ -283,8 +269,19 @@ impl Config {
                 None
             }
         };
-        let db_path = resolve(&raw.database_url_file);
-        let tok_path = resolve(&raw.tokens_file);
+        let (Some(db_file), Some(tokens_file)) = (&raw.database_url_file, &raw.tokens_file) else {
+            for (key, v) in [
+                ("database_url_file", &raw.database_url_file),
+                ("tokens_file", &raw.tokens_file),
+            ] {
+                if v.is_none() {
+                    problems.push(format!("{key}: required key is missing"));
+                }
+            }
+            return Err(Rejected::Problems(problems));
+        };
+        let db_path = resolve(db_file);
+        let tok_path = resolve(tokens_file);
         let database_url = match read_secret_file(&db_path, "database_url_file") {
             Ok(s) => {
                 if let Err(e) = s.parse::<tokio_postgres::Config>() {
@@ -295,14 +292,11 @@ impl Config {
                 }
                 Some(Secret::new(s))
             }
-            Err(ConfigError::Input(m)) => {
-                if problems.is_empty() {
-                    return Err(ConfigError::Input(m));
-                }
+            Err(m) if problems.is_empty() => return Err(Rejected::Input(m)),
+            Err(m) => {
                 problems.push(m);
                 None
             }
-            Err(e) => return Err(e),
         };
         let tokens = match read_secret_file(&tok_path, "tokens_file") {
             Ok(text) => match parse_tokens(&text, &tok_path) {
@@ -312,17 +306,14 @@ impl Config {
                     Vec::new()
                 }
             },
-            Err(ConfigError::Input(m)) => {
-                if problems.is_empty() {
-                    return Err(ConfigError::Input(m));
-                }
+            Err(m) if problems.is_empty() => return Err(Rejected::Input(m)),
+            Err(m) => {
                 problems.push(m);
                 Vec::new()
             }
-            Err(e) => return Err(e),
         };
         if !problems.is_empty() {
-            return Err(ConfigError::Invalid(problems));
+            return Err(Rejected::Problems(problems));
         }
         Ok(Config {
             listen: listen.expect("checked"),
@@ -341,21 +332,18 @@ impl Config {
             tls,
         })
     }
+}
 
-    /// Reads and parses `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::Input(format!("config {}: cannot read: {e}", path.display()))
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, base).map_err(|e| match e {
-            ConfigError::Invalid(p) => ConfigError::Invalid(
-                p.into_iter()
-                    .map(|m| format!("{}: {m}", path.display()))
-                    .collect(),
-            ),
-            other => other,
-        })
+impl Config {
+    /// Parses and validates the TOML text; `base` resolves relative paths.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        config_loader::parse::<FileConfig>("(config text)", text, base, &())
+    }
+
+    /// Reads `path`, applies `overrides`, validates (relative paths against
+    /// its directory).
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        config_loader::load::<FileConfig>(path, overrides)
     }
 }
 
@@ -418,6 +406,41 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_and_missing_files_are_listed_with_their_keys() {
+        let dir = setup(TOKENS);
+        let err = Config::parse("wake_batch = 'x'\nbogus = 1\n", dir.path())
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "(config text): invalid config:\n",
+            "\n  - wake_batch: invalid type: string \"x\", expected usize",
+            "\n  - bogus: unknown key, expected one of `listen`, ",
+        ] {
+            assert!(err.contains(want), "{want:?} missing in {err}");
+        }
+        let err = Config::parse("pool_size = 0\n", dir.path())
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "\n  - pool_size: must be 1..=256",
+            "\n  - database_url_file: required key is missing",
+            "\n  - tokens_file: required key is missing",
+        ] {
+            assert!(err.contains(want), "{want:?} missing in {err}");
+        }
+        // An unreadable file with nothing else wrong: exit 66.
+        let err = Config::parse(
+            "database_url_file='absent'\ntokens_file='tokens.toml'\n",
+            dir.path(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Input { .. }), "{err:?}");
+        assert!(err.to_string().contains("database_url_file"), "{err}");
+        let fatal = err.fatal(riskfeat_shared::exit::Fatal::Input);
+        assert_eq!(fatal.exit_code(), 66);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! input file (config, database_url_file, tokens_file).
 
 use clap::Parser;
-use riskfeat_configd::config::{Config, ConfigError};
+use riskfeat_configd::config::{Config, Overrides};
+use riskfeat_shared::exit::Fatal;
 use riskfeat_shared::telemetry::{self, LogFormat};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,50 +30,29 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match riskfeat_shared::exit::parse_args() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 64 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
     telemetry::init(cli.log_format, &cli.log_level);
-    let mut cfg = match Config::load(&cli.config) {
+    let overrides = Overrides { listen: cli.listen };
+    let cfg = match Config::load(&cli.config, &overrides) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("riskfeat-configd: {e}");
-            return ExitCode::from(match e {
-                ConfigError::Input(_) => 66,
-                ConfigError::Invalid(_) => 64,
-            });
-        }
+        Err(e) => return e.fatal(Fatal::Input).exit("riskfeat-configd: "),
     };
-    if let Some(l) = cli.listen {
-        cfg.listen = l;
-    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("riskfeat-configd: tokio runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(e) => return Fatal::Runtime(format!("tokio runtime: {e}")).exit("riskfeat-configd: "),
     };
     let result = rt.block_on(riskfeat_configd::run(cfg, async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
+        let signal = riskfeat_shared::signal::shutdown_signal().await;
+        tracing::info!("{signal}: shutting down");
     }));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "riskfeat-configd failed");
-            eprintln!("riskfeat-configd: {e}");
-            ExitCode::from(1)
+            Fatal::Runtime(e.to_string()).exit("riskfeat-configd: ")
         }
     }
 }

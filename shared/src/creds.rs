@@ -5,7 +5,6 @@
 //! credential. Renewing a lease rewrites `expires_at` but keeps the
 //! generation: the worker rebuilds its pool only on a new generation.
 
-use crate::pg_tls::SslMode;
 use crate::secret::Secret;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -127,6 +126,34 @@ impl DbCredential {
     /// Seconds until `expires_at` (negative when past).
     pub fn seconds_left(&self, now: DateTime<Utc>) -> i64 {
         (self.expires_at - now).num_seconds()
+    }
+}
+
+/// How to reach an endpoint. Serialized in `db.json` only when not
+/// `disable`, so files stay readable by a worker that predates TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain TCP.
+    #[default]
+    Disable,
+    /// TLS; the server's certificate must chain to the CA file and name
+    /// the host (DNS name or IP address).
+    VerifyFull,
+}
+
+impl SslMode {
+    /// True for [`SslMode::Disable`] (serde's `skip_serializing_if`).
+    pub fn is_disable(&self) -> bool {
+        *self == SslMode::Disable
+    }
+
+    /// libpq's spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::VerifyFull => "verify-full",
+        }
     }
 }
 

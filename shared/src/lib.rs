@@ -8,7 +8,9 @@
 //! expose the same way: health over a unix socket ([`health`]), Prometheus
 //! metrics ([`metrics`]) and logging ([`telemetry`]); and how both reach
 //! PostgreSQL over TLS ([`pg_tls`]) and pick up a rotated CA file
-//! ([`ca_file`]).
+//! ([`ca_file`]). All three binaries (configd too) load their config file
+//! ([`config_loader`]), exit ([`exit`]) and learn of SIGTERM ([`signal`])
+//! the same way.
 //!
 //! This crate depends on none of agent, worker or configd.
 
@@ -16,13 +18,16 @@ pub mod ack;
 pub mod atomic;
 pub mod ca_file;
 pub mod config_file;
+pub mod config_loader;
 pub mod creds;
+pub mod exit;
 pub mod fs_check;
 pub mod health;
 pub mod layout;
 pub mod metrics;
 pub mod pg_tls;
 pub mod secret;
+pub mod signal;
 pub mod telemetry;
 
 pub use secret::Secret;

@@ -11,40 +11,12 @@
 //! platform's); a bare self-signed leaf is not accepted as its own CA.
 
 use crate::creds::Endpoint;
+pub use crate::creds::SslMode;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
 use tokio_postgres_rustls::MakeRustlsConnect;
-
-/// How to reach an endpoint. Serialized in `db.json` only when not
-/// `disable`, so files stay readable by a worker that predates TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslMode {
-    /// Plain TCP.
-    #[default]
-    Disable,
-    /// TLS; the server's certificate must chain to the CA file and name
-    /// the host (DNS name or IP address).
-    VerifyFull,
-}
-
-impl SslMode {
-    /// True for [`SslMode::Disable`] (serde's `skip_serializing_if`).
-    pub fn is_disable(&self) -> bool {
-        *self == SslMode::Disable
-    }
-
-    /// libpq's spelling.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            SslMode::Disable => "disable",
-            SslMode::VerifyFull => "verify-full",
-        }
-    }
-}
 
 /// A CA file that cannot be used, or an endpoint that asks for TLS while
 /// no CA file is configured.

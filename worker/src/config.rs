@@ -1,12 +1,13 @@
 //! The worker's own configuration: a TOML file (`--config`, env
 //! `RISKFEAT_WORKER_CONFIG`) with a default for every key, unknown keys
-//! rejected, and every problem reported at once (exit 64 at the edge).
+//! rejected, and every problem reported at once (exit 64 at the edge), loaded
+//! through [`riskfeat_shared::config_loader`] like the agent's and configd's.
 //!
 //! Feature parameters are NOT here: they come hot-reloaded from
 //! `config/<namespace>.json` (see [`crate::params`]).
 
+use riskfeat_shared::config_loader::{self, set, ConfigError, Validate};
 use riskfeat_shared::telemetry::LogFormat;
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,112 +24,68 @@ pub enum LagPolicy {
     Primary,
 }
 
-/// The parsed config; see docs/worker.md for every key.
+/// The parsed config; see docs/worker.md for every key. Every key has a
+/// default ([`Default`]).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
-    #[serde(default = "default_shared_dir")]
     pub shared_dir: PathBuf,
     /// Accept a shared dir that is not tmpfs/ramfs.
-    #[serde(default)]
     pub allow_disk: bool,
-    #[serde(default = "default_listen")]
     pub listen: String,
-    #[serde(default = "default_namespace")]
     pub namespace: String,
-    #[serde(default = "default_pool_size")]
     pub pool_size: usize,
-    #[serde(default = "default_pool_wait_timeout_ms")]
     pub pool_wait_timeout_ms: u64,
-    #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-    #[serde(default = "default_statement_timeout_ms")]
     pub statement_timeout_ms: u64,
-    #[serde(default = "default_max_replica_lag_ms")]
     pub max_replica_lag_ms: u64,
-    #[serde(default = "default_lag_policy")]
     pub lag_policy: LagPolicy,
-    #[serde(default = "default_lag_check_interval_ms")]
     pub lag_check_interval_ms: u64,
-    #[serde(default = "default_recheck_interval_ms")]
     pub recheck_interval_ms: u64,
-    #[serde(default = "default_retry_initial_ms")]
     pub retry_initial_ms: u64,
-    #[serde(default = "default_retry_max_ms")]
     pub retry_max_ms: u64,
-    #[serde(default = "default_drain_timeout_s")]
     pub drain_timeout_s: u64,
-    #[serde(default = "default_shutdown_timeout_s")]
     pub shutdown_timeout_s: u64,
-    #[serde(default = "default_max_batch")]
     pub max_batch: usize,
     /// PEM CA(s) PostgreSQL's certificates must chain to; needed when
     /// db.json's endpoints say `sslmode = "verify-full"`. Read at start.
-    #[serde(default)]
     pub database_ca_file: Option<PathBuf>,
     /// Runtime threads serving requests; 0 = one per CPU the process may
     /// use (cgroup quota included).
-    #[serde(default)]
     pub worker_threads: usize,
-    #[serde(default)]
     pub log_format: LogFormat,
-    #[serde(default = "default_log_level")]
     pub log_level: String,
     /// `[source]`: the transactions table and its columns.
-    #[serde(default)]
     pub source: crate::source::Source,
 }
 
-fn default_shared_dir() -> PathBuf {
-    PathBuf::from(riskfeat_shared::layout::DEFAULT_SHARED_DIR)
-}
-fn default_listen() -> String {
-    "127.0.0.1:8080".into()
-}
-fn default_namespace() -> String {
-    "features".into()
-}
-fn default_pool_size() -> usize {
-    8
-}
-fn default_pool_wait_timeout_ms() -> u64 {
-    2000
-}
-fn default_connect_timeout_ms() -> u64 {
-    3000
-}
-fn default_statement_timeout_ms() -> u64 {
-    2000
-}
-fn default_max_replica_lag_ms() -> u64 {
-    5000
-}
-fn default_lag_policy() -> LagPolicy {
-    LagPolicy::MarkStale
-}
-fn default_lag_check_interval_ms() -> u64 {
-    500
-}
-fn default_recheck_interval_ms() -> u64 {
-    2000
-}
-fn default_retry_initial_ms() -> u64 {
-    200
-}
-fn default_retry_max_ms() -> u64 {
-    5000
-}
-fn default_drain_timeout_s() -> u64 {
-    30
-}
-fn default_shutdown_timeout_s() -> u64 {
-    25
-}
-fn default_max_batch() -> usize {
-    1000
-}
-fn default_log_level() -> String {
-    "info".into()
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            shared_dir: PathBuf::from(riskfeat_shared::layout::DEFAULT_SHARED_DIR),
+            allow_disk: false,
+            listen: "127.0.0.1:8080".into(),
+            namespace: "features".into(),
+            pool_size: 8,
+            pool_wait_timeout_ms: 2000,
+            connect_timeout_ms: 3000,
+            statement_timeout_ms: 2000,
+            max_replica_lag_ms: 5000,
+            lag_policy: LagPolicy::MarkStale,
+            lag_check_interval_ms: 500,
+            recheck_interval_ms: 2000,
+            retry_initial_ms: 200,
+            retry_max_ms: 5000,
+            drain_timeout_s: 30,
+            shutdown_timeout_s: 25,
+            max_batch: 1000,
+            database_ca_file: None,
+            worker_threads: 0,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            source: crate::source::Source::default(),
+        }
+    }
 }
 
 /// Flags/env that win over the file.
@@ -140,67 +97,31 @@ pub struct Overrides {
     pub log_level: Option<String>,
 }
 
-/// A rejected config file; the message lists every problem.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: invalid config:\n  - {}", problems.join("\n  - "))]
-    Invalid { path: String, problems: Vec<String> },
+impl config_loader::Overrides<Config> for Overrides {
+    fn apply(&self, cfg: &mut Config) {
+        set(&mut cfg.shared_dir, &self.shared_dir);
+        set(&mut cfg.listen, &self.listen);
+        set(&mut cfg.log_format, &self.log_format);
+        set(&mut cfg.log_level, &self.log_level);
+    }
+}
+
+impl Validate for Config {
+    fn problems(&self) -> Vec<String> {
+        Config::problems(self)
+    }
 }
 
 impl Config {
     /// Reads the file; a missing file at the default location is an error
     /// too (pass `--config /dev/null` to run on defaults).
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&path.display().to_string(), &text, overrides)
+        config_loader::load(path, overrides)
     }
 
     /// Parses TOML text, applies overrides, validates; every problem at once.
     pub fn parse(path: &str, text: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let invalid = |problems| ConfigError::Invalid {
-            path: path.to_string(),
-            problems,
-        };
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            invalid(vec![e.message().to_string() + &span_line(text, e.span())])
-        })?;
-        let mut problems = Vec::new();
-        for (key, value) in &table {
-            if let Err(p) = check_key(key, value) {
-                problems.push(p);
-            }
-        }
-        if !problems.is_empty() {
-            return Err(invalid(problems));
-        }
-        let mut cfg = Config::deserialize(toml::Value::Table(table))
-            .map_err(|e| invalid(vec![e.message().to_string()]))?;
-        if let Some(d) = &overrides.shared_dir {
-            cfg.shared_dir = d.clone();
-        }
-        if let Some(l) = &overrides.listen {
-            cfg.listen = l.clone();
-        }
-        if let Some(f) = overrides.log_format {
-            cfg.log_format = f;
-        }
-        if let Some(l) = &overrides.log_level {
-            cfg.log_level = l.clone();
-        }
-        let problems = cfg.problems();
-        if problems.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(invalid(problems))
-        }
+        config_loader::parse(path, text, Path::new("."), overrides)
     }
 
     /// Range and format problems, all at once.
@@ -276,51 +197,6 @@ impl Config {
     }
 }
 
-/// Checks one top-level key: known, and of the right type.
-fn check_key(key: &str, value: &toml::Value) -> Result<(), String> {
-    fn ty<T: DeserializeOwned>(key: &str, v: &toml::Value, what: &str) -> Result<(), String> {
-        T::deserialize(v.clone())
-            .map(|_| ())
-            .map_err(|_| format!("{key} = {v}: expected {what}"))
-    }
-    match key {
-        "shared_dir" | "listen" | "namespace" | "log_level" | "database_ca_file" => {
-            ty::<String>(key, value, "a string")
-        }
-        "allow_disk" => ty::<bool>(key, value, "true or false"),
-        "pool_size" | "max_batch" | "worker_threads" => {
-            ty::<usize>(key, value, "a non-negative integer")
-        }
-        "pool_wait_timeout_ms" | "connect_timeout_ms" | "statement_timeout_ms"
-        | "max_replica_lag_ms" | "lag_check_interval_ms" | "recheck_interval_ms"
-        | "retry_initial_ms" | "retry_max_ms" | "drain_timeout_s" | "shutdown_timeout_s" => {
-            ty::<u64>(key, value, "a non-negative integer")
-        }
-        "lag_policy" => ty::<LagPolicy>(key, value, "\"mark_stale\" or \"primary\""),
-        "log_format" => ty::<LogFormat>(key, value, "\"text\" or \"json\""),
-        "source" => crate::source::Source::deserialize(value.clone())
-            .map(|_| ())
-            .map_err(|e| format!("[source]: {}", e.message())),
-        other => Err(format!(
-            "unknown key {other:?} (known: shared_dir, allow_disk, listen, namespace, pool_size, \
-             pool_wait_timeout_ms, connect_timeout_ms, statement_timeout_ms, max_replica_lag_ms, \
-             lag_policy, lag_check_interval_ms, recheck_interval_ms, retry_initial_ms, retry_max_ms, \
-             drain_timeout_s, shutdown_timeout_s, max_batch, database_ca_file, worker_threads, log_format, \
-             log_level, [source])"
-        )),
-    }
-}
-
-fn span_line(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    match span {
-        Some(r) => format!(
-            " (line {})",
-            text[..r.start.min(text.len())].lines().count().max(1)
-        ),
-        None => String::new(),
-    }
-}
-
 fn tracing_subscriber_filter_invalid(level: &str) -> bool {
     level.trim().is_empty() || level.contains(char::is_whitespace)
 }
@@ -365,7 +241,20 @@ max_batch = 1000
         assert!(err.starts_with("w.toml: invalid config"), "{err}");
         assert!(err.contains("pool_sise"), "{err}");
         assert!(err.contains("lag_policy"), "{err}");
-        assert!(err.contains("pool_size = \"many\""), "{err}");
+        assert!(
+            err.contains("\n  - pool_size: invalid type: string \"many\", expected usize"),
+            "{err}"
+        );
+        assert!(
+            err.contains("\n  - pool_sise: unknown key, expected one of `shared_dir`, "),
+            "{err}"
+        );
+        assert!(
+            err.contains(
+                "\n  - lag_policy: unknown variant `fastest`, expected `mark_stale` or `primary`"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

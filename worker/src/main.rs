@@ -2,27 +2,16 @@
 //! replica, with the credential and feature parameters the agent publishes
 //! in the shared directory.
 //!
-//! Thin entry point: flags, then [`run::run`] or the health probe. Exit
+//! Thin entry point: flags, then [`riskfeat_worker::run::run`] or the health
+//! probe; everything else lives in the library (`src/lib.rs`). Exit
 //! codes (docs/worker.md): 0 ok, 1 runtime failure, 64 bad flags/config,
 //! 66 shared dir missing, 78 shared dir not tmpfs/ramfs without `allow_disk`.
 
-mod app;
-mod config;
-mod features;
-mod health;
-mod http;
-mod lag;
-mod metrics;
-mod params;
-mod pool;
-mod reload;
-mod run;
-mod source;
-mod watch;
-
 use clap::{Parser, Subcommand};
+use riskfeat_shared::exit::Fatal;
 use riskfeat_shared::health::ProbeKind;
 use riskfeat_shared::telemetry::LogFormat;
+use riskfeat_worker::{config, run};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -68,7 +57,8 @@ enum Command {
     CheckConfig,
 }
 
-fn load(cli: &Cli) -> Result<config::Config, config::ConfigError> {
+/// The config; a config that cannot be used or read exits 64.
+fn load(cli: &Cli) -> Result<config::Config, Fatal> {
     let overrides = config::Overrides {
         shared_dir: cli.shared_dir.clone(),
         listen: cli.listen.clone(),
@@ -82,16 +72,13 @@ fn load(cli: &Cli) -> Result<config::Config, config::ConfigError> {
         }
         None => config::Config::load(Path::new(DEFAULT_CONFIG), &overrides),
     }
+    .map_err(|e| e.fatal(Fatal::Config))
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match riskfeat_shared::exit::parse_args() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 64 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
     match cli.command {
         Some(Command::Probe { kind, ref socket }) => {
@@ -110,18 +97,12 @@ fn main() -> ExitCode {
                 println!("config ok");
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("riskfeat-worker: {e}");
-                ExitCode::from(64)
-            }
+            Err(e) => e.exit("riskfeat-worker: "),
         },
         None | Some(Command::Run) => {
             let cfg = match load(&cli) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("riskfeat-worker: {e}");
-                    return ExitCode::from(64);
-                }
+                Err(e) => return e.exit("riskfeat-worker: "),
             };
             riskfeat_shared::telemetry::init(cfg.log_format, &cfg.log_level);
             let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -131,16 +112,15 @@ fn main() -> ExitCode {
             let rt = match builder.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("riskfeat-worker: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
+                    return Fatal::Runtime(format!("cannot start the runtime: {e}"))
+                        .exit("riskfeat-worker: ")
                 }
             };
             match rt.block_on(run::run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = %e, code = e.code, "riskfeat-worker stopped");
-                    eprintln!("riskfeat-worker: {e}");
-                    ExitCode::from(e.code)
+                    tracing::error!(error = %e, code = e.exit_code(), "riskfeat-worker stopped");
+                    e.exit("riskfeat-worker: ")
                 }
             }
         }

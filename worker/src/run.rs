@@ -6,54 +6,32 @@ use crate::app::App;
 use crate::config::Config;
 use crate::health::Health;
 use riskfeat_shared::ca_file::CaFile;
+use riskfeat_shared::exit::Fatal;
 use riskfeat_shared::pg_tls::{PgTls, PgTlsError};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A fatal error with its exit code (sysexits).
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct Fatal {
-    pub code: u8,
-    pub message: String,
-}
-
-impl Fatal {
-    fn new(code: u8, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
 /// Checks the shared dir: present (66), memory-backed unless `allow_disk` (78).
 pub fn check_shared_dir(cfg: &Config) -> Result<(), Fatal> {
     let dir = &cfg.shared_dir;
     if !dir.is_dir() {
-        return Err(Fatal::new(
-            66,
-            format!(
-                "shared_dir {} does not exist or is not a directory",
-                dir.display()
-            ),
-        ));
+        return Err(Fatal::Input(format!(
+            "shared_dir {} does not exist or is not a directory",
+            dir.display()
+        )));
     }
     match riskfeat_shared::fs_check::fs_kind(dir) {
         Ok(kind) if kind.is_memory() || cfg.allow_disk => Ok(()),
-        Ok(kind) => Err(Fatal::new(
-            78,
-            format!(
-                "shared_dir {} is on {kind}, not tmpfs/ramfs: credentials would reach a disk \
-                 (set allow_disk = true to accept)",
-                dir.display()
-            ),
-        )),
-        Err(e) => Err(Fatal::new(
-            66,
-            format!("cannot stat shared_dir {}: {e}", dir.display()),
-        )),
+        Ok(kind) => Err(Fatal::SharedDir(format!(
+            "shared_dir {} is on {kind}, not tmpfs/ramfs: credentials would reach a disk \
+             (set allow_disk = true to accept)",
+            dir.display()
+        ))),
+        Err(e) => Err(Fatal::Input(format!(
+            "cannot stat shared_dir {}: {e}",
+            dir.display()
+        ))),
     }
 }
 
@@ -65,7 +43,7 @@ pub async fn run(cfg: Config) -> Result<(), Fatal> {
     // The CA file is read once here; later changes load through CaFile.
     let (tls, ca_file) = match cfg.database_ca_file.as_deref() {
         None => (
-            PgTls::new("database_ca_file", None).map_err(|e| Fatal::new(64, e.to_string()))?,
+            PgTls::new("database_ca_file", None).map_err(|e| Fatal::Config(e.to_string()))?,
             None,
         ),
         Some(path) => {
@@ -75,10 +53,10 @@ pub async fn run(cfg: Config) -> Result<(), Fatal> {
                     path: path.display().to_string(),
                     source,
                 };
-                Fatal::new(66, e.to_string())
+                Fatal::Input(e.to_string())
             })?;
             let tls = PgTls::from_pem("database_ca_file", path, &bytes)
-                .map_err(|e| Fatal::new(64, e.to_string()))?;
+                .map_err(|e| Fatal::Config(e.to_string()))?;
             let file = CaFile::new("database_ca_file", path, bytes, tls.clone());
             (tls, Some(file))
         }
@@ -86,11 +64,11 @@ pub async fn run(cfg: Config) -> Result<(), Fatal> {
     let app = Arc::new(App::new(cfg, tls));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| Fatal::new(1, format!("cannot listen on {addr}: {e}")))?;
+        .map_err(|e| Fatal::Runtime(format!("cannot listen on {addr}: {e}")))?;
     let local = listener.local_addr().unwrap_or(addr);
     let socket = app.cfg.socket_path();
     let health_listener = riskfeat_shared::health::bind(&socket)
-        .map_err(|e| Fatal::new(1, format!("cannot bind {}: {e}", socket.display())))?;
+        .map_err(|e| Fatal::Runtime(format!("cannot bind {}: {e}", socket.display())))?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -111,12 +89,13 @@ pub async fn run(cfg: Config) -> Result<(), Fatal> {
         .with_graceful_shutdown(wait_stop(http_stop_rx));
     let mut server = tokio::spawn(async move { server.await });
 
-    let signal = wait_for_signal();
     tokio::select! {
-        s = signal => tracing::info!(signal = s, "draining in-flight requests, then exiting"),
+        s = riskfeat_shared::signal::shutdown_signal() => {
+            tracing::info!(signal = s.name(), "draining in-flight requests, then exiting")
+        }
         r = &mut server => {
             let _ = stop_tx.send(true);
-            return Err(Fatal::new(1, format!("HTTP server stopped: {r:?}")));
+            return Err(Fatal::Runtime(format!("HTTP server stopped: {r:?}")));
         }
     }
     app.shutting_down.store(true, Ordering::Relaxed);
@@ -136,14 +115,4 @@ pub async fn run(cfg: Config) -> Result<(), Fatal> {
         p.close();
     }
     Ok(())
-}
-
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
 }

@@ -395,44 +395,44 @@ impl VaultClient {
         })
     }
 
-    /// `PUT sys/leases/renew`.
+    /// `PUT sys/leases/renew/<lease_id>`: the lease id in the URL, so a
+    /// policy can scope renewal to riskfeat's own leases
+    /// (`sys/leases/renew/database/creds/feature-reader/*`); the body form
+    /// `sys/leases/renew` cannot be scoped.
     pub async fn renew_lease(
         &self,
         token: &Secret,
         lease_id: &str,
         increment_s: u64,
     ) -> Result<LeaseRenewal, VaultError> {
-        let path = "sys/leases/renew";
+        let path = lease_path("sys/leases/renew", lease_id)?;
         let env: Option<RenewEnvelope> = self
             .call(
                 "lease_renew",
                 Method::PUT,
-                path,
+                &path,
                 Some(token),
-                Some(json!({"lease_id": lease_id, "increment": increment_s})),
+                Some(json!({"increment": increment_s})),
             )
             .await?;
-        let env = env.ok_or_else(|| Self::missing("PUT", path, "body"))?;
+        let env = env.ok_or_else(|| Self::missing("PUT", &path, "body"))?;
         Ok(LeaseRenewal {
             lease_duration: env.lease_duration,
             renewable: env.renewable,
         })
     }
 
-    /// `PUT sys/leases/revoke`.
+    /// `PUT sys/leases/revoke/<lease_id>` (URL form, scoped like renewal).
     pub async fn revoke_lease(&self, token: &Secret, lease_id: &str) -> Result<(), VaultError> {
-        self.call::<Value>(
-            "lease_revoke",
-            Method::PUT,
-            "sys/leases/revoke",
-            Some(token),
-            Some(json!({"lease_id": lease_id})),
-        )
-        .await
-        .map(|_| ())
+        let path = lease_path("sys/leases/revoke", lease_id)?;
+        self.call::<Value>("lease_revoke", Method::PUT, &path, Some(token), None)
+            .await
+            .map(|_| ())
     }
 
     /// `PUT sys/leases/lookup`: `None` when Vault no longer knows the lease.
+    /// Vault has no URL form of lookup, so the policy cannot scope it; it
+    /// tells only a lease's TTL and renewability, never a secret.
     pub async fn lookup_lease(
         &self,
         token: &Secret,
@@ -467,5 +467,25 @@ impl VaultClient {
             }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// `<prefix>/<lease_id>`, for a lease id made of the characters Vault's
+/// lease ids use (`database/creds/<role>/<random>`): anything else (a
+/// `..`, a query, a space) is refused rather than put into a URL.
+fn lease_path(prefix: &str, lease_id: &str) -> Result<String, VaultError> {
+    let ok = !lease_id.is_empty()
+        && lease_id.len() <= 512
+        && !lease_id.starts_with('/')
+        && !lease_id
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        && lease_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'));
+    if ok {
+        Ok(format!("{prefix}/{lease_id}"))
+    } else {
+        Err(VaultError::BadLeaseId(lease_id.to_string()))
     }
 }

@@ -50,6 +50,9 @@ pub enum VaultError {
         path: String,
         detail: String,
     },
+    /// A lease id not of the form Vault issues; never put into a URL.
+    #[error("lease id {0:?} is not of the form Vault issues (database/creds/<role>/<id>)")]
+    BadLeaseId(String),
 }
 
 impl VaultError {

@@ -6,15 +6,21 @@ path "database/creds/feature-reader" {
   capabilities = ["read"]
 }
 
-# Keep a credential alive, look it up, and revoke it once the worker moved on.
-path "sys/leases/renew" {
+# Keep a credential alive and revoke it once the worker moved on: ONLY the
+# leases of this role. The agent calls the URL forms
+# sys/leases/{renew,revoke}/<lease_id>, which a policy can scope by path; the
+# body forms (sys/leases/renew, sys/leases/revoke) are not granted, so a leaked
+# agent token cannot renew or revoke any other lease in Vault.
+path "sys/leases/renew/database/creds/feature-reader/*" {
   capabilities = ["update"]
 }
 
-path "sys/leases/revoke" {
+path "sys/leases/revoke/database/creds/feature-reader/*" {
   capabilities = ["update"]
 }
 
+# Lease lookup has no URL form, so it cannot be scoped; it tells a lease's TTL
+# and renewability only, never a secret.
 path "sys/leases/lookup" {
   capabilities = ["update"]
 }
