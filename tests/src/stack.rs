@@ -265,6 +265,23 @@ impl Stack {
         str_at(&v, &["data", "secret_id"])
     }
 
+    /// How many leases Vault holds under the creds path (root token): 0
+    /// when it lists none.
+    pub async fn outstanding_leases(&self) -> anyhow::Result<usize> {
+        let path = format!("sys/leases/lookup/{DB_MOUNT}/creds/{DB_ROLE}/");
+        let list = Method::from_bytes(b"LIST").context("the LIST method")?;
+        let (code, v) = self
+            .bao
+            .request_raw(Some(&self.bao.root_token), list, &path, None)
+            .await?;
+        match code.as_u16() {
+            200 => Ok(v["data"]["keys"].as_array().map_or(0, Vec::len)),
+            // No lease at all.
+            404 => Ok(0),
+            other => anyhow::bail!("LIST {path}: HTTP {other}: {v}"),
+        }
+    }
+
     /// Every process the stack runs (postgres postmasters, bao, proxy
     /// excluded): for teardown checks.
     pub fn pids(&self) -> Vec<u32> {
