@@ -181,6 +181,15 @@ impl Stack {
         )
     }
 
+    /// [`Stack::agent_toml`] written to `<dir>/agent.toml`; returns the path
+    /// (for [`crate::Agent::spawn`]).
+    pub fn write_agent_toml(&self, dir: &Path, t: AgentToml<'_>) -> anyhow::Result<PathBuf> {
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, self.agent_toml(t))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
     /// `http://127.0.0.1:PORT` (`https://` with TLS), through the proxy
     /// when there is one (TLS passes through it untouched).
     pub fn vault_addr(&self) -> String {

@@ -34,19 +34,21 @@ fn agent_config(stack: &Stack, dir: &Path, configd_base: &str) -> PathBuf {
 /// The agent's config with `[configd]` lines `addr_lines` (addr, ca_file).
 fn agent_config_with(stack: &Stack, dir: &Path, addr_lines: &str) -> PathBuf {
     std::fs::write(dir.join("configd.token"), READER).unwrap();
-    let text = stack.agent_toml(AgentToml {
-        top: "log_level = \"info,riskfeat_agent=debug\"",
-        sections: &format!(
-            "[configd]\n{addr_lines}\ntoken_file = \"{}\"\n\
-             namespaces = [\"features\"]\npoll_timeout_s = 5\nbackoff_initial_s = 0.2\n\
-             backoff_max_s = 1.0\n",
-            dir.join("configd.token").display()
-        ),
-        ..Default::default()
-    });
-    let path = dir.join("agent.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    stack
+        .write_agent_toml(
+            dir,
+            AgentToml {
+                top: "log_level = \"info,riskfeat_agent=debug\"",
+                sections: &format!(
+                    "[configd]\n{addr_lines}\ntoken_file = \"{}\"\n\
+                     namespaces = [\"features\"]\npoll_timeout_s = 5\nbackoff_initial_s = 0.2\n\
+                     backoff_max_s = 1.0\n",
+                    dir.join("configd.token").display()
+                ),
+                ..Default::default()
+            },
+        )
+        .unwrap()
 }
 
 /// An admin request through `client` (0 = no answer, e.g. TLS refused).

@@ -14,15 +14,17 @@ use std::time::Duration;
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
 fn agent_config(stack: &Stack, dir: &Path, ca_file: &Path, sections: &str) -> PathBuf {
-    let text = stack.agent_toml(AgentToml {
-        replica_sslmode: Some("verify-full"),
-        database: &format!("ca_file = \"{}\"", ca_file.display()),
-        sections,
-        ..Default::default()
-    });
-    let path = dir.join("agent.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    stack
+        .write_agent_toml(
+            dir,
+            AgentToml {
+                replica_sslmode: Some("verify-full"),
+                database: &format!("ca_file = \"{}\"", ca_file.display()),
+                sections,
+                ..Default::default()
+            },
+        )
+        .unwrap()
 }
 
 /// A worker on `stack`'s shared dir with quick retries and `extra` lines.

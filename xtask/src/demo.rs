@@ -170,13 +170,14 @@ async fn run_stack(args: &Args, stack: &Stack, dir: &Path) -> anyhow::Result<()>
         args.max_ttl_s,
         dir.join("configd.token").display()
     );
-    let agent_toml = stack.agent_toml(AgentToml {
-        metrics_addr: Some(&metrics_addr),
-        sections: &sections,
-        ..Default::default()
-    });
-    let agent_config = dir.join("agent.toml");
-    std::fs::write(&agent_config, agent_toml)?;
+    let agent_config = stack.write_agent_toml(
+        dir,
+        AgentToml {
+            metrics_addr: Some(&metrics_addr),
+            sections: &sections,
+            ..Default::default()
+        },
+    )?;
     eprintln!("==> starting riskfeat-agent (metrics on 127.0.0.1:{mport})");
     let mut agent = Agent::spawn(&agent_config, shared, &[])?;
 

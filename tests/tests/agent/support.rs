@@ -27,17 +27,19 @@ pub fn write_agent_toml(
     lifecycle: &str,
     tail: &str,
 ) -> PathBuf {
-    let text = stack.agent_toml(AgentToml {
-        top: "log_level = \"info,riskfeat_agent=debug\"",
-        vault,
-        sections: &format!(
-            "[lifecycle]\nbackoff_initial_s = 0.2\nbackoff_max_s = 2.0\n{lifecycle}\n{tail}"
-        ),
-        ..Default::default()
-    });
-    let path = dir.join("agent.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    stack
+        .write_agent_toml(
+            dir,
+            AgentToml {
+                top: "log_level = \"info,riskfeat_agent=debug\"",
+                vault,
+                sections: &format!(
+                    "[lifecycle]\nbackoff_initial_s = 0.2\nbackoff_max_s = 2.0\n{lifecycle}\n{tail}"
+                ),
+                ..Default::default()
+            },
+        )
+        .unwrap()
 }
 
 /// riskfeat-agent with `config` on `stack`'s shared dir, `args` after it.

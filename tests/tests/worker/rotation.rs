@@ -167,15 +167,17 @@ async fn broken_db_json_never_replaces_a_working_pool() {
 
 /// An agent config for `stack` (the real riskfeat-agent rotates).
 fn write_agent_config(stack: &Stack, dir: &Path, lifecycle: &str) -> PathBuf {
-    let text = stack.agent_toml(AgentToml {
-        sections: &format!(
-            "[lifecycle]\nbackoff_initial_s = 0.2\nbackoff_max_s = 2.0\n{lifecycle}"
-        ),
-        ..Default::default()
-    });
-    let path = dir.join("agent.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    stack
+        .write_agent_toml(
+            dir,
+            AgentToml {
+                sections: &format!(
+                    "[lifecycle]\nbackoff_initial_s = 0.2\nbackoff_max_s = 2.0\n{lifecycle}"
+                ),
+                ..Default::default()
+            },
+        )
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
