@@ -8,6 +8,7 @@
 //!   (see [`bootstrap`]), plus the AppRole files and a tmpfs shared dir;
 //! - [`proxy`]: a TCP proxy to cut or slow a link;
 //! - [`process`]: the binaries under test as child processes;
+//! - [`fixtures`]: worker, agent and configd started, probed and stopped;
 //! - [`data`]: deterministic transactions and a COPY loader;
 //! - [`tls`]: a private CA and server certificates (PostgreSQL TLS);
 //! - [`openapi`]: real answers checked against `docs/openapi/`;
@@ -16,6 +17,7 @@
 pub mod bao;
 pub mod bootstrap;
 pub mod data;
+pub mod fixtures;
 pub mod openapi;
 pub mod pg;
 pub mod process;
@@ -26,8 +28,9 @@ pub mod stack;
 pub mod tls;
 
 pub use bao::Bao;
+pub use fixtures::{Agent, Configd, ConfigdToken, HealthSocket, Worker};
 pub use pg::{PgCluster, PgServer};
-pub use process::{binary, wait_until, ChildProc};
+pub use process::{binary, free_port, wait_until, ChildProc};
 pub use proxy::TcpProxy;
 pub use stack::{AgentToml, AppRole, IssuedCreds, Stack, StackOptions};
 pub use tls::TestCa;

@@ -1,7 +1,7 @@
 //! Child processes of the tests: the binaries under test ([`binary`],
 //! [`ChildProc`]), polling ([`wait_until`]), and the small process and file
 //! helpers the other harness modules share (free ports, the cache dir, file
-//! locks, random tokens).
+//! locks, private files, random tokens).
 
 use anyhow::{bail, Context};
 use nix::fcntl::{Flock, FlockArg};
@@ -37,9 +37,24 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("riskfeat")
 }
 
+/// Writes `text` to `path` as a new 0600 file (DSNs, tokens: secrets).
+pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// An exclusive `flock` on `path` (created if missing), held until dropped.
 /// Serializes one-time set-up (installs, templates) between test processes.
-pub(crate) fn lock_file(path: &Path) -> anyhow::Result<Flock<File>> {
+pub fn lock_file(path: &Path) -> anyhow::Result<Flock<File>> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
@@ -55,8 +70,9 @@ pub(crate) fn lock_file(path: &Path) -> anyhow::Result<Flock<File>> {
 }
 
 /// A loopback port that was free a moment ago. Callers retry on a bind
-/// failure (another process may take it in between).
-pub(crate) fn free_port() -> anyhow::Result<u16> {
+/// failure (another process may take it in between). The one every test,
+/// fixture and xtask command uses.
+pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
@@ -69,7 +85,7 @@ pub(crate) fn random_token(len: usize) -> String {
 }
 
 /// The last `n` lines of a log file, for error messages.
-pub(crate) fn log_tail(path: &Path, n: usize) -> String {
+pub fn log_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
@@ -274,6 +290,13 @@ impl ChildProc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit (`None`: still
+    /// running; dropping it then kills it).
+    pub fn stop(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.signal(Signal::SIGTERM);
+        self.wait_exit(timeout)
     }
 
     /// The program name (for messages).

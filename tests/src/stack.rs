@@ -181,6 +181,15 @@ impl Stack {
         )
     }
 
+    /// [`Stack::agent_toml`] written to `<dir>/agent.toml`; returns the path
+    /// (for [`crate::Agent::spawn`]).
+    pub fn write_agent_toml(&self, dir: &Path, t: AgentToml<'_>) -> anyhow::Result<PathBuf> {
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, self.agent_toml(t))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
     /// `http://127.0.0.1:PORT` (`https://` with TLS), through the proxy
     /// when there is one (TLS passes through it untouched).
     pub fn vault_addr(&self) -> String {
@@ -263,6 +272,23 @@ impl Stack {
             )
             .await?;
         str_at(&v, &["data", "secret_id"])
+    }
+
+    /// How many leases Vault holds under the creds path (root token): 0
+    /// when it lists none.
+    pub async fn outstanding_leases(&self) -> anyhow::Result<usize> {
+        let path = format!("sys/leases/lookup/{DB_MOUNT}/creds/{DB_ROLE}/");
+        let list = Method::from_bytes(b"LIST").context("the LIST method")?;
+        let (code, v) = self
+            .bao
+            .request_raw(Some(&self.bao.root_token), list, &path, None)
+            .await?;
+        match code.as_u16() {
+            200 => Ok(v["data"]["keys"].as_array().map_or(0, Vec::len)),
+            // No lease at all.
+            404 => Ok(0),
+            other => anyhow::bail!("LIST {path}: HTTP {other}: {v}"),
+        }
     }
 
     /// Every process the stack runs (postgres postmasters, bao, proxy

@@ -3,7 +3,9 @@
 
 use riskfeat_shared::config_file::ConfigSnapshot;
 use riskfeat_tests::tls::ServerCert;
-use riskfeat_tests::{binary, wait_until, AgentToml, ChildProc, Stack, StackOptions, TestCa};
+use riskfeat_tests::{
+    wait_until, Agent, AgentToml, Configd, ConfigdToken, Stack, StackOptions, TestCa, Worker,
+};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,73 +13,42 @@ use std::time::Duration;
 const ADMIN: &str = "admin-token-0123456789";
 const READER: &str = "reader-token-0123456789";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// configd on the stack's primary (not started): an admin token and the
+/// agent's read token for `features`.
+fn configd(stack: &Stack) -> Configd {
+    Configd::new(
+        &stack.pg.primary.superuser_dsn(),
+        &[
+            ConfigdToken::admin("admin", ADMIN),
+            ConfigdToken::read("agent", READER, &["features"]),
+        ],
+    )
+    .unwrap()
 }
 
-fn agent_config(stack: &Stack, dir: &Path, configd_port: u16) -> PathBuf {
-    agent_config_with(
-        stack,
-        dir,
-        &format!("addr = \"http://127.0.0.1:{configd_port}\""),
-    )
+/// The agent's config, following configd at `configd_base`.
+fn agent_config(stack: &Stack, dir: &Path, configd_base: &str) -> PathBuf {
+    agent_config_with(stack, dir, &format!("addr = \"{configd_base}\""))
 }
 
 /// The agent's config with `[configd]` lines `addr_lines` (addr, ca_file).
 fn agent_config_with(stack: &Stack, dir: &Path, addr_lines: &str) -> PathBuf {
     std::fs::write(dir.join("configd.token"), READER).unwrap();
-    let text = stack.agent_toml(AgentToml {
-        top: "log_level = \"info,riskfeat_agent=debug\"",
-        sections: &format!(
-            "[configd]\n{addr_lines}\ntoken_file = \"{}\"\n\
-             namespaces = [\"features\"]\npoll_timeout_s = 5\nbackoff_initial_s = 0.2\n\
-             backoff_max_s = 1.0\n",
-            dir.join("configd.token").display()
-        ),
-        ..Default::default()
-    });
-    let path = dir.join("agent.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn start_configd(stack: &Stack, dir: &Path, port: u16) -> ChildProc {
-    start_configd_with(stack, dir, port, "")
-}
-
-/// configd with `extra` lines in its config (TLS files).
-fn start_configd_with(stack: &Stack, dir: &Path, port: u16, extra: &str) -> ChildProc {
-    std::fs::write(dir.join("db.dsn"), stack.pg.primary.superuser_dsn()).unwrap();
-    std::fs::write(
-        dir.join("tokens.toml"),
-        format!(
-            "[[tokens]]\nname='admin'\ntoken='{ADMIN}'\nrole='admin'\nnamespaces=['*']\n\
-             [[tokens]]\nname='agent'\ntoken='{READER}'\nrole='read'\nnamespaces=['features']\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("configd.toml"),
-        format!(
-            "listen='127.0.0.1:{port}'\ndatabase_url_file='db.dsn'\ntokens_file='tokens.toml'\n{extra}\n"
-        ),
-    )
-    .unwrap();
-    let cfg = dir.join("configd.toml");
-    ChildProc::spawn(
-        &binary("riskfeat-configd"),
-        &["--config", cfg.to_str().unwrap()],
-        &[],
-    )
-    .unwrap()
-}
-
-async fn admin(method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
-    admin_with(&reqwest::Client::new(), method, url, body).await
+    stack
+        .write_agent_toml(
+            dir,
+            AgentToml {
+                top: "log_level = \"info,riskfeat_agent=debug\"",
+                sections: &format!(
+                    "[configd]\n{addr_lines}\ntoken_file = \"{}\"\n\
+                     namespaces = [\"features\"]\npoll_timeout_s = 5\nbackoff_initial_s = 0.2\n\
+                     backoff_max_s = 1.0\n",
+                    dir.join("configd.token").display()
+                ),
+                ..Default::default()
+            },
+        )
+        .unwrap()
 }
 
 /// An admin request through `client` (0 = no answer, e.g. TLS refused).
@@ -100,6 +71,19 @@ async fn admin_with(
     }
 }
 
+/// Creates the namespace `features` through `client`; the HTTP status.
+async fn create_features(client: &reqwest::Client, configd: &Configd) -> u16 {
+    let url = configd.url("/v1/admin/namespaces/features");
+    admin_with(client, reqwest::Method::PUT, url, None).await.0
+}
+
+/// Publishes `changes` to `features` through `client`; the HTTP status.
+async fn publish(client: &reqwest::Client, configd: &Configd, changes: Value) -> u16 {
+    let url = configd.url("/v1/admin/namespaces/features/publish");
+    let body = Some(json!({"changes": changes}));
+    admin_with(client, reqwest::Method::POST, url, body).await.0
+}
+
 fn published(stack: &Stack) -> Option<ConfigSnapshot> {
     ConfigSnapshot::load(&stack.shared_dir.path().join("config/features.json")).ok()
 }
@@ -108,7 +92,7 @@ fn published(stack: &Stack) -> Option<ConfigSnapshot> {
 async fn agent_publishes_last_known_config_with_configd_down_then_converges() {
     let stack = Stack::start(StackOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let mut configd = configd(&stack);
     // A last known config from a previous run.
     let cache_dir = stack.shared_dir.path().join("config-cache");
     std::fs::create_dir_all(&cache_dir).unwrap();
@@ -123,13 +107,8 @@ async fn agent_publishes_last_known_config_with_configd_down_then_converges() {
         riskfeat_shared::atomic::WriteOptions::PRIVATE,
     )
     .unwrap();
-    let cfg = agent_config(&stack, dir.path(), port);
-    let agent = ChildProc::spawn(
-        &binary("riskfeat-agent"),
-        &["run", "--config", cfg.to_str().unwrap()],
-        &[],
-    )
-    .unwrap();
+    let cfg = agent_config(&stack, dir.path(), configd.http().base());
+    let agent = Agent::spawn(&cfg, stack.shared_dir.path(), &[]).unwrap();
     // configd is down: the cached config is published anyway.
     wait_until(
         Duration::from_secs(30),
@@ -145,33 +124,12 @@ async fn agent_publishes_last_known_config_with_configd_down_then_converges() {
     );
 
     // configd comes up with versions 1 (the same item) and 2.
-    let configd = start_configd(&stack, dir.path(), port);
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until(Duration::from_secs(30), "configd up", || {
-        let url = format!("{base}/v1/admin/namespaces/features");
-        async move { admin(reqwest::Method::PUT, url, None).await.0 == 201 }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", configd.logs()));
-    let publish = |changes: Value| {
-        admin(
-            reqwest::Method::POST,
-            format!("{base}/v1/admin/namespaces/features/publish"),
-            Some(json!({"changes": changes})),
-        )
-    };
-    assert_eq!(
-        publish(json!([{"op": "upsert", "key": "lookback", "value": 40}]))
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        publish(json!([{"op": "upsert", "key": "ma_window", "value": 5}]))
-            .await
-            .0,
-        200
-    );
+    configd.start("").await.unwrap();
+    let http = reqwest::Client::new();
+    assert_eq!(create_features(&http, &configd).await, 201);
+    let upsert = |key: &str, value: i64| json!([{"op": "upsert", "key": key, "value": value}]);
+    assert_eq!(publish(&http, &configd, upsert("lookback", 40)).await, 200);
+    assert_eq!(publish(&http, &configd, upsert("ma_window", 5)).await, 200);
     wait_until(
         Duration::from_secs(30),
         "agent converged to version 2",
@@ -183,12 +141,8 @@ async fn agent_publishes_last_known_config_with_configd_down_then_converges() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
     // A later publish arrives incrementally, a delete included.
-    assert_eq!(
-        publish(json!([{"op": "delete", "key": "lookback"}]))
-            .await
-            .0,
-        200
-    );
+    let delete = json!([{"op": "delete", "key": "lookback"}]);
+    assert_eq!(publish(&http, &configd, delete).await, 200);
     wait_until(Duration::from_secs(30), "agent at version 3", || async {
         published(&stack).is_some_and(|s| s.version == 3 && !s.items.contains_key("lookback"))
     })
@@ -197,7 +151,7 @@ async fn agent_publishes_last_known_config_with_configd_down_then_converges() {
     // The private cache follows, and /status reports the version.
     let cache = ConfigSnapshot::load(&cache_dir.join("features.json")).unwrap();
     assert_eq!(cache.version, 3);
-    let st = agent_status(&stack).await;
+    let st = agent.status().await.unwrap();
     assert_eq!(st["config"]["versions"]["features"], 3, "{st}");
     assert_eq!(st["config"]["sources"]["features"], "configd", "{st}");
     assert!(!st.to_string().contains(READER), "no token in /status");
@@ -237,17 +191,6 @@ async fn served_cert(ca: &TestCa, base: &str) -> Option<Vec<u8>> {
     info.peer_certificate().map(<[u8]>::to_vec)
 }
 
-async fn agent_status(stack: &Stack) -> Value {
-    let (_, body) = riskfeat_shared::health::request(
-        &stack.shared_dir.path().join("agent.sock"),
-        riskfeat_shared::health::ProbeKind::Status,
-        Duration::from_secs(3),
-    )
-    .await
-    .unwrap_or_default();
-    serde_json::from_str(&body).unwrap_or(Value::Null)
-}
-
 /// configd over HTTPS: the agent trusts exactly `configd.ca_file` (a wrong
 /// CA is named in its status and nothing is published; the file fixed in
 /// place applies without a restart), plain HTTP is refused, a renewed certificate is served to new connections without a
@@ -257,27 +200,18 @@ async fn agent_status(stack: &Stack) -> Value {
 async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart() {
     let stack = Stack::start(StackOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let ca = TestCa::new("riskfeat test configd CA").unwrap();
-    let first = ca.issue_server(&["127.0.0.1"]).unwrap();
-    install_cert(dir.path(), &first);
-    let configd = start_configd_with(
-        &stack,
-        dir.path(),
-        port,
-        "tls_cert_file='tls.crt'\ntls_key_file='tls.key'",
-    );
-    let base = format!("https://127.0.0.1:{port}");
     let trusted = client_trusting(&ca);
-    wait_until(Duration::from_secs(30), "configd up over https", || {
-        let (c, url) = (
-            trusted.clone(),
-            format!("{base}/v1/admin/namespaces/features"),
-        );
-        async move { admin_with(&c, reqwest::Method::PUT, url, None).await.0 == 201 }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", configd.logs()));
+    let mut configd = configd(&stack).with_tls(trusted.clone());
+    let first = ca.issue_server(&["127.0.0.1"]).unwrap();
+    install_cert(configd.dir(), &first);
+    configd
+        .spawn("tls_cert_file='tls.crt'\ntls_key_file='tls.key'")
+        .unwrap();
+    configd.wait_ready(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(create_features(&trusted, &configd).await, 201);
+    let base = configd.http().base().to_string();
+    let port = configd.http().port();
     assert_eq!(served_cert(&ca, &base).await, Some(first.cert_der.clone()));
     // No plaintext on the TLS port, and the system roots do not vouch for it.
     let plain = format!("http://127.0.0.1:{port}/healthz");
@@ -285,21 +219,18 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
         .await
         .is_ok_and(|r| r.status().is_success());
     assert!(!plain_ok, "plain HTTP is not answered on the TLS port");
-    let (code, _) = admin(reqwest::Method::GET, format!("{base}/healthz"), None).await;
+    let system_roots = reqwest::Client::new();
+    let (code, _) = admin_with(
+        &system_roots,
+        reqwest::Method::GET,
+        format!("{base}/healthz"),
+        None,
+    )
+    .await;
     assert_eq!(code, 0, "a client without the CA is refused");
 
-    let publish = |changes: Value| {
-        let (client, url) = (
-            trusted.clone(),
-            format!("{base}/v1/admin/namespaces/features/publish"),
-        );
-        async move {
-            let body = Some(json!({"changes": changes}));
-            admin_with(&client, reqwest::Method::POST, url, body).await
-        }
-    };
     let set = |v: i64| json!([{"op": "upsert", "key": "lookback", "value": v}]);
-    assert_eq!(publish(set(41)).await.0, 200);
+    assert_eq!(publish(&trusted, &configd, set(41)).await, 200);
 
     // An agent whose ca_file holds another CA: a clear error, nothing published.
     let other_ca = TestCa::new("not configd's CA").unwrap();
@@ -310,13 +241,12 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
         dir.path(),
         &format!("addr = \"{base}\"\nca_file = \"{}\"", ca_file.display()),
     );
-    let run = ["run", "--config", cfg.to_str().unwrap()];
-    let agent = ChildProc::spawn(&binary("riskfeat-agent"), &run, &[]).unwrap();
+    let agent = Agent::spawn(&cfg, stack.shared_dir.path(), &[]).unwrap();
     wait_until(
         Duration::from_secs(30),
         "the agent names the TLS failure",
         || async {
-            agent_status(&stack).await["config"]["last_error"]
+            agent.status().await.unwrap_or_default()["config"]["last_error"]
                 .as_str()
                 .is_some_and(|e| e.to_lowercase().contains("certificate"))
         },
@@ -334,7 +264,7 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
         Duration::from_secs(30),
         "the bad CA file is named",
         || async {
-            agent_status(&stack).await["config"]["ca_error"]
+            agent.status().await.unwrap_or_default()["config"]["ca_error"]
                 .as_str()
                 .is_some_and(|e| {
                     e.contains("configd.ca_file") && e.contains("keeping the CA in use")
@@ -350,12 +280,12 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
     assert!(agent.logs().contains("configd.ca_file changed; using it"));
-    assert!(agent_status(&stack).await["config"]["ca_error"].is_null());
+    assert!(agent.status().await.unwrap_or_default()["config"]["ca_error"].is_null());
 
     // Renewal (same CA, new key): new connections get the new certificate,
     // from the same process, and the agent keeps following.
     let second = ca.issue_server(&["127.0.0.1"]).unwrap();
-    install_cert(dir.path(), &second);
+    install_cert(configd.dir(), &second);
     wait_until(
         Duration::from_secs(30),
         "renewed certificate served",
@@ -372,7 +302,7 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
         Path::new(&format!("/proc/{pid}")).exists(),
         "same process, no restart"
     );
-    assert_eq!(publish(set(42)).await.0, 200);
+    assert_eq!(publish(&trusted, &configd, set(42)).await, 200);
     wait_until(Duration::from_secs(30), "agent at version 2", || async {
         published(&stack).is_some_and(|s| s.version == 2)
     })
@@ -382,7 +312,7 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
     // A renewal that does not load (the key of another certificate) is
     // refused and named; the certificate in use stays.
     let third = ca.issue_server(&["127.0.0.1"]).unwrap();
-    std::fs::write(dir.path().join("tls.key"), &third.key_pem).unwrap();
+    std::fs::write(configd.dir().join("tls.key"), &third.key_pem).unwrap();
     wait_until(Duration::from_secs(30), "bad renewal logged", || async {
         configd.logs().contains("renewed TLS files do not load")
     })
@@ -421,52 +351,16 @@ async fn a_publish_changes_the_features_the_worker_returns() {
     }
     stack.pg.wait_replica_caught_up().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let configd = start_configd(&stack, dir.path(), port);
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until(Duration::from_secs(30), "configd up", || {
-        let url = format!("{base}/v1/admin/namespaces/features");
-        async move { admin(reqwest::Method::PUT, url, None).await.0 == 201 }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", configd.logs()));
-    let publish = |changes: Value| {
-        admin(
-            reqwest::Method::POST,
-            format!("{base}/v1/admin/namespaces/features/publish"),
-            Some(json!({"changes": changes})),
-        )
-    };
-    assert_eq!(
-        publish(json!([{"op": "upsert", "key": "zscore_above", "value": 3.0}]))
-            .await
-            .0,
-        200
-    );
-    let cfg = agent_config(&stack, dir.path(), port);
-    let agent = ChildProc::spawn(
-        &binary("riskfeat-agent"),
-        &["run", "--config", cfg.to_str().unwrap()],
-        &[],
-    )
-    .unwrap();
-    let wport = free_port();
-    let wcfg = dir.path().join("worker.toml");
-    std::fs::write(
-        &wcfg,
-        format!(
-            "shared_dir = \"{}\"\nlisten = \"127.0.0.1:{wport}\"\nrecheck_interval_ms = 1000\n",
-            stack.shared_dir.path().display()
-        ),
-    )
-    .unwrap();
-    let worker = ChildProc::spawn(
-        &binary("riskfeat-worker"),
-        &["run", "--config", wcfg.to_str().unwrap()],
-        &[],
-    )
-    .unwrap();
-    let url = format!("http://127.0.0.1:{wport}/v1/features/7");
+    let mut configd = configd(&stack);
+    configd.start("").await.unwrap();
+    let http = reqwest::Client::new();
+    assert_eq!(create_features(&http, &configd).await, 201);
+    let threshold = |v: f64| json!([{"op": "upsert", "key": "zscore_above", "value": v}]);
+    assert_eq!(publish(&http, &configd, threshold(3.0)).await, 200);
+    let cfg = agent_config(&stack, dir.path(), configd.http().base());
+    let agent = Agent::spawn(&cfg, stack.shared_dir.path(), &[]).unwrap();
+    let worker = Worker::spawn(stack.shared_dir.path(), "recheck_interval_ms = 1000").unwrap();
+    let url = worker.url("/v1/features/7");
     let features = || async {
         let r = reqwest::get(&url).await.ok()?;
         if r.status() != 200 {
@@ -485,12 +379,7 @@ async fn a_publish_changes_the_features_the_worker_returns() {
     assert_eq!(before["features"]["flags"]["zscore_high"], true, "{before}");
     let worker_pid = worker.pid();
     // Publish a higher threshold: the flag drops, same processes.
-    assert_eq!(
-        publish(json!([{"op": "upsert", "key": "zscore_above", "value": 1000.0}]))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(publish(&http, &configd, threshold(1000.0)).await, 200);
     wait_until(
         Duration::from_secs(30),
         "worker serves config version 2",
@@ -506,11 +395,8 @@ async fn a_publish_changes_the_features_the_worker_returns() {
     );
     assert_eq!(worker.pid(), worker_pid);
     // The real /metrics pages of worker and configd, after real traffic,
-    // pass Prometheus's own lint (the agent's is linted in tests/agent.rs).
-    for page in [
-        format!("http://127.0.0.1:{wport}/metrics"),
-        format!("{base}/metrics"),
-    ] {
+    // pass Prometheus's own lint (the agent's is linted in tests/agent/).
+    for page in [worker.url("/metrics"), configd.url("/metrics")] {
         let text = reqwest::Client::new()
             .get(&page)
             .bearer_auth(ADMIN)

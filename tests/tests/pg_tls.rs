@@ -5,9 +5,8 @@
 //! no CA file or the wrong CA keeps the credential unused and says why.
 
 use riskfeat_shared::creds::DbCredential;
-use riskfeat_shared::health::{request, ProbeKind};
 use riskfeat_shared::pg_tls::SslMode;
-use riskfeat_tests::{binary, data, wait_until, AgentToml, ChildProc, Stack, StackOptions, TestCa};
+use riskfeat_tests::{data, wait_until, Agent, AgentToml, Stack, StackOptions, TestCa, Worker};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,58 +14,26 @@ use std::time::Duration;
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
 fn agent_config(stack: &Stack, dir: &Path, ca_file: &Path, sections: &str) -> PathBuf {
-    let text = stack.agent_toml(AgentToml {
-        replica_sslmode: Some("verify-full"),
-        database: &format!("ca_file = \"{}\"", ca_file.display()),
-        sections,
-        ..Default::default()
-    });
-    let path = dir.join("agent.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    stack
+        .write_agent_toml(
+            dir,
+            AgentToml {
+                replica_sslmode: Some("verify-full"),
+                database: &format!("ca_file = \"{}\"", ca_file.display()),
+                sections,
+                ..Default::default()
+            },
+        )
+        .unwrap()
 }
 
-struct Worker {
-    proc: ChildProc,
-    port: u16,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
+/// A worker on `stack`'s shared dir with quick retries and `extra` lines.
 fn spawn_worker(stack: &Stack, extra: &str) -> Worker {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg = dir.path().join("worker.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "shared_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nretry_initial_ms = 100\n\
-             retry_max_ms = 1000\n{extra}\n",
-            stack.shared_dir.path().display()
-        ),
+    Worker::spawn(
+        stack.shared_dir.path(),
+        &format!("retry_initial_ms = 100\nretry_max_ms = 1000\n{extra}"),
     )
-    .unwrap();
-    let proc = ChildProc::spawn(
-        &binary("riskfeat-worker"),
-        &["run", "--config", cfg.to_str().unwrap()],
-        &[],
-    )
-    .expect("spawn riskfeat-worker");
-    Worker {
-        proc,
-        port,
-        socket: stack.shared_dir.path().join("worker.sock"),
-        _dir: dir,
-    }
-}
-
-async fn worker_status(w: &Worker) -> Option<Value> {
-    let (_, body) = request(&w.socket, ProbeKind::Status, SECS(3)).await.ok()?;
-    serde_json::from_str(&body).ok()
+    .expect("spawn riskfeat-worker")
 }
 
 /// Waits until the worker reports a credential error containing `needle`;
@@ -75,7 +42,7 @@ async fn expect_credential_error(stack: &Stack, extra: &str, needle: &str) {
     let mut w = spawn_worker(stack, extra);
     let deadline = std::time::Instant::now() + SECS(30);
     let last = loop {
-        let st = worker_status(&w).await.unwrap_or(Value::Null);
+        let st = w.status().await.unwrap_or(Value::Null);
         let found = st["credential_error"]["message"]
             .as_str()
             .is_some_and(|m| m.contains(needle));
@@ -85,15 +52,14 @@ async fn expect_credential_error(stack: &Stack, extra: &str, needle: &str) {
         if std::time::Instant::now() >= deadline {
             panic!(
                 "no credential error naming {needle:?} in 30 s\nlast status: {st:#}\nworker:\n{}",
-                w.proc.logs()
+                w.logs()
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(last["ready"], false, "{last:#}");
     assert!(last["credential"].is_null(), "no pool in use: {last:#}");
-    w.proc.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(w.proc.wait_exit(SECS(10)).is_some(), "{}", w.proc.logs());
+    assert!(w.stop(SECS(10)).is_some(), "{}", w.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,18 +88,8 @@ async fn agent_and_worker_reach_the_replica_over_verified_tls() {
 
     // The agent publishes only after its check login, which must use TLS:
     // the replica refuses feature_reader members without it.
-    let agent = ChildProc::spawn(
-        &binary("riskfeat-agent"),
-        &[
-            "run",
-            "--config",
-            agent_config(&stack, dir.path(), &ca_file, "")
-                .to_str()
-                .unwrap(),
-        ],
-        &[],
-    )
-    .expect("spawn riskfeat-agent");
+    let cfg = agent_config(&stack, dir.path(), &ca_file, "");
+    let agent = Agent::spawn(&cfg, stack.shared_dir.path(), &[]).expect("spawn riskfeat-agent");
     let db_json = stack.shared_dir.path().join("db.json");
     wait_until(SECS(60), "db.json from the agent", || {
         let exists = db_json.exists();
@@ -163,24 +119,14 @@ async fn agent_and_worker_reach_the_replica_over_verified_tls() {
         &stack,
         &format!("database_ca_file = \"{}\"", ca_file.display()),
     );
-    wait_until(SECS(30), "worker ready over TLS", || {
-        let socket = w.socket.clone();
-        async move {
-            matches!(
-                request(&socket, ProbeKind::Ready, SECS(2)).await,
-                Ok((200, _))
-            )
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\nworker:\n{}\nagent:\n{}", w.proc.logs(), agent.logs()));
-    let resp = reqwest::get(format!("http://127.0.0.1:{}/v1/features/1", w.port))
+    w.wait_ready(SECS(30))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}\nagent:\n{}", agent.logs()));
+    let resp = reqwest::get(w.url("/v1/features/1")).await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let body: Value = resp.json().await.unwrap();
     assert!(body["features"].is_object(), "{body:#}");
-    let st = worker_status(&w).await.unwrap();
+    let st = w.status().await.unwrap();
     assert_eq!(st["credential"]["sslmode"], "verify-full", "{st:#}");
 
     let replica = stack.pg.replica().connect_superuser().await.unwrap();
@@ -208,7 +154,7 @@ fn replace_file(path: &Path, text: &str) {
 }
 
 async fn features_status(w: &Worker) -> u16 {
-    match reqwest::get(format!("http://127.0.0.1:{}/v1/features/1", w.port)).await {
+    match reqwest::get(w.url("/v1/features/1")).await {
         Ok(r) => r.status().as_u16(),
         Err(_) => 0,
     }
@@ -244,23 +190,13 @@ async fn a_ca_rotation_applies_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.crt");
     replace_file(&ca_file, &old.cert_pem());
-    let agent = ChildProc::spawn(
-        &binary("riskfeat-agent"),
-        &[
-            "run",
-            "--config",
-            agent_config(
-                &stack,
-                dir.path(),
-                &ca_file,
-                "[lifecycle]\nrotate_lead_s = 10\nmax_issuances_per_minute = 20\nbackoff_initial_s = 0.2",
-            )
-            .to_str()
-            .unwrap(),
-        ],
-        &[],
-    )
-    .expect("spawn riskfeat-agent");
+    let cfg = agent_config(
+        &stack,
+        dir.path(),
+        &ca_file,
+        "[lifecycle]\nrotate_lead_s = 10\nmax_issuances_per_minute = 20\nbackoff_initial_s = 0.2",
+    );
+    let agent = Agent::spawn(&cfg, stack.shared_dir.path(), &[]).expect("spawn riskfeat-agent");
     let w = spawn_worker(
         &stack,
         &format!(
@@ -272,17 +208,16 @@ async fn a_ca_rotation_applies_without_a_restart() {
         features_status_is(&w, 200)
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\nworker:\n{}\nagent:\n{}", w.proc.logs(), agent.logs()));
+    .unwrap_or_else(|e| panic!("{e}\nworker:\n{}\nagent:\n{}", w.logs(), agent.logs()));
 
     // Requests all along; none may fail.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
-        let (stop, port) = (stop.clone(), w.port);
+        let (stop, url) = (stop.clone(), w.url("/v1/features/2"));
         tokio::spawn(async move {
             let client = reqwest::Client::new();
             let (mut ok, mut bad) = (0u64, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let url = format!("http://127.0.0.1:{port}/v1/features/2");
                 match client.get(&url).send().await {
                     Ok(r) if r.status().is_success() => ok += 1,
                     Ok(r) => bad.push(format!(
@@ -298,28 +233,26 @@ async fn a_ca_rotation_applies_without_a_restart() {
         })
     };
     let reloads = |w: &Worker| {
-        w.proc
-            .logs()
+        w.logs()
             .matches("database_ca_file changed; rebuilding the pools with it")
             .count()
     };
-    let rebuilt = |w: &Worker, n: usize| {
-        let done = reloads(w) >= n;
-        let socket = w.socket.clone();
+    let worker = &w;
+    let rebuilt = |n: usize| {
+        let done = reloads(worker) >= n;
         async move {
-            done && request(&socket, ProbeKind::Status, SECS(2))
+            done && worker
+                .status()
                 .await
-                .ok()
-                .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
-                .is_some_and(|st| st["ready"] == true && st["credential_error"].is_null())
+                .is_ok_and(|st| st["ready"] == true && st["credential_error"].is_null())
         }
     };
 
     // 1. Bundle old + new: the worker rebuilds with it.
     replace_file(&ca_file, &format!("{}{}", old.cert_pem(), new.cert_pem()));
-    wait_until(SECS(30), "pools rebuilt with the bundle", || rebuilt(&w, 1))
+    wait_until(SECS(30), "pools rebuilt with the bundle", || rebuilt(1))
         .await
-        .unwrap_or_else(|e| panic!("{e}\nworker:\n{}", w.proc.logs()));
+        .unwrap_or_else(|e| panic!("{e}\nworker:\n{}", w.logs()));
     // 2. The server switches to a certificate of the new CA.
     replica
         .enable_tls(&new.issue_server(&["127.0.0.1"]).unwrap(), None)
@@ -328,10 +261,10 @@ async fn a_ca_rotation_applies_without_a_restart() {
     // 3. New CA only: rebuilt again, and new connections verify with it.
     replace_file(&ca_file, &new.cert_pem());
     wait_until(SECS(30), "pools rebuilt with the new CA only", || {
-        rebuilt(&w, 2)
+        rebuilt(2)
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\nworker:\n{}", w.proc.logs()));
+    .unwrap_or_else(|e| panic!("{e}\nworker:\n{}", w.logs()));
     let db = replica.connect_superuser().await.unwrap();
     db.batch_execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -362,21 +295,15 @@ async fn a_ca_rotation_applies_without_a_restart() {
 
     // A broken CA file: nothing changes, and /status says why.
     replace_file(&ca_file, "-----BEGIN CERTIFICATE-----\nnot base64\n");
-    wait_until(SECS(30), "the broken CA file named in /status", || {
-        let socket = w.socket.clone();
-        async move {
-            request(&socket, ProbeKind::Status, SECS(2))
-                .await
-                .ok()
-                .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
-                .and_then(|st| st["credential_error"]["message"].as_str().map(String::from))
-                .is_some_and(|m| {
-                    m.contains("database_ca_file") && m.contains("keeping the CA in use")
-                })
-        }
+    wait_until(SECS(30), "the broken CA file named in /status", || async {
+        w.status()
+            .await
+            .ok()
+            .and_then(|st| st["credential_error"]["message"].as_str().map(String::from))
+            .is_some_and(|m| m.contains("database_ca_file") && m.contains("keeping the CA in use"))
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\nworker:\n{}", w.proc.logs()));
+    .unwrap_or_else(|e| panic!("{e}\nworker:\n{}", w.logs()));
     assert_eq!(features_status(&w).await, 200);
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -387,7 +314,7 @@ async fn a_ca_rotation_applies_without_a_restart() {
         "{} failed requests: {:?}\nworker:\n{}",
         bad.len(),
         &bad[..bad.len().min(5)],
-        w.proc.logs()
+        w.logs()
     );
 }
 

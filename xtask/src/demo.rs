@@ -12,7 +12,11 @@
 //! temp dir.
 
 use anyhow::{bail, Context};
-use riskfeat_tests::{binary, data, wait_until, AgentToml, ChildProc, Stack, StackOptions};
+use riskfeat_tests::process::write_private;
+use riskfeat_tests::{
+    binary, data, free_port, wait_until, Agent, AgentToml, Configd, ConfigdToken, Stack,
+    StackOptions, Worker,
+};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
@@ -64,31 +68,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .block_on(demo(args))
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// A random token for configd's demo tokens file (never printed, except the
 /// admin one, which the user needs to publish).
 fn random_token() -> anyhow::Result<String> {
     let mut bytes = [0u8; 16];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    std::io::Write::write_all(&mut f, text.as_bytes())?;
-    Ok(())
 }
 
 async fn demo(args: Args) -> anyhow::Result<()> {
@@ -127,40 +112,36 @@ async fn run_stack(args: &Args, stack: &Stack, dir: &Path) -> anyhow::Result<()>
     // configd, on the primary's database.
     let admin_token = random_token()?;
     let reader_token = random_token()?;
-    let cport = free_port()?;
-    write_private(&dir.join("db.dsn"), &stack.pg.primary.superuser_dsn())?;
-    write_private(
-        &dir.join("tokens.toml"),
-        &format!(
-            "[[tokens]]\nname = \"admin\"\ntoken = \"{admin_token}\"\nrole = \"admin\"\nnamespaces = [\"*\"]\n\n\
-             [[tokens]]\nname = \"agent\"\ntoken = \"{reader_token}\"\nrole = \"read\"\nnamespaces = [\"features\"]\n"
-        ),
+    let mut configd = Configd::new(
+        &stack.pg.primary.superuser_dsn(),
+        &[
+            ConfigdToken::admin("admin", &admin_token),
+            ConfigdToken::read("agent", &reader_token, &["features"]),
+        ],
     )?;
     write_private(&dir.join("configd.token"), &reader_token)?;
     let admin_token_file = dir.join("admin.token");
     write_private(&admin_token_file, &admin_token)?;
-    std::fs::write(
-        dir.join("configd.toml"),
-        format!("listen = \"127.0.0.1:{cport}\"\ndatabase_url_file = \"db.dsn\"\ntokens_file = \"tokens.toml\"\n"),
-    )?;
-    eprintln!("==> starting riskfeat-configd on 127.0.0.1:{cport}");
-    let mut configd = ChildProc::spawn(
-        &binary("riskfeat-configd"),
-        &["--config", &dir.join("configd.toml").display().to_string()],
-        &[],
-    )?;
-    let base = format!("http://127.0.0.1:{cport}");
+    eprintln!(
+        "==> starting riskfeat-configd on 127.0.0.1:{}",
+        configd.http().port()
+    );
+    configd.start("").await.context("configd did not start")?;
+    let base = configd.http().base().to_string();
     let http = reqwest::Client::new();
-    wait_until(Duration::from_secs(30), "configd answers", || {
-        let req = http
-            .put(format!("{base}/v1/admin/namespaces/features"))
-            .bearer_auth(&admin_token);
-        async move { matches!(req.send().await.map(|r| r.status().as_u16()), Ok(201 | 409)) }
-    })
-    .await
-    .with_context(|| format!("configd did not start; its log:\n{}", configd.logs()))?;
+    let created = http
+        .put(configd.url("/v1/admin/namespaces/features"))
+        .bearer_auth(&admin_token)
+        .send()
+        .await?;
+    if !matches!(created.status().as_u16(), 201 | 409) {
+        bail!(
+            "creating the features namespace failed: {}",
+            created.text().await?
+        );
+    }
     let published = http
-        .post(format!("{base}/v1/admin/namespaces/features/publish"))
+        .post(configd.url("/v1/admin/namespaces/features/publish"))
         .bearer_auth(&admin_token)
         .json(&json!({
             "author": "demo", "comment": "demo defaults",
@@ -189,43 +170,22 @@ async fn run_stack(args: &Args, stack: &Stack, dir: &Path) -> anyhow::Result<()>
         args.max_ttl_s,
         dir.join("configd.token").display()
     );
-    let agent_toml = stack.agent_toml(AgentToml {
-        metrics_addr: Some(&metrics_addr),
-        sections: &sections,
-        ..Default::default()
-    });
-    std::fs::write(dir.join("agent.toml"), agent_toml)?;
-    eprintln!("==> starting riskfeat-agent (metrics on 127.0.0.1:{mport})");
-    let mut agent = ChildProc::spawn(
-        &binary("riskfeat-agent"),
-        &[
-            "run",
-            "--config",
-            &dir.join("agent.toml").display().to_string(),
-        ],
-        &[],
+    let agent_config = stack.write_agent_toml(
+        dir,
+        AgentToml {
+            metrics_addr: Some(&metrics_addr),
+            sections: &sections,
+            ..Default::default()
+        },
     )?;
+    eprintln!("==> starting riskfeat-agent (metrics on 127.0.0.1:{mport})");
+    let mut agent = Agent::spawn(&agent_config, shared, &[])?;
 
     // The worker.
-    let wport = free_port()?;
-    std::fs::write(
-        dir.join("worker.toml"),
-        format!(
-            "shared_dir = \"{}\"\nlisten = \"127.0.0.1:{wport}\"\n",
-            shared.display()
-        ),
-    )?;
+    let mut worker = Worker::spawn(shared, "")?;
+    let wport = worker.http().port();
     eprintln!("==> starting riskfeat-worker on 127.0.0.1:{wport}");
-    let mut worker = ChildProc::spawn(
-        &binary("riskfeat-worker"),
-        &[
-            "run",
-            "--config",
-            &dir.join("worker.toml").display().to_string(),
-        ],
-        &[],
-    )?;
-    let url = format!("http://127.0.0.1:{wport}/v1/features/1");
+    let url = worker.url("/v1/features/1");
     let first = || {
         let req = http.get(&url);
         async move {
@@ -250,6 +210,7 @@ async fn run_stack(args: &Args, stack: &Stack, dir: &Path) -> anyhow::Result<()>
         )
     })?;
     let answer = first().await.context("the worker stopped answering")?;
+    let configd_log = configd.log_path().context("configd stopped")?.to_path_buf();
     let agent_bin = binary("riskfeat-agent");
     let worker_bin = binary("riskfeat-worker");
     println!(
@@ -276,7 +237,7 @@ async fn run_stack(args: &Args, stack: &Stack, dir: &Path) -> anyhow::Result<()>
         shared.display(),
         agent.log_path().display(),
         worker.log_path().display(),
-        configd.log_path().display(),
+        configd_log.display(),
         args.max_ttl_s,
     );
     if args.exit_after_s > 0 {
@@ -288,15 +249,11 @@ async fn run_stack(args: &Args, stack: &Stack, dir: &Path) -> anyhow::Result<()>
     }
 
     eprintln!("\n==> SIGTERM to worker, agent (revokes its leases) and configd");
-    let term = nix::sys::signal::Signal::SIGTERM;
-    worker.signal(term);
-    let w = worker.wait_exit(Duration::from_secs(30));
-    agent.signal(term);
-    let a = agent.wait_exit(Duration::from_secs(30));
-    configd.signal(term);
-    let c = configd.wait_exit(Duration::from_secs(30));
+    let w = worker.stop(Duration::from_secs(30));
+    let a = agent.stop(Duration::from_secs(30));
+    let c = configd.stop(Duration::from_secs(30));
     eprintln!("    worker: {w:?}, agent: {a:?}, configd: {c:?}");
-    let leases = outstanding_leases(stack).await?;
+    let leases = stack.outstanding_leases().await?;
     let roles = db
         .query("SELECT 1 FROM pg_roles WHERE rolname LIKE 'v-%'", &[])
         .await?
@@ -309,22 +266,4 @@ async fn run_stack(args: &Args, stack: &Stack, dir: &Path) -> anyhow::Result<()>
         );
     }
     Ok(())
-}
-
-/// Leases Vault still holds under the creds path.
-async fn outstanding_leases(stack: &Stack) -> anyhow::Result<usize> {
-    let path = format!(
-        "sys/leases/lookup/{}/creds/{}/",
-        stack.approle.db_mount, stack.approle.db_role
-    );
-    let list = reqwest::Method::from_bytes(b"LIST")?;
-    let (code, v) = stack
-        .bao
-        .request_raw(Some(&stack.bao.root_token), list, &path, None)
-        .await?;
-    match code.as_u16() {
-        200 => Ok(v["data"]["keys"].as_array().map(|a| a.len()).unwrap_or(0)),
-        404 => Ok(0),
-        other => bail!("LIST {path}: HTTP {other}: {v}"),
-    }
 }

@@ -1,0 +1,24 @@
+//! riskfeat-agent end to end: the real binary against real OpenBao and
+//! PostgreSQL (primary + streaming replica) started by the harness. The test
+//! plays the worker: it reads `db.json`, logs in on the replica, and writes
+//! `worker.json` (the ack) itself.
+//!
+//! Covers issue 4's acceptance list (rotation with ack, token shorter than
+//! the credential, Vault outage, sealed Vault and a failing database engine,
+//! kill -9 resume, SIGTERM revocation, bad input, no secret in a debug log),
+//! issue 8's fallback credential, and Vault over HTTPS with a private CA.
+//!
+//! - [`rotation`]: rotation with the ack, token expiry, kill -9, SIGTERM;
+//! - [`outage`]: Vault cut off or sealed, the database engine failing, the
+//!   fallback credential;
+//! - [`inputs`]: bad input and exit codes, a response-wrapped secret_id;
+//! - [`tls`]: Vault over HTTPS with a private CA;
+//! - [`telemetry`]: no secret in logs, `/status` or `/metrics`; promtool;
+//! - [`support`]: what they share.
+
+mod inputs;
+mod outage;
+mod rotation;
+mod support;
+mod telemetry;
+mod tls;

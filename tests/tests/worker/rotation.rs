@@ -1,0 +1,228 @@
+//! Credential rotation under load: swaps published by the test (revoking
+//! the old lease only after the ack, killed connections retried), a broken
+//! `db.json` that never replaces a working pool, and rotations by the real
+//! agent.
+
+use crate::support::{
+    ack, get, insert_rows, publish, rotate, spawn_worker, start_stack, wait_only_role, Load,
+    READY_TIMEOUT, SECS,
+};
+use anyhow::Context;
+use chrono::Utc;
+use riskfeat_shared::atomic::{write_atomic, WriteOptions};
+use riskfeat_shared::creds::DbCredential;
+use riskfeat_shared::health::ProbeKind;
+use riskfeat_shared::Secret;
+use riskfeat_tests::{wait_until, Agent, AgentToml, Stack, StackOptions};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credential_swaps_under_load_fail_no_request() {
+    let stack = start_stack().await;
+    insert_rows(&stack, 1, &[(10.0, Utc::now()), (20.0, Utc::now())]).await;
+    let (first, issued) = rotate(&stack, 1).await;
+    let w = spawn_worker(&stack, "pool_size = 4");
+    w.wait_generation(1, READY_TIMEOUT).await.unwrap();
+    let load = Load::start(w.http().base(), 8, vec![1, 2, 3]);
+    let mut previous = (first, issued);
+    for generation in 2..=4u64 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let (cred, issued) = rotate(&stack, generation).await;
+        w.wait_generation(generation, READY_TIMEOUT).await.unwrap();
+        // The ack names the new generation.
+        let a = ack(&stack).expect("worker.json written");
+        assert_eq!(a.generation, generation);
+        // Every worker connection on the replica now uses the new role: the
+        // old pool drained and closed.
+        wait_only_role(&stack, &w, &cred.username).await;
+        // Like the agent: revoke the old lease only after the ack.
+        stack
+            .bao
+            .api(
+                reqwest::Method::PUT,
+                "sys/leases/revoke",
+                Some(json!({"lease_id": previous.1.lease_id})),
+            )
+            .await
+            .context("revoke old lease")
+            .unwrap();
+        previous = (cred, issued);
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Connections killed under requests (SQLSTATE 57P01): retried once on a
+    // fresh connection, no request fails. Kill until one was caught mid-query.
+    let su = stack.pg.replica().connect_superuser().await.unwrap();
+    let mut retries = 0.0;
+    for _ in 0..30 {
+        su.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = 'riskfeat-worker' AND backend_type = 'client backend'",
+            &[],
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        retries = w
+            .http()
+            .metric("riskfeat_worker_db_retries_total")
+            .await
+            .unwrap()
+            .unwrap_or(0.0);
+        if retries >= 1.0 {
+            break;
+        }
+    }
+    assert!(retries >= 1.0, "a killed connection was retried");
+    let (ok, failures) = load.finish().await;
+    assert!(ok > 50, "the load made progress ({ok} answers)");
+    assert!(
+        failures.is_empty(),
+        "{} failed requests of {}: {:?}\nlogs:\n{}",
+        failures.len(),
+        ok + failures.len() as u64,
+        &failures[..failures.len().min(10)],
+        w.logs()
+    );
+    let m = w.metrics().await.unwrap();
+    assert!(m.contains("riskfeat_worker_credential_generation 4"), "{m}");
+    assert!(
+        m.contains("riskfeat_worker_credential_swaps_total 4"),
+        "{m}"
+    );
+    assert!(m.contains("riskfeat_worker_pools_draining 0"), "{m}");
+    let _ = previous;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broken_db_json_never_replaces_a_working_pool() {
+    let stack = start_stack().await;
+    let (good, _) = rotate(&stack, 1).await;
+    let w = spawn_worker(&stack, "pool_size = 2");
+    w.wait_generation(1, READY_TIMEOUT).await.unwrap();
+    let client = reqwest::Client::new();
+    let db_json = stack.shared_dir.path().join("db.json");
+
+    // 1. Truncated file.
+    let bytes = serde_json::to_vec(&good).unwrap();
+    write_atomic(&db_json, &bytes[..bytes.len() / 2], WriteOptions::SHARED).unwrap();
+    let status_body = || async { w.health().probe(ProbeKind::Status).await.unwrap().1 };
+    wait_until(SECS(15), "status names the parse error", || async {
+        status_body().await.contains("not a valid credential file")
+    })
+    .await
+    .unwrap();
+    // 2. Wrong password, new generation.
+    let mut wrong = good.clone();
+    wrong.generation = 2;
+    wrong.password = Secret::new("definitely-not-the-password");
+    publish(&stack, &wrong);
+    wait_until(SECS(15), "status names the failed login", || async {
+        let body = status_body().await;
+        body.contains("generation 2") && body.contains("password authentication failed")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", w.logs()));
+    let st = w.status().await.unwrap();
+    assert!(
+        !st.to_string().contains("definitely-not-the-password"),
+        "no secret in status"
+    );
+    // 3. Unknown host, newer generation.
+    let mut nowhere = good.clone();
+    nowhere.generation = 3;
+    nowhere.replica.host = "no-such-host.invalid".into();
+    publish(&stack, &nowhere);
+    wait_until(SECS(20), "status names the unknown host", || async {
+        let body = status_body().await;
+        body.contains("generation 3") && body.contains("no-such-host.invalid")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", w.logs()));
+
+    // Through all of it: ready, serving with generation 1.
+    assert_eq!(w.health().probe(ProbeKind::Ready).await.unwrap().0, 200);
+    let (code, body) = get(&client, &w.url("/v1/features/1")).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["credential_generation"], 1);
+    let st = w.status().await.unwrap();
+    assert_eq!(st["credential"]["generation"], 1);
+    let m = w.metrics().await.unwrap();
+    assert!(
+        m.contains("riskfeat_worker_credential_failures_total{reason=\"parse\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("riskfeat_worker_credential_failures_total{reason=\"connect\"}"),
+        "{m}"
+    );
+
+    // A good credential then swaps in and clears the error.
+    rotate(&stack, 4).await;
+    w.wait_generation(4, READY_TIMEOUT).await.unwrap();
+    let st = w.status().await.unwrap();
+    assert!(st["credential_error"].is_null(), "{st}");
+}
+
+/// An agent config for `stack` (the real riskfeat-agent rotates).
+fn write_agent_config(stack: &Stack, dir: &Path, lifecycle: &str) -> PathBuf {
+    stack
+        .write_agent_toml(
+            dir,
+            AgentToml {
+                sections: &format!(
+                    "[lifecycle]\nbackoff_initial_s = 0.2\nbackoff_max_s = 2.0\n{lifecycle}"
+                ),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_agent_rotations_under_load_fail_no_request() {
+    let stack = Stack::start(StackOptions {
+        default_ttl: SECS(5),
+        max_ttl: SECS(20),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    insert_rows(&stack, 1, &[(10.0, Utc::now()), (20.0, Utc::now())]).await;
+    stack.pg.wait_replica_caught_up().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_agent_config(
+        &stack,
+        dir.path(),
+        "rotate_lead_s = 8\nack_grace_s = 120\nmax_issuances_per_minute = 20\nmax_ttl_hint_s = 20",
+    );
+    let agent = Agent::spawn(&cfg, stack.shared_dir.path(), &[]).expect("spawn riskfeat-agent");
+    let w = spawn_worker(&stack, "pool_size = 4");
+    w.wait_ready(SECS(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nagent:\n{}", agent.logs()));
+    let first = w.status().await.unwrap()["credential"]["generation"]
+        .as_u64()
+        .unwrap();
+    let load = Load::start(w.http().base(), 8, vec![1, 2, 3]);
+    for generation in first + 1..=first + 3 {
+        w.wait_generation(generation, READY_TIMEOUT).await.unwrap();
+        let cred = DbCredential::load(&stack.shared_dir.path().join("db.json")).unwrap();
+        if cred.generation == generation {
+            wait_only_role(&stack, &w, &cred.username).await;
+        }
+    }
+    // Let the agent revoke the last replaced lease under load too.
+    tokio::time::sleep(SECS(2)).await;
+    let (ok, failures) = load.finish().await;
+    assert!(ok > 50, "the load made progress ({ok} answers)");
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}\nworker:\n{}\nagent:\n{}",
+        failures.len(),
+        &failures[..failures.len().min(10)],
+        w.logs(),
+        agent.logs()
+    );
+}
