@@ -27,6 +27,7 @@
 //! worker (and counted: the window part returns how many it skipped). A
 //! time in the future counts as now.
 
+use riskfeat_shared::exit::Fatal;
 use serde::Deserialize;
 
 /// `[source]`: where the transactions are. Defaults are the seed's table.
@@ -220,6 +221,26 @@ pub async fn check(
     client: &tokio_postgres::Client,
     source: &Source,
 ) -> Result<(), Result<SourceMismatch, tokio_postgres::Error>> {
+    check_inner(client, source).await.map_err(|e| match e {
+        // No USAGE on the schema, no SELECT: a mapping this credential
+        // cannot use, said as such rather than as a failed query.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            let why = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| e.to_string());
+            Ok(SourceMismatch {
+                problems: vec![format!("source.table = {:?}: {why}", source.table)],
+            })
+        }
+        other => other,
+    })
+}
+
+async fn check_inner(
+    client: &tokio_postgres::Client,
+    source: &Source,
+) -> Result<(), Result<SourceMismatch, tokio_postgres::Error>> {
     // to_regclass resolves an unqualified name through search_path, as the
     // feature query will; the quoted form keeps the name exact.
     let row = client
@@ -299,6 +320,44 @@ pub async fn check(
         Ok(())
     } else {
         Err(Ok(SourceMismatch { problems }))
+    }
+}
+
+/// `check-config --database`: the mapping checked once, as the worker
+/// would on a new pool, with the credential of the shared dir's `db.json`
+/// (so it runs where the worker runs). Ok names what was checked; a
+/// mismatch is [`Fatal::Data`] (65), a credential that cannot be read is
+/// [`Fatal::Input`] (66), a database that cannot be used is
+/// [`Fatal::Unavailable`] (69).
+pub async fn check_database(cfg: &crate::config::Config) -> Result<String, Fatal> {
+    use crate::pool::{DbError, DbPools};
+    let (tls, _) = crate::run::load_ca(cfg)?;
+    let path = riskfeat_shared::layout::SharedDir::new(&cfg.shared_dir).db_json();
+    let bytes = std::fs::read(&path)
+        .map_err(|e| Fatal::Input(format!("{}: cannot read: {e}", path.display())))?;
+    let cred =
+        riskfeat_shared::creds::DbCredential::from_slice(&path.display().to_string(), &bytes)
+            .map_err(|e| Fatal::Input(e.to_string()))?;
+    let app = crate::app::App::new(cfg.clone(), tls.clone());
+    let pools =
+        DbPools::new(&cred, &app.pool_settings, &tls).map_err(|e| Fatal::Config(e.to_string()))?;
+    let budget = app.pool_settings.connect_timeout * 2 + app.pool_settings.statement_timeout;
+    let result = tokio::time::timeout(budget, pools.validate(1)).await;
+    pools.close();
+    match result {
+        Ok(Ok(())) => Ok(format!(
+            "[source] {} matches the database at {}:{}/{} (as {})",
+            cfg.source.quoted_table(),
+            cred.replica.host,
+            cred.replica.port,
+            cred.replica.dbname,
+            cred.username
+        )),
+        Ok(Err(DbError::Source(m))) => Err(Fatal::Data(m.to_string())),
+        Ok(Err(e)) => Err(Fatal::Unavailable(e.to_string())),
+        Err(_) => Err(Fatal::Unavailable(format!(
+            "no answer from the database within {budget:?}"
+        ))),
     }
 }
 
