@@ -523,6 +523,7 @@ async fn the_harness_applies_exactly_the_k8s_bootstrap_files() {
         .await
         .unwrap();
     assert_eq!(approle["data"]["token_policies"], json!(["riskfeat-agent"]));
+    assert_eq!(approle["data"]["token_no_default_policy"], json!(true));
     assert_eq!(approle["data"]["token_ttl"], 300);
     assert_eq!(approle["data"]["token_period"], 300);
 
@@ -602,8 +603,8 @@ async fn the_harness_applies_exactly_the_k8s_bootstrap_files() {
     bao.request(
         Some(&token),
         Method::PUT,
-        "sys/leases/revoke",
-        Some(json!({"lease_id": creds.lease_id})),
+        &format!("sys/leases/revoke/{}", creds.lease_id),
+        None,
     )
     .await
     .unwrap();

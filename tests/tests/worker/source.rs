@@ -100,6 +100,27 @@ fn users(now: DateTime<Utc>, non_finite: bool) -> Vec<(i64, Rows)> {
             ],
         ),
     ];
+    // And random users: 0-400 rows each, from two days ago to an hour
+    // ahead, amounts over six orders of magnitude (a fixed seed: a failure
+    // reproduces).
+    let mut state: u64 = 0x5eed_2026;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) as f64 / u64::MAX as f64
+    };
+    for u in 300..320 {
+        let n = (next() * 400.0) as usize;
+        let rows = (0..n)
+            .map(|_| {
+                let amount = (10f64.powf(next() * 6.0 - 2.0) * 100.0).round() / 100.0;
+                (Some(amount), ago(next() * 176_400.0 - 3_600.0))
+            })
+            .collect();
+        users.push((u, rows));
+    }
     if non_finite {
         users.push((
             208,
@@ -186,8 +207,8 @@ async fn check_all(base: &dyn Fn(&str) -> String, users: &[(i64, Rows)]) {
 /// with 300 transactions in the last hour answers 300 and the SQL sum; one
 /// with 5,000 answers 5,000. Every field of eight generated users (none,
 /// one, identical amounts, 300 and 5,000 in an hour, rows on the window
-/// edges, future rows, huge amounts) matches the reference, single and
-/// batch. Checked to fail: with the windows computed over the lookback
+/// edges, future rows, huge amounts) and of 20 random ones matches the
+/// reference, single and batch. Checked to fail: with the windows computed over the lookback
 /// slice again (features::compute counting `rows` instead of taking the
 /// query's aggregates) user 203 answers `count_1h: 50`; with the worker's
 /// old hard-coded `amount`/`ts` columns every answer is a 503.
