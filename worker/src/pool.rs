@@ -195,7 +195,7 @@ impl DbPools {
             let one = conn.prepare_cached(&sql.one).await.map_err(query_err)?;
             conn.prepare_cached(&sql.batch).await.map_err(query_err)?;
             let now = chrono::Utc::now().timestamp_micros();
-            conn.query(&one, &[&-1i64, &1i64, &now, &now, &now])
+            conn.query(&one, &[&-1i64, &1i64, &now, &now])
                 .await
                 .map_err(query_err)?;
         }
