@@ -287,11 +287,7 @@ async fn batch(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, Api
     } else {
         let sql = &app.pool_settings.sql.batch;
         let (rows, generation) = app
-            .query(
-                ctx,
-                sql,
-                &[&ids, &lookback, &c.short_start, &c.long_start],
-            )
+            .query(ctx, sql, &[&ids, &lookback, &c.short_start, &c.long_start])
             .await?;
         let mut by_user: HashMap<i64, (Vec<Row>, Windows)> = HashMap::with_capacity(ids.len());
         for r in &rows {

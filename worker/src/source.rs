@@ -158,7 +158,12 @@ impl FeatureSql {
     fn new(s: &Source) -> FeatureSql {
         let table = s.quoted_table();
         let user = quote(&s.user_column);
-        let amount = format!("{}::float8", quote(&s.amount_column));
+        // The newest rows are read as float8; the aggregate sums the column's
+        // own type (a numeric is not converted row by row, which costs more
+        // than the sum) and skips NULL, NaN and infinities (NaN sorts above
+        // every number in PostgreSQL, so BETWEEN excludes it).
+        let raw = quote(&s.amount_column);
+        let amount = format!("{raw}::float8");
         let time = quote(&s.time_column);
         let (short_start, long_start) = (at(3), at(4));
         let latest = |uid: &str| {
@@ -180,8 +185,9 @@ impl FeatureSql {
                  COALESCE(sum(w.a) FILTER (WHERE w.ok AND w.t > {short_start}), 0), \
                  count(*) FILTER (WHERE w.ok), COALESCE(sum(w.a) FILTER (WHERE w.ok), 0), \
                  count(*) FILTER (WHERE NOT w.ok)]::float8[] \
-                 FROM (SELECT {amount} AS a, {time} AS t, \
-                 COALESCE({amount} > '-Infinity' AND {amount} < 'Infinity', false) AS ok \
+                 FROM (SELECT {raw} AS a, {time} AS t, \
+                 COALESCE({raw} BETWEEN -1.7976931348623157e308 AND 1.7976931348623157e308, \
+                 false) AS ok \
                  FROM {table} WHERE {user} = {uid} AND {time} > {long_start}) w) END"
             )
         };
