@@ -332,15 +332,7 @@ impl Config {
             ("database.primary", &d.primary),
             ("database.replica", &d.replica),
         ] {
-            if ep.host.is_empty() {
-                out.push(format!("{name}.host is empty"));
-            }
-            if ep.port == 0 {
-                out.push(format!("{name}.port is 0"));
-            }
-            if ep.dbname.is_empty() {
-                out.push(format!("{name}.dbname is empty"));
-            }
+            out.extend(ep.problems(name));
             if !ep.sslmode.is_disable() && d.ca_file.is_none() {
                 out.push(format!(
                     "{name}.sslmode = \"{}\" needs database.ca_file",

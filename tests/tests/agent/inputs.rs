@@ -7,7 +7,15 @@ use crate::support::{db_json, opts, spawn_agent, wait_published, write_config, S
 use nix::sys::signal::Signal;
 use riskfeat_tests::{Agent, Stack};
 use serde_json::Value;
-use std::path::PathBuf;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+
+/// Replaces `from` with `to` in the config file `cfg` (to point the agent
+/// at another input).
+fn edit_config(cfg: &Path, from: impl Display, to: impl Display) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    std::fs::write(cfg, text.replace(&from.to_string(), &to.to_string())).unwrap();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_vault_input_gives_one_clear_message_and_exit_code() {
@@ -17,11 +25,11 @@ async fn bad_vault_input_gives_one_clear_message_and_exit_code() {
     // Missing secret_id file: 66, naming the file.
     let missing = dir.path().join("no-such-secret-id");
     let cfg = write_config(&stack, dir.path(), "", "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        &stack.approle.secret_id_file.display().to_string(),
-        &missing.display().to_string(),
+    edit_config(
+        &cfg,
+        stack.approle.secret_id_file.display(),
+        missing.display(),
     );
-    std::fs::write(&cfg, text).unwrap();
     let (code, logs) = Agent::run_to_exit(&cfg, SECS(30)).unwrap();
     assert_eq!(code, Some(66), "{logs}");
     assert!(logs.contains("no-such-secret-id"), "{logs}");
@@ -36,11 +44,11 @@ async fn bad_vault_input_gives_one_clear_message_and_exit_code() {
     let role_id = dir.path().join("wrong-role-id");
     std::fs::write(&role_id, "00000000-0000-0000-0000-000000000000\n").unwrap();
     let cfg = write_config(&stack, dir.path(), "", "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        &stack.approle.role_id_file.display().to_string(),
-        &role_id.display().to_string(),
+    edit_config(
+        &cfg,
+        stack.approle.role_id_file.display(),
+        role_id.display(),
     );
-    std::fs::write(&cfg, text).unwrap();
     let (code, logs) = Agent::run_to_exit(&cfg, SECS(30)).unwrap();
     assert_eq!(code, Some(77), "{logs}");
     assert!(logs.contains("auth/approle/login"), "{logs}");
@@ -66,38 +74,16 @@ async fn bad_vault_input_gives_one_clear_message_and_exit_code() {
         )
         .await
         .unwrap();
-    let rid = stack
-        .bao
-        .api(
-            reqwest::Method::GET,
-            "auth/approle/role/no-creds/role-id",
-            None,
-        )
-        .await
-        .unwrap()["data"]["role_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sid = stack
-        .bao
-        .api(
-            reqwest::Method::POST,
-            "auth/approle/role/no-creds/secret-id",
-            None,
-        )
-        .await
-        .unwrap()["data"]["secret_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let rid = stack.bao.role_id("no-creds").await.unwrap();
+    let sid = stack.bao.new_secret_id("no-creds").await.unwrap();
     std::fs::write(&role_id, &rid).unwrap();
     let sid_file = dir.path().join("no-creds-secret-id");
     std::fs::write(&sid_file, &sid).unwrap();
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        &stack.approle.secret_id_file.display().to_string(),
-        &sid_file.display().to_string(),
+    edit_config(
+        &cfg,
+        stack.approle.secret_id_file.display(),
+        sid_file.display(),
     );
-    std::fs::write(&cfg, text).unwrap();
     let (code, logs) = Agent::run_to_exit(&cfg, SECS(30)).unwrap();
     assert_eq!(code, Some(77), "{logs}");
     assert!(
@@ -197,17 +183,17 @@ async fn wrapped_secret_id_is_unwrapped_once_and_its_file_deleted() {
     let file = dir.path().join("wrapped-secret-id");
     std::fs::write(&file, &wrapping_token).unwrap();
     let cfg = write_config(&stack, dir.path(), "", "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        &format!(
+    edit_config(
+        &cfg,
+        format!(
             "secret_id_file = \"{}\"",
             stack.approle.secret_id_file.display()
         ),
-        &format!(
+        format!(
             "secret_id_file = \"{}\"\nsecret_id_wrapped = true\ndelete_secret_id_after_read = true",
             file.display()
         ),
     );
-    std::fs::write(&cfg, text).unwrap();
     let mut agent = spawn_agent(&stack, &cfg, &[]);
     let first = wait_published(&stack, 1, SECS(60)).await;
     assert!(!file.exists(), "secret_id file deleted after reading");

@@ -13,6 +13,17 @@ use riskfeat_tests::fixtures::sample;
 use riskfeat_tests::{wait_until, Agent, Stack, StackOptions};
 use std::path::{Path, PathBuf};
 
+/// A stack with Vault behind a proxy (to cut it off) and 30 s credentials
+/// (max_ttl 300 s).
+async fn proxied_stack() -> Stack {
+    Stack::start(StackOptions {
+        vault_proxy: true,
+        ..opts(30, 300)
+    })
+    .await
+    .unwrap()
+}
+
 /// An agent issuing at most `cap` credentials a minute, ready (with the
 /// ack of its first credential, which it returns).
 async fn ready_agent_with_cap(stack: &Stack, dir: &Path, cap: u32) -> (Agent, DbCredential) {
@@ -31,14 +42,7 @@ async fn ready_agent_with_cap(stack: &Stack, dir: &Path, cap: u32) -> (Agent, Db
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_outage_keeps_the_credential_and_recovers() {
-    let stack = Stack::start(StackOptions {
-        default_ttl: SECS(30),
-        max_ttl: SECS(300),
-        vault_proxy: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let stack = proxied_stack().await;
     let dir = tempfile::tempdir().unwrap();
     let cap = 3;
     let (agent, first) = ready_agent_with_cap(&stack, dir.path(), cap).await;
@@ -228,14 +232,7 @@ async fn fallback_file(stack: &Stack, dir: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fallback_is_published_only_while_vault_cannot_issue() {
-    let stack = Stack::start(StackOptions {
-        default_ttl: SECS(30),
-        max_ttl: SECS(300),
-        vault_proxy: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let stack = proxied_stack().await;
     let dir = tempfile::tempdir().unwrap();
     let fb = fallback_file(&stack, dir.path()).await;
     let cfg = write_config(
