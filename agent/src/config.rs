@@ -7,7 +7,7 @@
 //! endpoints, and configd's address and token file when `[configd]` is
 //! there. Unknown keys are rejected. See docs/agent.md for the reference.
 
-use riskfeat_shared::config_loader::{self, set, ConfigError, Validate};
+use riskfeat_shared::config_loader::{self, ConfigError, Validate};
 use riskfeat_shared::creds::Endpoint;
 use riskfeat_shared::telemetry::LogFormat;
 use serde::Deserialize;
@@ -249,19 +249,13 @@ fn default_backoff_max_s() -> f64 {
     30.0
 }
 
-/// Flag/env values that override the file.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub shared_dir: Option<PathBuf>,
-    pub log_format: Option<LogFormat>,
-    pub log_level: Option<String>,
-}
+/// Flag/env values that override the file: the agent has only the
+/// shared ones.
+pub use riskfeat_shared::cli::CommonOverrides as Overrides;
 
 impl config_loader::Overrides<Config> for Overrides {
     fn apply(&self, cfg: &mut Config) {
-        set(&mut cfg.shared_dir, &self.shared_dir);
-        set(&mut cfg.log_format, &self.log_format);
-        set(&mut cfg.log_level, &self.log_level);
+        self.apply_to(&mut cfg.shared_dir, &mut cfg.log_format, &mut cfg.log_level);
     }
 }
 
