@@ -579,14 +579,11 @@ async fn the_harness_applies_exactly_the_k8s_bootstrap_files() {
     let creds = stack.issue_creds().await.unwrap();
     let session = login(&stack.pg.primary, &creds).await;
     session.simple_query("SELECT 1").await.unwrap();
-    bao.request(
-        Some(&token),
-        Method::PUT,
-        "sys/leases/revoke",
-        Some(json!({"lease_id": creds.lease_id})),
-    )
-    .await
-    .unwrap();
+    // The URL form, the one the policy grants (the agent's own call).
+    let revoke = format!("sys/leases/revoke/{}", creds.lease_id);
+    bao.request(Some(&token), Method::PUT, &revoke, None)
+        .await
+        .unwrap();
     wait_until(
         Duration::from_secs(10),
         "the revoked role's session to end",

@@ -17,6 +17,15 @@ fn edit_config(cfg: &Path, from: impl Display, to: impl Display) {
     std::fs::write(cfg, text.replace(&from.to_string(), &to.to_string())).unwrap();
 }
 
+/// Runs riskfeat-agent on `cfg` until it exits, which must be with `code`
+/// and a log naming `needle`; returns the log.
+fn assert_exits(cfg: &Path, code: i32, needle: &str) -> String {
+    let (got, logs) = Agent::run_to_exit(cfg, SECS(30)).unwrap();
+    assert_eq!(got, Some(code), "{logs}");
+    assert!(logs.contains(needle), "{logs}");
+    logs
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_vault_input_gives_one_clear_message_and_exit_code() {
     let stack = Stack::start(opts(60, 600)).await.unwrap();
@@ -30,15 +39,11 @@ async fn bad_vault_input_gives_one_clear_message_and_exit_code() {
         stack.approle.secret_id_file.display(),
         missing.display(),
     );
-    let (code, logs) = Agent::run_to_exit(&cfg, SECS(30)).unwrap();
-    assert_eq!(code, Some(66), "{logs}");
-    assert!(logs.contains("no-such-secret-id"), "{logs}");
+    assert_exits(&cfg, 66, "no-such-secret-id");
 
     // Empty secret_id file: 66.
     std::fs::write(&missing, "\n").unwrap();
-    let (code, logs) = Agent::run_to_exit(&cfg, SECS(30)).unwrap();
-    assert_eq!(code, Some(66), "{logs}");
-    assert!(logs.contains("is empty"), "{logs}");
+    assert_exits(&cfg, 66, "is empty");
 
     // Wrong role_id: 77, naming the login path.
     let role_id = dir.path().join("wrong-role-id");
@@ -49,9 +54,7 @@ async fn bad_vault_input_gives_one_clear_message_and_exit_code() {
         stack.approle.role_id_file.display(),
         role_id.display(),
     );
-    let (code, logs) = Agent::run_to_exit(&cfg, SECS(30)).unwrap();
-    assert_eq!(code, Some(77), "{logs}");
-    assert!(logs.contains("auth/approle/login"), "{logs}");
+    let logs = assert_exits(&cfg, 77, "auth/approle/login");
     let error_lines: Vec<_> = logs.lines().filter(|l| l.contains("error:")).collect();
     assert_eq!(error_lines.len(), 1, "one clear error line: {logs}");
 
@@ -84,15 +87,9 @@ async fn bad_vault_input_gives_one_clear_message_and_exit_code() {
         stack.approle.secret_id_file.display(),
         sid_file.display(),
     );
-    let (code, logs) = Agent::run_to_exit(&cfg, SECS(30)).unwrap();
-    assert_eq!(code, Some(77), "{logs}");
-    assert!(
-        logs.contains(&format!(
-            "{}/creds/{}",
-            stack.approle.db_mount, stack.approle.db_role
-        )) && logs.contains("permission denied"),
-        "{logs}"
-    );
+    let logs = assert_exits(&cfg, 77, "permission denied");
+    let creds_path = format!("{}/creds/{}", stack.approle.db_mount, stack.approle.db_role);
+    assert!(logs.contains(&creds_path), "{logs}");
     assert!(!logs.contains(&sid), "secret_id leaked: {logs}");
     assert!(db_json(&stack).is_none());
 }

@@ -5,8 +5,8 @@
 //! unready).
 
 use crate::support::{
-    assert_recovered_within_cap, can_login_on_replica, db_json, opts, spawn_agent, wait_published,
-    write_ack, write_config, SECS,
+    acked_agent, assert_recovered_within_cap, can_login_on_replica, db_json, opts, spawn_agent,
+    wait_published, write_ack, write_config, SECS,
 };
 use riskfeat_shared::creds::DbCredential;
 use riskfeat_tests::fixtures::sample;
@@ -27,15 +27,8 @@ async fn proxied_stack() -> Stack {
 /// An agent issuing at most `cap` credentials a minute, ready (with the
 /// ack of its first credential, which it returns).
 async fn ready_agent_with_cap(stack: &Stack, dir: &Path, cap: u32) -> (Agent, DbCredential) {
-    let cfg = write_config(
-        stack,
-        dir,
-        &format!("max_issuances_per_minute = {cap}\nready_min_remaining_s = 2"),
-        "",
-    );
-    let agent = spawn_agent(stack, &cfg, &[]);
-    let first = wait_published(stack, 1, SECS(60)).await;
-    write_ack(stack, first.generation);
+    let lifecycle = format!("max_issuances_per_minute = {cap}\nready_min_remaining_s = 2");
+    let (agent, first) = acked_agent(stack, dir, &lifecycle, &[]).await;
     agent.wait_ready(SECS(20)).await.unwrap();
     (agent, first)
 }
