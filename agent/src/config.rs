@@ -7,7 +7,7 @@
 //! endpoints, and configd's address and token file when `[configd]` is
 //! there. Unknown keys are rejected. See docs/agent.md for the reference.
 
-use riskfeat_shared::config_loader::{self, set, ConfigError, Validate};
+use riskfeat_shared::config_loader::{self, ConfigError, Validate};
 use riskfeat_shared::creds::Endpoint;
 use riskfeat_shared::telemetry::LogFormat;
 use serde::Deserialize;
@@ -249,25 +249,13 @@ fn default_backoff_max_s() -> f64 {
     30.0
 }
 
-/// Flag/env values that override the file.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub shared_dir: Option<PathBuf>,
-    pub log_format: Option<LogFormat>,
-    pub log_level: Option<String>,
-}
+/// Flag/env values that override the file: the agent has only the
+/// shared ones.
+pub use riskfeat_shared::cli::CommonOverrides as Overrides;
 
 impl config_loader::Overrides<Config> for Overrides {
     fn apply(&self, cfg: &mut Config) {
-        set(&mut cfg.shared_dir, &self.shared_dir);
-        set(&mut cfg.log_format, &self.log_format);
-        set(&mut cfg.log_level, &self.log_level);
-    }
-}
-
-impl Validate for Config {
-    fn problems(&self) -> Vec<String> {
-        Config::problems(self)
+        self.apply_to(&mut cfg.shared_dir, &mut cfg.log_format, &mut cfg.log_level);
     }
 }
 
@@ -283,8 +271,22 @@ impl Config {
         config_loader::parse(path, text, Path::new("."), overrides)
     }
 
+    /// The health socket path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| self.shared_dir.join("agent.sock"))
+    }
+
+    /// The Vault request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.vault.request_timeout_s)
+    }
+}
+
+impl Validate for Config {
     /// Every semantic problem (empty when valid).
-    pub fn problems(&self) -> Vec<String> {
+    fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.shared_dir.as_os_str().is_empty() {
             out.push("shared_dir is empty".into());
@@ -332,15 +334,7 @@ impl Config {
             ("database.primary", &d.primary),
             ("database.replica", &d.replica),
         ] {
-            if ep.host.is_empty() {
-                out.push(format!("{name}.host is empty"));
-            }
-            if ep.port == 0 {
-                out.push(format!("{name}.port is 0"));
-            }
-            if ep.dbname.is_empty() {
-                out.push(format!("{name}.dbname is empty"));
-            }
+            out.extend(ep.problems(name));
             if !ep.sslmode.is_disable() && d.ca_file.is_none() {
                 out.push(format!(
                     "{name}.sslmode = \"{}\" needs database.ca_file",
@@ -366,18 +360,6 @@ impl Config {
             out.extend(c.problems());
         }
         out
-    }
-
-    /// The health socket path.
-    pub fn socket_path(&self) -> PathBuf {
-        self.socket
-            .clone()
-            .unwrap_or_else(|| self.shared_dir.join("agent.sock"))
-    }
-
-    /// The Vault request timeout.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.vault.request_timeout_s)
     }
 }
 
@@ -418,6 +400,19 @@ mod tests {
         replica = { host = "pg-replica", port = 5432, dbname = "riskfeat" }
     "#;
 
+    /// The message of the error parsing `text` as file `name` gives.
+    fn rejected(name: &str, text: &str) -> String {
+        let err = Config::parse(name, text, &Overrides::default()).unwrap_err();
+        err.to_string()
+    }
+
+    /// `msg` names every one of `wants`.
+    fn assert_names(msg: &str, wants: &[&str]) {
+        for want in wants {
+            assert!(msg.contains(want), "missing {want:?} in {msg}");
+        }
+    }
+
     #[test]
     fn minimal_config_gets_defaults() {
         let c = Config::parse("agent.toml", MINIMAL, &Overrides::default()).unwrap();
@@ -446,8 +441,7 @@ mod tests {
     #[test]
     fn unknown_key_is_rejected_with_its_name() {
         let text = format!("{MINIMAL}\n[lifecycle]\nrenew_fracton = 0.5\n");
-        let err = Config::parse("agent.toml", &text, &Overrides::default()).unwrap_err();
-        let msg = err.to_string();
+        let msg = rejected("agent.toml", &text);
         assert!(
             msg.contains("agent.toml") && msg.contains("renew_fracton"),
             "{msg}"
@@ -468,22 +462,21 @@ mod tests {
             renew_fraction = 1.5
             max_issuances_per_minute = 0
         "#;
-        let err = Config::parse("a.toml", text, &Overrides::default()).unwrap_err();
-        let msg = err.to_string();
-        for want in [
-            "metrics_addr",
-            "vault.addr",
-            "vault.ca_cert_file is set but vault.addr",
-            "vault.secret_id_file is required",
-            "database.primary.host is empty",
-            "database.primary.port is 0",
-            "database.replica.dbname is empty",
-            "database.replica.sslmode = \"verify-full\" needs database.ca_file",
-            "lifecycle.renew_fraction",
-            "max_issuances_per_minute",
-        ] {
-            assert!(msg.contains(want), "missing {want:?} in {msg}");
-        }
+        assert_names(
+            &rejected("a.toml", text),
+            &[
+                "metrics_addr",
+                "vault.addr",
+                "vault.ca_cert_file is set but vault.addr",
+                "vault.secret_id_file is required",
+                "database.primary.host is empty",
+                "database.primary.port is 0",
+                "database.replica.dbname is empty",
+                "database.replica.sslmode = \"verify-full\" needs database.ca_file",
+                "lifecycle.renew_fraction",
+                "max_issuances_per_minute",
+            ],
+        );
     }
 
     #[test]
@@ -499,22 +492,21 @@ mod tests {
             [lifecycle]
             rotate_lead_s = "soon"
         "#;
-        let err = Config::parse("a.toml", text, &Overrides::default()).unwrap_err();
-        let msg = err.to_string();
-        for want in [
-            "\n  - colour: unknown key, expected one of `shared_dir`, ",
-            "\n  - vault.addr: invalid type: integer `5`, expected a string",
-            "\n  - database.replica.extra: unknown key, expected one of `host`, ",
-            "\n  - lifecycle.rotate_lead_s: invalid type: string \"soon\", expected u64",
-        ] {
-            assert!(msg.contains(want), "missing {want:?} in {msg}");
-        }
+        let msg = rejected("a.toml", text);
+        assert_names(
+            &msg,
+            &[
+                "\n  - colour: unknown key, expected one of `shared_dir`, ",
+                "\n  - vault.addr: invalid type: integer `5`, expected a string",
+                "\n  - database.replica.extra: unknown key, expected one of `host`, ",
+                "\n  - lifecycle.rotate_lead_s: invalid type: string \"soon\", expected u64",
+            ],
+        );
         // The removals that let the others be found add no "missing" noise.
         assert!(!msg.contains("missing"), "{msg}");
-        let err = Config::parse("a.toml", "[vault\n", &Overrides::default()).unwrap_err();
+        let err = rejected("a.toml", "[vault\n");
         assert!(
-            err.to_string()
-                .starts_with("a.toml: invalid config:\n  - line 1, column 7 (`[vault`): "),
+            err.starts_with("a.toml: invalid config:\n  - line 1, column 7 (`[vault`): "),
             "{err}"
         );
     }
@@ -537,16 +529,16 @@ mod tests {
             ca_file: Some("/ca.pem".into()),
             ..good
         };
-        let p = bad.problems().join("\n");
-        for needle in [
-            "configd.addr",
-            "configd.ca_file is set but",
-            "../x",
-            "poll_timeout_s",
-            "backoff_initial_s",
-        ] {
-            assert!(p.contains(needle), "{needle} missing in {p}");
-        }
+        assert_names(
+            &bad.problems().join("\n"),
+            &[
+                "configd.addr",
+                "configd.ca_file is set but",
+                "../x",
+                "poll_timeout_s",
+                "backoff_initial_s",
+            ],
+        );
     }
 
     #[test]

@@ -17,9 +17,8 @@ mod state;
 mod status;
 mod vault;
 
-use clap::{Parser, Subcommand};
-use riskfeat_shared::health::ProbeKind;
-use riskfeat_shared::telemetry::LogFormat;
+use clap::Parser;
+use riskfeat_shared::cli::Command;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,33 +35,10 @@ struct Cli {
     /// Config file (TOML).
     #[arg(long, global = true, env = "RISKFEAT_AGENT_CONFIG", default_value = DEFAULT_CONFIG)]
     config: PathBuf,
-    /// Override `shared_dir`.
-    #[arg(long, global = true, env = "RISKFEAT_SHARED_DIR")]
-    shared_dir: Option<PathBuf>,
-    /// Override `log_format` (text or json).
-    #[arg(long, global = true, env = "RISKFEAT_LOG_FORMAT")]
-    log_format: Option<LogFormat>,
-    /// Override `log_level` (e.g. info, debug, riskfeat_agent=debug).
-    #[arg(long, global = true, env = "RISKFEAT_LOG")]
-    log_level: Option<String>,
+    #[command(flatten)]
+    overrides: config::Overrides,
     #[command(subcommand)]
     command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the agent (the default).
-    Run,
-    /// Ask a running agent over its health socket; exit 0 when healthy.
-    Probe {
-        /// live, ready or status.
-        kind: ProbeKind,
-        /// Health socket; default `<shared_dir>/agent.sock`.
-        #[arg(long)]
-        socket: Option<PathBuf>,
-    },
-    /// Validate the config file and exit (0 valid, 64 invalid).
-    CheckConfig,
 }
 
 fn main() -> ExitCode {
@@ -70,16 +46,12 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let overrides = config::Overrides {
-        shared_dir: cli.shared_dir.clone(),
-        log_format: cli.log_format,
-        log_level: cli.log_level.clone(),
+    let load = || {
+        config::Config::load(&cli.config, &cli.overrides).map_err(|e| e.fatal(fatal::Fatal::Config))
     };
-    let load =
-        || config::Config::load(&cli.config, &overrides).map_err(|e| e.fatal(fatal::Fatal::Config));
     match cli.command.unwrap_or(Command::Run) {
         Command::Probe { kind, socket } => {
-            let socket = socket.unwrap_or_else(|| match &cli.shared_dir {
+            let socket = socket.unwrap_or_else(|| match &cli.overrides.shared_dir {
                 Some(d) => d.join("agent.sock"),
                 None => load().map(|c| c.socket_path()).unwrap_or_else(|_| {
                     PathBuf::from(riskfeat_shared::layout::DEFAULT_SHARED_DIR).join("agent.sock")
@@ -87,7 +59,11 @@ fn main() -> ExitCode {
             });
             riskfeat_shared::health::probe_command(&socket, kind)
         }
-        Command::CheckConfig => match load() {
+        Command::CheckConfig { database: true } => {
+            fatal::Fatal::Config("check-config --database is a riskfeat-worker option".into())
+                .exit("riskfeat-agent: ")
+        }
+        Command::CheckConfig { database: false } => match load() {
             Ok(_) => {
                 println!("{}: ok", cli.config.display());
                 ExitCode::SUCCESS
@@ -105,5 +81,17 @@ fn main() -> ExitCode {
                 Err(e) => e.exit("riskfeat-agent: error: "),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own checks of the flags (unique names and groups...), which
+    /// otherwise run only when the binary parses its command line.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -70,40 +70,31 @@ impl LeaseState {
     }
 }
 
-/// The whole file.
+/// The whole file; a key it lacks takes its default.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AgentState {
     pub token: Option<TokenState>,
-    #[serde(default)]
     pub token_serial: u64,
     /// Replaced tokens still renewed because leases they created are in use.
-    #[serde(default)]
     pub old_tokens: Vec<TokenState>,
     /// The secret_id, kept only when its source is gone (file deleted after
     /// reading, or a wrapping token already unwrapped).
-    #[serde(default)]
     pub secret_id: Option<Secret>,
     /// The last generation published in db.json.
-    #[serde(default)]
     pub generation: u64,
     /// The credential published in db.json (None when none, or fallback).
     pub current: Option<LeaseState>,
     /// Superseded leases waiting for the worker's ack before revocation.
-    #[serde(default)]
     pub retiring: Vec<LeaseState>,
     /// True while db.json holds the static fallback credential.
-    #[serde(default)]
     pub fallback_published: bool,
     /// Learned (or configured) credential max_ttl.
-    #[serde(default)]
     pub max_ttl_s: Option<u64>,
     /// Learned token max lifetime.
-    #[serde(default)]
     pub token_max_ttl_s: Option<u64>,
     /// When credentials were issued in the last minute (the cap survives a
     /// crash loop).
-    #[serde(default)]
     pub issued_at: Vec<DateTime<Utc>>,
 }
 
@@ -149,33 +140,37 @@ impl AgentState {
     }
 }
 
+/// A renewable lease of generation 1 (token serial 1) issued at `now` for
+/// `duration_s`, next renewed at 2/3 of it: the tests' lease.
+#[cfg(test)]
+pub(crate) fn lease(now: DateTime<Utc>, duration_s: i64) -> LeaseState {
+    let secs = chrono::Duration::seconds;
+    LeaseState {
+        generation: 1,
+        lease_id: "database/creds/r/1".into(),
+        username: "u".into(),
+        password: Secret::new("p"),
+        issued_at: now,
+        expires_at: now + secs(duration_s),
+        lease_duration_s: duration_s as u64,
+        renewable: true,
+        hard_end: None,
+        token_serial: 1,
+        token_end: None,
+        next_renew_at: now + secs(duration_s * 2 / 3),
+        retire_by: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::Duration;
 
-    fn lease(now: DateTime<Utc>) -> LeaseState {
-        LeaseState {
-            generation: 1,
-            lease_id: "database/creds/r/1".into(),
-            username: "u".into(),
-            password: Secret::new("p"),
-            issued_at: now,
-            expires_at: now + Duration::seconds(60),
-            lease_duration_s: 60,
-            renewable: true,
-            hard_end: None,
-            token_serial: 1,
-            token_end: None,
-            next_renew_at: now + Duration::seconds(40),
-            retire_by: None,
-        }
-    }
-
     #[test]
     fn deadline_is_the_earliest_known_end() {
         let now = Utc::now();
-        let mut l = lease(now);
+        let mut l = lease(now, 60);
         assert_eq!(l.deadline(None), None);
         l.hard_end = Some(now + Duration::seconds(300));
         assert_eq!(l.deadline(None), l.hard_end);
@@ -204,7 +199,7 @@ mod tests {
         assert!(AgentState::load(&path).unwrap().is_none());
         let s = AgentState {
             generation: 3,
-            current: Some(lease(Utc::now())),
+            current: Some(lease(Utc::now(), 60)),
             ..Default::default()
         };
         s.save(&path).unwrap();

@@ -362,17 +362,28 @@ mod tests {
         dir
     }
 
+    /// The two files [`setup`] writes, relative to its dir.
+    const FILES: &str = "database_url_file='db'\ntokens_file='tokens.toml'\n";
+
     const TOKENS: &str =
         "[[tokens]]\nname='a'\ntoken='0123456789'\nrole='admin'\nnamespaces=['*']\n";
+
+    /// The message of the error parsing `text` (files in `dir`) gives.
+    fn rejected(text: &str, dir: &std::path::Path) -> String {
+        Config::parse(text, dir).unwrap_err().to_string()
+    }
+
+    /// `msg` names every one of `wants`.
+    fn assert_names(msg: &str, wants: &[&str]) {
+        for want in wants {
+            assert!(msg.contains(want), "{want:?} missing in {msg}");
+        }
+    }
 
     #[test]
     fn defaults_and_relative_paths() {
         let dir = setup(TOKENS);
-        let cfg = Config::parse(
-            "database_url_file='db'\ntokens_file='tokens.toml'\n",
-            dir.path(),
-        )
-        .unwrap();
+        let cfg = Config::parse(FILES, dir.path()).unwrap();
         assert_eq!(cfg.listen.port(), 8070);
         assert_eq!(cfg.tokens.len(), 1);
         assert!(cfg.tokens[0].allows("anything"));
@@ -381,56 +392,44 @@ mod tests {
     #[test]
     fn every_problem_at_once() {
         let dir = setup("[[tokens]]\nname='a'\ntoken='short'\nrole='read'\nnamespaces=[]\n");
-        let err = Config::parse(
-            "listen='nope'\ndatabase_url_file='db'\ntokens_file='tokens.toml'\nwake_batch=0\n",
-            dir.path(),
-        )
-        .unwrap_err();
-        let text = err.to_string();
-        for needle in [
-            "listen",
-            "wake_batch",
-            "shorter than 8",
-            "namespaces is empty",
-        ] {
-            assert!(text.contains(needle), "{needle} missing in {text}");
-        }
+        let text = rejected(&format!("listen='nope'\n{FILES}wake_batch=0\n"), dir.path());
+        assert_names(
+            &text,
+            &[
+                "listen",
+                "wake_batch",
+                "shorter than 8",
+                "namespaces is empty",
+            ],
+        );
     }
 
     #[test]
     fn unknown_keys_rejected() {
         let dir = setup(TOKENS);
-        let err = Config::parse(
-            "database_url_file='db'\ntokens_file='tokens.toml'\nbogus=1\n",
-            dir.path(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("bogus"), "{err}");
+        let err = rejected(&format!("{FILES}bogus=1\n"), dir.path());
+        assert!(err.contains("bogus"), "{err}");
     }
 
     #[test]
     fn type_errors_and_missing_files_are_listed_with_their_keys() {
         let dir = setup(TOKENS);
-        let err = Config::parse("wake_batch = 'x'\nbogus = 1\n", dir.path())
-            .unwrap_err()
-            .to_string();
-        for want in [
-            "(config text): invalid config:\n",
-            "\n  - wake_batch: invalid type: string \"x\", expected usize",
-            "\n  - bogus: unknown key, expected one of `listen`, ",
-        ] {
-            assert!(err.contains(want), "{want:?} missing in {err}");
-        }
-        let err = Config::parse("pool_size = 0\n", dir.path())
-            .unwrap_err()
-            .to_string();
-        for want in [
-            "\n  - pool_size: must be 1..=256",
-            "\n  - database_url_file: required key is missing",
-            "\n  - tokens_file: required key is missing",
-        ] {
-            assert!(err.contains(want), "{want:?} missing in {err}");
-        }
+        assert_names(
+            &rejected("wake_batch = 'x'\nbogus = 1\n", dir.path()),
+            &[
+                "(config text): invalid config:\n",
+                "\n  - wake_batch: invalid type: string \"x\", expected usize",
+                "\n  - bogus: unknown key, expected one of `listen`, ",
+            ],
+        );
+        assert_names(
+            &rejected("pool_size = 0\n", dir.path()),
+            &[
+                "\n  - pool_size: must be 1..=256",
+                "\n  - database_url_file: required key is missing",
+                "\n  - tokens_file: required key is missing",
+            ],
+        );
         // An unreadable file with nothing else wrong: exit 66.
         let err = Config::parse(
             "database_url_file='absent'\ntokens_file='tokens.toml'\n",
@@ -446,7 +445,7 @@ mod tests {
     #[test]
     fn tls_files_are_both_or_neither_and_must_load() {
         let dir = setup(TOKENS);
-        let base = "database_url_file='db'\ntokens_file='tokens.toml'\n";
+        let base = FILES;
         let half = Config::parse(&format!("{base}tls_cert_file='c.pem'\n"), dir.path());
         assert!(half.unwrap_err().to_string().contains("set both"));
         let ca = riskfeat_tests::TestCa::new("unit").unwrap();

@@ -21,6 +21,24 @@ pub struct Endpoint {
     pub sslmode: SslMode,
 }
 
+impl Endpoint {
+    /// Every problem with the address, named `<name>.<field>`; empty when
+    /// valid.
+    pub fn problems(&self, name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.host.is_empty() {
+            out.push(format!("{name}.host is empty"));
+        }
+        if self.port == 0 {
+            out.push(format!("{name}.port is 0"));
+        }
+        if self.dbname.is_empty() {
+            out.push(format!("{name}.dbname is empty"));
+        }
+        out
+    }
+}
+
 /// The contents of `db.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,17 +98,8 @@ impl DbCredential {
         if !self.fallback && self.lease_id.is_empty() {
             out.push("lease_id is empty for a dynamic credential".to_string());
         }
-        for (name, ep) in [("primary", &self.primary), ("replica", &self.replica)] {
-            if ep.host.is_empty() {
-                out.push(format!("{name}.host is empty"));
-            }
-            if ep.port == 0 {
-                out.push(format!("{name}.port is 0"));
-            }
-            if ep.dbname.is_empty() {
-                out.push(format!("{name}.dbname is empty"));
-            }
-        }
+        out.extend(self.primary.problems("primary"));
+        out.extend(self.replica.problems("replica"));
         out
     }
 

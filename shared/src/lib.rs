@@ -8,7 +8,7 @@
 //! expose the same way: health over a unix socket ([`health`]), Prometheus
 //! metrics ([`metrics`]) and logging ([`telemetry`]); and how both reach
 //! PostgreSQL over TLS ([`pg_tls`]) and pick up a rotated CA file
-//! ([`ca_file`]). All three binaries (configd too) load their config file
+//! ([`ca_file`]); and the command line both take ([`cli`]). All three binaries (configd too) load their config file
 //! ([`config_loader`]), exit ([`exit`]) and learn of SIGTERM ([`signal`])
 //! the same way.
 //!
@@ -17,6 +17,7 @@
 pub mod ack;
 pub mod atomic;
 pub mod ca_file;
+pub mod cli;
 pub mod config_file;
 pub mod config_loader;
 pub mod creds;

@@ -5,6 +5,7 @@
 //! HTTPS with a certificate signed by a CA the dev server generates
 //! ([`Bao::ca_cert`]), like a production Vault with a private CA.
 
+use crate::bootstrap::APPROLE_MOUNT;
 use crate::process::{cache_dir, free_port, lock_file, random_token, ChildProc};
 use anyhow::{bail, Context};
 use reqwest::Method;
@@ -252,6 +253,27 @@ impl Bao {
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
         Ok((status, value))
+    }
+
+    /// The string at `data.<key>` of a root-token call without a body.
+    pub async fn api_str(&self, method: Method, path: &str, key: &str) -> anyhow::Result<String> {
+        let v = self.api(method, path, None).await?;
+        v["data"][key]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("Vault /v1/{}: no data.{key}", trim_path(path)))
+    }
+
+    /// The role_id of AppRole role `role` (mount [`APPROLE_MOUNT`]).
+    pub async fn role_id(&self, role: &str) -> anyhow::Result<String> {
+        let path = format!("auth/{APPROLE_MOUNT}/role/{role}/role-id");
+        self.api_str(Method::GET, &path, "role_id").await
+    }
+
+    /// A new secret_id of AppRole role `role` (mount [`APPROLE_MOUNT`]).
+    pub async fn new_secret_id(&self, role: &str) -> anyhow::Result<String> {
+        let path = format!("auth/{APPROLE_MOUNT}/role/{role}/secret-id");
+        self.api_str(Method::POST, &path, "secret_id").await
     }
 
     /// Seals the server (`PUT sys/seal`): every API call then answers 503

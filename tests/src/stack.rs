@@ -263,15 +263,7 @@ impl Stack {
 
     /// A new secret_id of the `riskfeat-agent` AppRole (root token).
     pub async fn new_secret_id(&self) -> anyhow::Result<String> {
-        let v = self
-            .bao
-            .api(
-                Method::POST,
-                &format!("auth/{APPROLE_MOUNT}/role/{APPROLE_ROLE}/secret-id"),
-                None,
-            )
-            .await?;
-        str_at(&v, &["data", "secret_id"])
+        self.bao.new_secret_id(APPROLE_ROLE).await
     }
 
     /// How many leases Vault holds under the creds path (root token): 0
@@ -374,24 +366,8 @@ async fn bootstrap_vault(
         Some(role),
     )
     .await?;
-    let role_id = str_at(
-        &bao.api(
-            Method::GET,
-            &format!("auth/{APPROLE_MOUNT}/role/{APPROLE_ROLE}/role-id"),
-            None,
-        )
-        .await?,
-        &["data", "role_id"],
-    )?;
-    let secret_id = str_at(
-        &bao.api(
-            Method::POST,
-            &format!("auth/{APPROLE_MOUNT}/role/{APPROLE_ROLE}/secret-id"),
-            None,
-        )
-        .await?,
-        &["data", "secret_id"],
-    )?;
+    let role_id = bao.role_id(APPROLE_ROLE).await?;
+    let secret_id = bao.new_secret_id(APPROLE_ROLE).await?;
 
     bao.api(
         Method::POST,

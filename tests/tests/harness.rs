@@ -12,30 +12,36 @@
 use futures::{StreamExt, TryStreamExt};
 use reqwest::Method;
 use riskfeat_tests::bootstrap::{self, FILES};
-use riskfeat_tests::{data, wait_until, PgCluster, Stack, StackOptions, TcpProxy};
+use riskfeat_tests::{
+    data, wait_until, Bao, IssuedCreds, PgCluster, PgServer, Stack, StackOptions, TcpProxy,
+};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_postgres::types::{FromSql, ToSql};
+
+/// The fields of `/proc/<pid>/stat` after the command name (state first).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    Some(after_comm.split_whitespace().map(str::to_string).collect())
+}
 
 /// `(pid, start time)` of a process, from `/proc/<pid>/stat`: a pid alone
 /// could be reused by the time we check.
 fn proc_identity(pid: u32) -> Option<(u32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let fields = stat_fields(pid)?;
     // Field 3 is state; a zombie is gone for our purpose.
-    if fields.first() == Some(&"Z") {
+    if fields.first().is_some_and(|s| s == "Z") {
         return None;
     }
     Some((pid, fields.get(19)?.parse().ok()?))
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 2..];
-    after_comm.split_whitespace().nth(1)?.parse().ok()
+    stat_fields(pid)?.get(1)?.parse().ok()
 }
 
 /// `roots` and all their descendants, with start times.
@@ -74,6 +80,28 @@ fn leftovers(procs: &[(u32, u64)], dirs: &[PathBuf]) -> (Vec<(u32, u64)>, Vec<Pa
     )
 }
 
+/// `creds` logged in on `server`.
+async fn login(server: &PgServer, creds: &IssuedCreds) -> tokio_postgres::Client {
+    server
+        .connect_as(&creds.username, &creds.password)
+        .await
+        .unwrap()
+}
+
+/// The first column of the one row `sql` returns.
+async fn scalar<T: for<'a> FromSql<'a>>(
+    c: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> T {
+    c.query_one(sql, params).await.unwrap().get(0)
+}
+
+/// Rows in `transactions`.
+async fn count_transactions(c: &tokio_postgres::Client) -> i64 {
+    scalar(c, "SELECT count(*) FROM transactions", &[]).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stack_starts_and_issues_a_credential_usable_on_the_replica() {
     let t = Instant::now();
@@ -84,25 +112,10 @@ async fn stack_starts_and_issues_a_credential_usable_on_the_replica() {
     assert_eq!(creds.lease_duration, 3600);
     assert!(creds.lease_id.starts_with("database/creds/feature-reader/"));
     stack.pg.wait_replica_caught_up().await.unwrap();
-    let client = stack
-        .pg
-        .replica()
-        .connect_as(&creds.username, &creds.password)
-        .await
-        .unwrap();
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM transactions", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 0);
+    let client = login(stack.pg.replica(), &creds).await;
+    assert_eq!(count_transactions(&client).await, 0);
     // The replica is read-only; the credential cannot write on the primary.
-    let primary = stack
-        .pg
-        .primary
-        .connect_as(&creds.username, &creds.password)
-        .await
-        .unwrap();
+    let primary = login(&stack.pg.primary, &creds).await;
     let err = primary
         .batch_execute(
             "INSERT INTO transactions (user_id, transaction_amount, transaction_time, merchant, category) \
@@ -176,27 +189,23 @@ async fn three_thousand_credentials_all_log_in_on_the_replica() {
     );
 
     let su = stack.pg.primary.connect_superuser().await.unwrap();
-    let acl: Vec<String> = su
-        .query_one(
-            "SELECT array(SELECT unnest(relacl)::text) FROM pg_class WHERE relname = 'transactions'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let acl: Vec<String> = scalar(
+        &su,
+        "SELECT array(SELECT unnest(relacl)::text) FROM pg_class WHERE relname = 'transactions'",
+        &[],
+    )
+    .await;
     assert!(acl.len() <= 2, "transactions ACL grew: {acl:?}");
     assert!(
         acl.iter().any(|a| a.starts_with("feature_reader=r/")),
         "{acl:?}"
     );
-    let dynamic: i64 = su
-        .query_one(
-            "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let dynamic: i64 = scalar(
+        &su,
+        "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-%'",
+        &[],
+    )
+    .await;
     assert_eq!(dynamic, N as i64);
 }
 
@@ -210,12 +219,7 @@ fn teardown_leaves_no_process_or_temp_dir_after_drop_and_after_panic() {
         let stack = Stack::start(StackOptions::default()).await.unwrap();
         // A live client session, so postgres has a backend to end too.
         let creds = stack.issue_creds().await.unwrap();
-        let _session = stack
-            .pg
-            .primary
-            .connect_as(&creds.username, &creds.password)
-            .await
-            .unwrap();
+        let _session = login(&stack.pg.primary, &creds).await;
         let seen = record(&stack);
         drop(stack);
         seen
@@ -307,19 +311,9 @@ fn processes_end_when_the_test_process_is_killed() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let text = std::fs::read_to_string(&out).unwrap();
-    let mut lines = text.lines();
-    let roots: Vec<u32> = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .map(|p| p.parse().unwrap())
-        .collect();
-    let dirs: Vec<PathBuf> = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .map(PathBuf::from)
-        .collect();
+    let mut lines = text.lines().map(|l| l.split(' '));
+    let roots: Vec<u32> = lines.next().unwrap().map(|p| p.parse().unwrap()).collect();
+    let dirs: Vec<PathBuf> = lines.next().unwrap().map(PathBuf::from).collect();
     let procs = process_tree(&roots);
     assert!(procs.len() >= 4, "{procs:?}");
 
@@ -447,25 +441,45 @@ async fn vault_proxy_of_the_stack_cuts_vault_off() {
     assert_ne!(stack.vault_addr(), stack.bao.addr);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let health = format!("{}/v1/sys/health", stack.vault_addr());
-    assert!(http
-        .get(&health)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .is_success());
+    let healthy = || async {
+        http.get(&health)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    };
+    assert!(healthy().await);
     proxy.cut();
     assert!(http.get(&health).send().await.is_err());
     // The harness itself still reaches Vault directly.
     stack.issue_creds().await.unwrap();
     proxy.restore();
-    assert!(http
-        .get(&health)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .is_success());
+    assert!(healthy().await);
+}
+
+/// `GET <path>` with the root token: the JSON body.
+async fn vault_get(bao: &Bao, path: &str) -> Value {
+    bao.api(Method::GET, path, None).await.unwrap()
+}
+
+/// Vault's database role `feature-reader` holds the statements of
+/// `k8s/bootstrap/vault/` and the policy `riskfeat-agent` is its
+/// `agent-policy.hcl`; returns the role (for its TTLs).
+async fn assert_bootstrapped_role_and_policy(bao: &Bao) -> Value {
+    let role = vault_get(bao, "database/roles/feature-reader").await;
+    // Vault stores statements with surrounding whitespace trimmed.
+    assert_eq!(
+        role["data"]["creation_statements"],
+        json!([bootstrap::CREATION_SQL.trim()])
+    );
+    assert_eq!(
+        role["data"]["revocation_statements"],
+        json!([bootstrap::REVOCATION_SQL.trim()])
+    );
+    let policy = vault_get(bao, "sys/policies/acl/riskfeat-agent").await;
+    assert_eq!(policy["data"]["policy"], bootstrap::AGENT_POLICY_HCL);
+    role
 }
 
 /// The files compiled into the harness are the files in k8s/bootstrap, and
@@ -479,7 +493,6 @@ async fn the_harness_applies_exactly_the_k8s_bootstrap_files() {
             "k8s/bootstrap/{rel} differs from what the harness applies"
         );
     }
-    let read = |rel: &str| std::fs::read_to_string(bootstrap::dir().join(rel)).unwrap();
 
     let opts = StackOptions {
         default_ttl: Duration::from_secs(120),
@@ -492,45 +505,19 @@ async fn the_harness_applies_exactly_the_k8s_bootstrap_files() {
     let stack = Stack::start(opts).await.unwrap();
     let bao = &stack.bao;
 
-    let role = bao
-        .api(Method::GET, "database/roles/feature-reader", None)
-        .await
-        .unwrap();
-    // Vault stores statements with surrounding whitespace trimmed.
-    assert_eq!(
-        role["data"]["creation_statements"],
-        json!([read("vault/creation.sql").trim()])
-    );
-    assert_eq!(
-        role["data"]["revocation_statements"],
-        json!([read("vault/revocation.sql").trim()])
-    );
+    // The files on disk are the compiled ones (checked above).
+    let role = assert_bootstrapped_role_and_policy(bao).await;
     assert_eq!(role["data"]["db_name"], "riskfeat");
     assert_eq!(role["data"]["default_ttl"], 120);
     assert_eq!(role["data"]["max_ttl"], 600);
 
-    let policy = bao
-        .api(Method::GET, "sys/policies/acl/riskfeat-agent", None)
-        .await
-        .unwrap();
-    assert_eq!(
-        policy["data"]["policy"],
-        Value::String(read("vault/agent-policy.hcl"))
-    );
-
-    let approle = bao
-        .api(Method::GET, "auth/approle/role/riskfeat-agent", None)
-        .await
-        .unwrap();
+    let approle = vault_get(bao, "auth/approle/role/riskfeat-agent").await;
     assert_eq!(approle["data"]["token_policies"], json!(["riskfeat-agent"]));
     assert_eq!(approle["data"]["token_no_default_policy"], json!(true));
     assert_eq!(approle["data"]["token_ttl"], 300);
     assert_eq!(approle["data"]["token_period"], 300);
 
-    let config = bao
-        .api(Method::GET, "database/config/riskfeat", None)
-        .await
-        .unwrap();
+    let config = vault_get(bao, "database/config/riskfeat").await;
     let url = config["data"]["connection_details"]["connection_url"]
         .as_str()
         .unwrap();
@@ -593,21 +580,13 @@ async fn the_harness_applies_exactly_the_k8s_bootstrap_files() {
 
     // revocation.sql: a revoked lease ends the role's sessions and drops it.
     let creds = stack.issue_creds().await.unwrap();
-    let session = stack
-        .pg
-        .primary
-        .connect_as(&creds.username, &creds.password)
+    let session = login(&stack.pg.primary, &creds).await;
+    session.simple_query("SELECT 1").await.unwrap();
+    // The URL form, the one the policy grants (the agent's own call).
+    let revoke = format!("sys/leases/revoke/{}", creds.lease_id);
+    bao.request(Some(&token), Method::PUT, &revoke, None)
         .await
         .unwrap();
-    session.simple_query("SELECT 1").await.unwrap();
-    bao.request(
-        Some(&token),
-        Method::PUT,
-        &format!("sys/leases/revoke/{}", creds.lease_id),
-        None,
-    )
-    .await
-    .unwrap();
     wait_until(
         Duration::from_secs(10),
         "the revoked role's session to end",
@@ -615,14 +594,12 @@ async fn the_harness_applies_exactly_the_k8s_bootstrap_files() {
     )
     .await
     .unwrap();
-    let exists: bool = su
-        .query_one(
-            "SELECT exists(SELECT FROM pg_roles WHERE rolname = $1)",
-            &[&creds.username],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let exists: bool = scalar(
+        &su,
+        "SELECT exists(SELECT FROM pg_roles WHERE rolname = $1)",
+        &[&creds.username],
+    )
+    .await;
     assert!(!exists, "revocation drops the role");
 }
 
@@ -632,7 +609,7 @@ async fn the_harness_applies_exactly_the_k8s_bootstrap_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_sh_sets_up_the_same_roles_as_the_harness() {
     let pg = PgCluster::start(false).await.unwrap();
-    let bao = riskfeat_tests::Bao::start().await.unwrap();
+    let bao = Bao::start().await.unwrap();
     let bao_bin = riskfeat_tests::bao::bao_binary().unwrap();
     let psql_dir = riskfeat_tests::pg::pg_bin("psql")
         .parent()
@@ -681,34 +658,11 @@ async fn bootstrap_sh_sets_up_the_same_roles_as_the_harness() {
         assert!(!stdout.contains(secret) && !stderr.contains(secret));
     }
 
-    let role = bao
-        .api(Method::GET, "database/roles/feature-reader", None)
-        .await
-        .unwrap();
-    assert_eq!(
-        role["data"]["creation_statements"],
-        json!([bootstrap::CREATION_SQL.trim()])
-    );
-    assert_eq!(
-        role["data"]["revocation_statements"],
-        json!([bootstrap::REVOCATION_SQL.trim()])
-    );
+    let role = assert_bootstrapped_role_and_policy(&bao).await;
     assert_eq!(role["data"]["default_ttl"], 3600);
-    let policy = bao
-        .api(Method::GET, "sys/policies/acl/riskfeat-agent", None)
-        .await
-        .unwrap();
-    assert_eq!(policy["data"]["policy"], bootstrap::AGENT_POLICY_HCL);
 
     // Log in like the agent and use a credential.
-    let role_id = bao
-        .api(
-            Method::GET,
-            "auth/approle/role/riskfeat-agent/role-id",
-            None,
-        )
-        .await
-        .unwrap();
+    let role_id = vault_get(&bao, "auth/approle/role/riskfeat-agent/role-id").await;
     assert_eq!(
         role_id["data"]["role_id"], "riskfeat-agent-test-role-id",
         "ROLE_ID sets the overlay's role_id in Vault"
@@ -760,14 +714,12 @@ async fn bootstrap_sh_sets_up_the_same_roles_as_the_harness() {
         .simple_query("SELECT count(*) FROM transactions")
         .await
         .unwrap();
-    let limit: i32 = client
-        .query_one(
-            "SELECT rolconnlimit FROM pg_roles WHERE rolname = 'riskfeat_fallback'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let limit: i32 = scalar(
+        &client,
+        "SELECT rolconnlimit FROM pg_roles WHERE rolname = 'riskfeat_fallback'",
+        &[],
+    )
+    .await;
     assert_eq!(limit, 50);
     // rotate-root: the bootstrap password no longer works for vault_admin.
     assert!(p
@@ -790,12 +742,7 @@ async fn a_server_stops_and_starts_on_the_same_port_with_its_data() {
     pg.replica_mut().start().unwrap();
     assert_eq!(pg.replica().port, port);
     let replica = pg.replica().connect_superuser().await.unwrap();
-    let count: i64 = replica
-        .query_one("SELECT count(*) FROM transactions", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(count, 12);
+    assert_eq!(count_transactions(&replica).await, 12);
 
     pg.primary.stop().unwrap();
     assert!(su.simple_query("SELECT 1").await.is_err());
@@ -806,12 +753,7 @@ async fn a_server_stops_and_starts_on_the_same_port_with_its_data() {
         .unwrap();
     // Streaming resumes after both restarts.
     pg.wait_replica_caught_up().await.unwrap();
-    let count: i64 = replica
-        .query_one("SELECT count(*) FROM transactions", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(count, 13);
+    assert_eq!(count_transactions(&replica).await, 13);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

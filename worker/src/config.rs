@@ -88,21 +88,21 @@ impl Default for Config {
     }
 }
 
-/// Flags/env that win over the file.
-#[derive(Debug, Clone, Default)]
+/// Flags/env that win over the file: the shared ones and `--listen`.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Overrides {
-    pub shared_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: riskfeat_shared::cli::CommonOverrides,
+    /// Override `listen` (HTTP address, e.g. 127.0.0.1:8080).
+    #[arg(long, global = true, env = "RISKFEAT_WORKER_LISTEN")]
     pub listen: Option<String>,
-    pub log_format: Option<LogFormat>,
-    pub log_level: Option<String>,
 }
 
 impl config_loader::Overrides<Config> for Overrides {
     fn apply(&self, cfg: &mut Config) {
-        set(&mut cfg.shared_dir, &self.shared_dir);
+        self.common
+            .apply_to(&mut cfg.shared_dir, &mut cfg.log_format, &mut cfg.log_level);
         set(&mut cfg.listen, &self.listen);
-        set(&mut cfg.log_format, &self.log_format);
-        set(&mut cfg.log_level, &self.log_level);
     }
 }
 
@@ -218,9 +218,11 @@ mod tests {
     #[test]
     fn overrides_win() {
         let o = Overrides {
-            shared_dir: Some("/tmp/x".into()),
+            common: riskfeat_shared::cli::CommonOverrides {
+                shared_dir: Some("/tmp/x".into()),
+                ..Default::default()
+            },
             listen: Some("127.0.0.1:1".into()),
-            ..Default::default()
         };
         let c = Config::parse("w.toml", "shared_dir = \"/a\"", &o).unwrap();
         assert_eq!(c.shared_dir, PathBuf::from("/tmp/x"));

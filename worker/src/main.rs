@@ -7,10 +7,9 @@
 //! codes (docs/worker.md): 0 ok, 1 runtime failure, 64 bad flags/config,
 //! 66 shared dir missing, 78 shared dir not tmpfs/ramfs without `allow_disk`.
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use riskfeat_shared::cli::Command;
 use riskfeat_shared::exit::Fatal;
-use riskfeat_shared::health::ProbeKind;
-use riskfeat_shared::telemetry::LogFormat;
 use riskfeat_worker::{config, run, source};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,58 +24,21 @@ struct Cli {
     /// Config file (TOML).
     #[arg(long, global = true, env = "RISKFEAT_WORKER_CONFIG")]
     config: Option<PathBuf>,
-    /// Override `shared_dir`.
-    #[arg(long, global = true, env = "RISKFEAT_SHARED_DIR")]
-    shared_dir: Option<PathBuf>,
-    /// Override `listen` (HTTP address, e.g. 127.0.0.1:8080).
-    #[arg(long, global = true, env = "RISKFEAT_WORKER_LISTEN")]
-    listen: Option<String>,
-    /// Override `log_format` (text or json).
-    #[arg(long, global = true, env = "RISKFEAT_LOG_FORMAT")]
-    log_format: Option<LogFormat>,
-    /// Override `log_level` (e.g. info, debug, riskfeat_worker=debug).
-    #[arg(long, global = true, env = "RISKFEAT_LOG")]
-    log_level: Option<String>,
+    #[command(flatten)]
+    overrides: config::Overrides,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Run the worker (the default).
-    Run,
-    /// Ask a running worker over its health socket; exit 0 when healthy.
-    Probe {
-        /// live, ready or status.
-        kind: ProbeKind,
-        /// Health socket; default `<shared_dir>/worker.sock`.
-        #[arg(long)]
-        socket: Option<PathBuf>,
-    },
-    /// Validate the config file and exit (0 valid, 64 invalid); with
-    /// `--database`, also check `[source]` against the database with the
-    /// shared dir's credential (65 mismatch, 66 no credential, 69 database
-    /// unreachable).
-    CheckConfig {
-        #[arg(long)]
-        database: bool,
-    },
-}
-
 /// The config; a config that cannot be used or read exits 64.
 fn load(cli: &Cli) -> Result<config::Config, Fatal> {
-    let overrides = config::Overrides {
-        shared_dir: cli.shared_dir.clone(),
-        listen: cli.listen.clone(),
-        log_format: cli.log_format,
-        log_level: cli.log_level.clone(),
-    };
+    let overrides = &cli.overrides;
     match &cli.config {
-        Some(p) => config::Config::load(p, &overrides),
+        Some(p) => config::Config::load(p, overrides),
         None if !Path::new(DEFAULT_CONFIG).exists() => {
-            config::Config::parse("(defaults)", "", &overrides)
+            config::Config::parse("(defaults)", "", overrides)
         }
-        None => config::Config::load(Path::new(DEFAULT_CONFIG), &overrides),
+        None => config::Config::load(Path::new(DEFAULT_CONFIG), overrides),
     }
     .map_err(|e| e.fatal(Fatal::Config))
 }
@@ -91,6 +53,8 @@ fn main() -> ExitCode {
             let socket = socket.clone().unwrap_or_else(|| match load(&cli) {
                 Ok(c) => c.socket_path(),
                 Err(_) => cli
+                    .overrides
+                    .common
                     .shared_dir
                     .clone()
                     .unwrap_or_else(|| riskfeat_shared::layout::DEFAULT_SHARED_DIR.into())
@@ -145,5 +109,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own checks of the flags (unique names and groups...), which
+    /// otherwise run only when the binary parses its command line.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -354,6 +354,7 @@ impl Lifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    pub(super) use crate::state::lease;
 
     pub(super) fn lifecycle(lifecycle_toml: &str) -> Lifecycle {
         let text = format!(
@@ -393,24 +394,6 @@ mod tests {
             },
             rx,
         )
-    }
-
-    pub(super) fn lease(now: DateTime<Utc>, duration_s: i64) -> LeaseState {
-        LeaseState {
-            generation: 1,
-            lease_id: "database/creds/r/1".into(),
-            username: "u".into(),
-            password: Secret::new("p"),
-            issued_at: now,
-            expires_at: now + Duration::seconds(duration_s),
-            lease_duration_s: duration_s as u64,
-            renewable: true,
-            hard_end: None,
-            token_serial: 1,
-            token_end: None,
-            next_renew_at: now + Duration::seconds(duration_s * 2 / 3),
-            retire_by: None,
-        }
     }
 
     #[test]

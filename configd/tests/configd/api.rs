@@ -3,7 +3,7 @@
 //! the router's routes.
 
 use crate::support::{
-    api, conforms, create, http, publish, req, server_items, start, ADMIN, READER, SCOPED,
+    api, conforms, create, get, http, post, req, server_items, start, upsert, ADMIN, READER, SCOPED,
 };
 use reqwest::StatusCode;
 use riskfeat_tests::openapi::axum_routes;
@@ -16,12 +16,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     let a = start(&pg.primary, "").await;
     create(&a, "features").await;
     create(&a, "secret-ns").await;
-    publish(
-        &a,
-        "features",
-        json!([{"op": "upsert", "key": "x", "value": 1}]),
-    )
-    .await;
+    upsert(&a, "features", "x", json!(1)).await;
     let before = server_items(&a, "features").await;
     let publish_url = a.url("/v1/admin/namespaces/features/publish");
     let raw = |body: &'static str, token: Option<&'static str>| {
@@ -43,6 +38,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         }
     };
     let big = "x".repeat(2000);
+    let ns = |rest: &str| a.url(&format!("/v1/namespaces/{rest}"));
     let cases: Vec<(&str, StatusCode, &str, (StatusCode, Value))> = vec![
         ("invalid JSON", StatusCode::BAD_REQUEST, "body", raw("{\"changes\": [", Some(ADMIN)).await),
         ("unknown field", StatusCode::BAD_REQUEST, "chnages", raw("{\"chnages\": []}", Some(ADMIN)).await),
@@ -57,12 +53,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             "oversized value",
             StatusCode::PAYLOAD_TOO_LARGE,
             "changes[1].value",
-            req(
-                reqwest::Method::POST,
-                publish_url.clone(),
-                Some(ADMIN),
-                Some(json!({"changes": [{"op": "upsert", "key": "ok", "value": 1}, {"op": "upsert", "key": "big", "value": big}]})),
-            )
+            post(publish_url.clone(), ADMIN, json!({"changes": [{"op": "upsert", "key": "ok", "value": 1}, {"op": "upsert", "key": "big", "value": big}]}))
             .await,
         ),
         ("missing token", StatusCode::UNAUTHORIZED, "Authorization", raw("{\"changes\": []}", None).await),
@@ -73,47 +64,17 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             "Authorization",
             raw("{\"changes\": [{\"op\":\"delete\",\"key\":\"x\"}]}", Some(READER)).await,
         ),
-        (
-            "unknown namespace",
-            StatusCode::NOT_FOUND,
-            "namespace",
-            req(reqwest::Method::GET, a.url("/v1/namespaces/nope/changes?from=0"), Some(READER), None).await,
-        ),
-        (
-            "unknown namespace watch",
-            StatusCode::NOT_FOUND,
-            "version",
-            req(reqwest::Method::GET, a.url("/v1/namespaces/nope/watch?version=0&timeout_s=1"), Some(READER), None).await,
-        ),
-        (
-            "version from the future",
-            StatusCode::BAD_REQUEST,
-            "version",
-            req(reqwest::Method::GET, a.url("/v1/namespaces/features/watch?version=99&timeout_s=1"), Some(READER), None).await,
-        ),
-        (
-            "changes from the future",
-            StatusCode::BAD_REQUEST,
-            "from",
-            req(reqwest::Method::GET, a.url("/v1/namespaces/features/changes?from=99"), Some(READER), None).await,
-        ),
-        (
-            "bad version number",
-            StatusCode::BAD_REQUEST,
-            "version",
-            req(reqwest::Method::GET, a.url("/v1/namespaces/features/watch?version=-1"), Some(READER), None).await,
-        ),
-        (
-            "token for another namespace",
-            StatusCode::FORBIDDEN,
-            "namespace",
-            req(reqwest::Method::GET, a.url("/v1/namespaces/secret-ns/changes?from=0"), Some(SCOPED), None).await,
-        ),
+        ("unknown namespace", StatusCode::NOT_FOUND, "namespace", get(ns("nope/changes?from=0"), READER).await),
+        ("unknown namespace watch", StatusCode::NOT_FOUND, "version", get(ns("nope/watch?version=0&timeout_s=1"), READER).await),
+        ("version from the future", StatusCode::BAD_REQUEST, "version", get(ns("features/watch?version=99&timeout_s=1"), READER).await),
+        ("changes from the future", StatusCode::BAD_REQUEST, "from", get(ns("features/changes?from=99"), READER).await),
+        ("bad version number", StatusCode::BAD_REQUEST, "version", get(ns("features/watch?version=-1"), READER).await),
+        ("token for another namespace", StatusCode::FORBIDDEN, "namespace", get(ns("secret-ns/changes?from=0"), SCOPED).await),
         (
             "multi-watch with a namespace out of scope",
             StatusCode::FORBIDDEN,
             "namespaces.secret-ns",
-            req(reqwest::Method::POST, a.url("/v1/watch"), Some(SCOPED), Some(json!({"namespaces": {"features": 0, "secret-ns": 0}}))).await,
+            post(a.url("/v1/watch"), SCOPED, json!({"namespaces": {"features": 0, "secret-ns": 0}})).await,
         ),
         (
             "invalid namespace name",
@@ -141,13 +102,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         );
     }
     // The scoped token may read its own namespace.
-    let (s, _) = req(
-        reqwest::Method::GET,
-        a.url("/v1/namespaces/features/changes?from=0"),
-        Some(SCOPED),
-        None,
-    )
-    .await;
+    let (s, _) = get(a.url("/v1/namespaces/features/changes?from=0"), SCOPED).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(
         server_items(&a, "features").await,
@@ -164,7 +119,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
 
     // The rest of the surface, each answer checked against the document by
     // `req`: an unknown route, the operations endpoints, history, a delete.
-    let (s, b) = req(reqwest::Method::GET, a.url("/v1/nope"), Some(READER), None).await;
+    let (s, b) = get(a.url("/v1/nope"), READER).await;
     assert_eq!(
         (s, b["error"]["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("no_such_route"))
@@ -174,7 +129,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     let (s, b) = req(reqwest::Method::GET, a.url("/readyz"), None, None).await;
     assert_eq!((s, b["status"].as_str()), (StatusCode::OK, Some("ready")));
     let history = a.url("/v1/admin/namespaces/features/history?limit=5");
-    let (s, b) = req(reqwest::Method::GET, history, Some(ADMIN), None).await;
+    let (s, b) = get(history, ADMIN).await;
     assert_eq!(
         (s, b["history"][0]["version"].as_u64()),
         (StatusCode::OK, Some(1))

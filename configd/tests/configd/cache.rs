@@ -2,7 +2,9 @@
 //! degraded, caught up once it is back), a hundred cold misses making one
 //! snapshot query, and a loaded log sharing the current values.
 
-use crate::support::{create, http, publish, req, server_items, start, Local, ADMIN, READER};
+use crate::support::{
+    create, get, http, post, publish, req, server_items, start, upsert, Local, ADMIN, READER,
+};
 use reqwest::StatusCode;
 use riskfeat_tests::{wait_until, PgCluster};
 use serde_json::{json, Value};
@@ -13,12 +15,7 @@ async fn postgres_down_cache_serves_degraded_then_catches_up() {
     let mut pg = PgCluster::start(false).await.unwrap();
     let a = start(&pg.primary, "").await;
     create(&a, "features").await;
-    publish(
-        &a,
-        "features",
-        json!([{"op": "upsert", "key": "x", "value": 1}]),
-    )
-    .await;
+    upsert(&a, "features", "x", json!(1)).await;
     let (_, before) = server_items(&a, "features").await;
     pg.primary.stop().unwrap();
     wait_until(Duration::from_secs(20), "degraded", || async {
@@ -36,19 +33,15 @@ async fn postgres_down_cache_serves_degraded_then_catches_up() {
         0.0
     );
     // Watches and changes still answer from the cache.
-    let (s, w) = req(
-        reqwest::Method::GET,
+    let (s, w) = get(
         a.url("/v1/namespaces/features/watch?version=0&timeout_s=1"),
-        Some(READER),
-        None,
+        READER,
     )
     .await;
     assert_eq!((s, w["version"].as_u64()), (StatusCode::OK, Some(1)));
-    let (s, _) = req(
-        reqwest::Method::GET,
+    let (s, _) = get(
         a.url("/v1/namespaces/features/watch?version=1&timeout_s=1"),
-        Some(READER),
-        None,
+        READER,
     )
     .await;
     assert_eq!(s, StatusCode::NOT_MODIFIED);
@@ -56,26 +49,19 @@ async fn postgres_down_cache_serves_degraded_then_catches_up() {
     local.sync(&a, "features").await.unwrap();
     assert_eq!(local.items, before);
     // A publish cannot succeed and says why.
-    let (s, e) = req(
-        reqwest::Method::POST,
+    let (s, e) = post(
         a.url("/v1/admin/namespaces/features/publish"),
-        Some(ADMIN),
-        Some(json!({"changes": [{"op": "upsert", "key": "y", "value": 2}]})),
+        ADMIN,
+        json!({"changes": [{"op": "upsert", "key": "y", "value": 2}]}),
     )
     .await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{e}");
     // A watcher held through the outage sees a publish made elsewhere once PG is back.
     let url = a.url("/v1/namespaces/features/watch?version=1&timeout_s=60");
-    let held =
-        tokio::spawn(async move { req(reqwest::Method::GET, url, Some(READER), None).await });
+    let held = tokio::spawn(async move { get(url, READER).await });
     pg.primary.start().unwrap();
     let b = start(&pg.primary, "").await;
-    publish(
-        &b,
-        "features",
-        json!([{"op": "upsert", "key": "y", "value": 2}]),
-    )
-    .await;
+    upsert(&b, "features", "y", json!(2)).await;
     let (s, w) = held.await.unwrap();
     assert_eq!(
         (s, w["version"].as_u64()),
@@ -101,14 +87,14 @@ async fn a_hundred_cold_misses_make_one_snapshot_query() {
     let changes: Vec<Value> = (0..2000).map(|i| json!({"op": "upsert", "key": format!("k{i}"), "value": {"i": i, "pad": "p".repeat(200)}})).collect();
     publish(&a, "features", json!(changes)).await;
     let cold = start(&pg.primary, "warm_up=false").await;
-    assert_eq!(
+    let snapshot_queries = || async {
         cold.http()
             .metric("riskfeat_configd_db_snapshot_queries_total")
             .await
             .unwrap()
-            .unwrap_or(0.0),
-        0.0
-    );
+            .unwrap_or(0.0)
+    };
+    assert_eq!(snapshot_queries().await, 0.0);
     let mut tasks = Vec::new();
     for _ in 0..100 {
         let url = cold.url("/v1/namespaces/features/changes?from=0");
@@ -128,16 +114,7 @@ async fn a_hundred_cold_misses_make_one_snapshot_query() {
     );
     let v: Value = serde_json::from_slice(&bodies[0]).unwrap();
     assert_eq!(v["items"].as_object().unwrap().len(), 2000);
-    assert_eq!(
-        cold.http()
-            .metric("riskfeat_configd_db_snapshot_queries_total")
-            .await
-            .unwrap()
-            .unwrap_or(0.0),
-        1.0,
-        "{}",
-        cold.logs()
-    );
+    assert_eq!(snapshot_queries().await, 1.0, "{}", cold.logs());
     assert_eq!(
         cold.http()
             .metric("riskfeat_configd_snapshot_builds_total")

@@ -80,6 +80,16 @@ pub async fn req(
     (status, body)
 }
 
+/// [`req`] `GET url` with `token`.
+pub async fn get(url: String, token: &str) -> (StatusCode, Value) {
+    req(reqwest::Method::GET, url, Some(token), None).await
+}
+
+/// [`req`] `POST url` with `token` and a JSON `body`.
+pub async fn post(url: String, token: &str, body: Value) -> (StatusCode, Value) {
+    req(reqwest::Method::POST, url, Some(token), Some(body)).await
+}
+
 /// Creates namespace `ns` (asserting 201).
 pub async fn create(c: &Configd, ns: &str) {
     let (s, b) = req(
@@ -94,15 +104,19 @@ pub async fn create(c: &Configd, ns: &str) {
 
 /// Publishes `changes` to `ns` (asserting 200); the new version.
 pub async fn publish(c: &Configd, ns: &str, changes: Value) -> u64 {
-    let (s, b) = req(
-        reqwest::Method::POST,
+    let (s, b) = post(
         c.url(&format!("/v1/admin/namespaces/{ns}/publish")),
-        Some(ADMIN),
-        Some(json!({"author": "test", "comment": "t", "changes": changes})),
+        ADMIN,
+        json!({"author": "test", "comment": "t", "changes": changes}),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     b["version"].as_u64().unwrap()
+}
+
+/// Publishes `key = value` to `ns` (asserting 200); the new version.
+pub async fn upsert(c: &Configd, ns: &str, key: &str, value: Value) -> u64 {
+    publish(c, ns, json!([{"op": "upsert", "key": key, "value": value}])).await
 }
 
 /// A client's local copy, kept like the agent keeps it.
@@ -187,13 +201,7 @@ impl Local {
 
 /// The version and items of `ns` as the server has them.
 pub async fn server_items(c: &Configd, ns: &str) -> (u64, BTreeMap<String, Value>) {
-    let (s, b) = req(
-        reqwest::Method::GET,
-        c.url(&format!("/v1/admin/namespaces/{ns}/items")),
-        Some(ADMIN),
-        None,
-    )
-    .await;
+    let (s, b) = get(c.url(&format!("/v1/admin/namespaces/{ns}/items")), ADMIN).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     (
         b["to"].as_u64().unwrap(),

@@ -3,7 +3,9 @@
 //! items), clients following across a restart, and compaction (a snapshot
 //! for a client behind it; diff and rollback inside the retained range).
 
-use crate::support::{create, http, publish, req, server_items, start, Local, ADMIN, READER};
+use crate::support::{
+    create, get, http, post, publish, server_items, start, upsert, Local, ADMIN, READER,
+};
 use reqwest::StatusCode;
 use riskfeat_tests::{wait_until, PgCluster};
 use serde_json::json;
@@ -18,8 +20,7 @@ async fn concurrent_publishers_on_two_instances_lose_and_duplicate_nothing() {
     create(&a, "features").await;
     // A watcher on B, from version 0.
     let watch_url = b.url("/v1/namespaces/features/watch?version=0&timeout_s=30");
-    let watcher =
-        tokio::spawn(async move { req(reqwest::Method::GET, watch_url, Some(READER), None).await });
+    let watcher = tokio::spawn(async move { get(watch_url, READER).await });
     let mut follower = Local::default();
     let mut tasks = Vec::new();
     for p in 0..8 {
@@ -28,12 +29,7 @@ async fn concurrent_publishers_on_two_instances_lose_and_duplicate_nothing() {
             let mut got = Vec::new();
             for i in 0..10 {
                 let base = if (p + i) % 2 == 0 { &aurl } else { &burl };
-                let (s, body) = req(
-                    reqwest::Method::POST,
-                    format!("{base}/v1/admin/namespaces/features/publish"),
-                    Some(ADMIN),
-                    Some(json!({"changes": [{"op": "upsert", "key": format!("p{p}-{i}"), "value": {"p": p, "i": i}}]})),
-                )
+                let (s, body) = post(format!("{base}/v1/admin/namespaces/features/publish"), ADMIN, json!({"changes": [{"op": "upsert", "key": format!("p{p}-{i}"), "value": {"p": p, "i": i}}]}))
                 .await;
                 assert_eq!(s, StatusCode::OK, "{body}");
                 got.push(body["version"].as_u64().unwrap());
@@ -64,13 +60,7 @@ async fn concurrent_publishers_on_two_instances_lose_and_duplicate_nothing() {
     assert_eq!(items_a, items_b);
     assert_eq!(follower.items, items_a);
     // The incremental log from 40 holds versions 41..=80 exactly once.
-    let (s, ch) = req(
-        reqwest::Method::GET,
-        b.url("/v1/namespaces/features/changes?from=40"),
-        Some(READER),
-        None,
-    )
-    .await;
+    let (s, ch) = get(b.url("/v1/namespaces/features/changes?from=40"), READER).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(ch["snapshot"], false);
     let vs: Vec<u64> = ch["ops"]
@@ -81,20 +71,17 @@ async fn concurrent_publishers_on_two_instances_lose_and_duplicate_nothing() {
         .collect();
     assert_eq!(vs, (41..=80).collect::<Vec<_>>());
     // History has every version with its author.
-    let (_, h) = req(
-        reqwest::Method::GET,
+    let (_, h) = get(
         a.url("/v1/admin/namespaces/features/history?limit=1000"),
-        Some(ADMIN),
-        None,
+        ADMIN,
     )
     .await;
     assert_eq!(h["history"].as_array().unwrap().len(), 80);
     // Optimistic concurrency: a stale expected_version is a 409 and changes nothing.
-    let (s, e) = req(
-        reqwest::Method::POST,
+    let (s, e) = post(
         a.url("/v1/admin/namespaces/features/publish"),
-        Some(ADMIN),
-        Some(json!({"expected_version": 3, "changes": [{"op": "delete", "key": "p0-0"}]})),
+        ADMIN,
+        json!({"expected_version": 3, "changes": [{"op": "delete", "key": "p0-0"}]}),
     )
     .await;
     assert_eq!(s, StatusCode::CONFLICT, "{e}");
@@ -104,30 +91,22 @@ async fn concurrent_publishers_on_two_instances_lose_and_duplicate_nothing() {
     create(&a, "other").await;
     let url = b.url("/v1/watch");
     let multi = tokio::spawn(async move {
-        req(
-            reqwest::Method::POST,
+        post(
             url,
-            Some(READER),
-            Some(json!({"namespaces": {"features": 80, "other": 0}, "timeout_s": 30})),
+            READER,
+            json!({"namespaces": {"features": 80, "other": 0}, "timeout_s": 30}),
         )
         .await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    publish(
-        &a,
-        "other",
-        json!([{"op": "upsert", "key": "k", "value": 1}]),
-    )
-    .await;
+    upsert(&a, "other", "k", json!(1)).await;
     let (s, m) = multi.await.unwrap();
     assert_eq!(s, StatusCode::OK, "{m}");
     assert_eq!(m["changed"], json!({"other": 1}));
     // And a watch with nothing new times out with 304.
-    let (s, _) = req(
-        reqwest::Method::GET,
+    let (s, _) = get(
         b.url("/v1/namespaces/other/watch?version=1&timeout_s=1"),
-        Some(READER),
-        None,
+        READER,
     )
     .await;
     assert_eq!(s, StatusCode::NOT_MODIFIED);
@@ -138,12 +117,7 @@ async fn clients_keep_following_across_a_configd_restart() {
     let pg = PgCluster::start(false).await.unwrap();
     let mut a = start(&pg.primary, "").await;
     create(&a, "features").await;
-    publish(
-        &a,
-        "features",
-        json!([{"op": "upsert", "key": "a", "value": 1}]),
-    )
-    .await;
+    upsert(&a, "features", "a", json!(1)).await;
     let mut local = Local::default();
     local.follow_until(&a, "features", 1).await;
     // A watch is held when configd goes away.
@@ -224,38 +198,28 @@ async fn after_compaction_a_client_falls_back_to_a_snapshot_with_the_same_items(
     assert_eq!(early.items, items);
     assert!(!items.contains_key("gone"));
     // A client inside the retained window still goes incrementally.
-    let (_, ch) = req(
-        reqwest::Method::GET,
-        a.url("/v1/namespaces/features/changes?from=8"),
-        Some(READER),
-        None,
-    )
-    .await;
+    let (_, ch) = get(a.url("/v1/namespaces/features/changes?from=8"), READER).await;
     assert_eq!(ch["snapshot"], false, "{ch}");
     // Diff and rollback work inside the retained range, and refuse outside it.
-    let (s, d) = req(
-        reqwest::Method::GET,
+    let (s, d) = get(
         a.url("/v1/admin/namespaces/features/diff?from=8&to=10"),
-        Some(ADMIN),
-        None,
+        ADMIN,
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{d}");
     assert_eq!(d["changes"].as_array().unwrap().len(), 2, "{d}");
-    let (s, e) = req(
-        reqwest::Method::POST,
+    let (s, e) = post(
         a.url("/v1/admin/namespaces/features/rollback"),
-        Some(ADMIN),
-        Some(json!({"to_version": 2})),
+        ADMIN,
+        json!({"to_version": 2}),
     )
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
     assert_eq!(e["error"]["field"], "to_version");
-    let (s, r) = req(
-        reqwest::Method::POST,
+    let (s, r) = post(
         a.url("/v1/admin/namespaces/features/rollback"),
-        Some(ADMIN),
-        Some(json!({"to_version": 8, "comment": "undo"})),
+        ADMIN,
+        json!({"to_version": 8, "comment": "undo"}),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{r}");

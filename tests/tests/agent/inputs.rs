@@ -7,7 +7,24 @@ use crate::support::{db_json, opts, spawn_agent, wait_published, write_config, S
 use nix::sys::signal::Signal;
 use riskfeat_tests::{Agent, Stack};
 use serde_json::Value;
-use std::path::PathBuf;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+
+/// Replaces `from` with `to` in the config file `cfg` (to point the agent
+/// at another input).
+fn edit_config(cfg: &Path, from: impl Display, to: impl Display) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    std::fs::write(cfg, text.replace(&from.to_string(), &to.to_string())).unwrap();
+}
+
+/// Runs riskfeat-agent on `cfg` until it exits, which must be with `code`
+/// and a log naming `needle`; returns the log.
+fn assert_exits(cfg: &Path, code: i32, needle: &str) -> String {
+    let (got, logs) = Agent::run_to_exit(cfg, SECS(30)).unwrap();
+    assert_eq!(got, Some(code), "{logs}");
+    assert!(logs.contains(needle), "{logs}");
+    logs
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_vault_input_gives_one_clear_message_and_exit_code() {
@@ -17,33 +34,27 @@ async fn bad_vault_input_gives_one_clear_message_and_exit_code() {
     // Missing secret_id file: 66, naming the file.
     let missing = dir.path().join("no-such-secret-id");
     let cfg = write_config(&stack, dir.path(), "", "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        &stack.approle.secret_id_file.display().to_string(),
-        &missing.display().to_string(),
+    edit_config(
+        &cfg,
+        stack.approle.secret_id_file.display(),
+        missing.display(),
     );
-    std::fs::write(&cfg, text).unwrap();
-    let (code, logs) = Agent::run_to_exit(&cfg, SECS(30)).unwrap();
-    assert_eq!(code, Some(66), "{logs}");
-    assert!(logs.contains("no-such-secret-id"), "{logs}");
+    assert_exits(&cfg, 66, "no-such-secret-id");
 
     // Empty secret_id file: 66.
     std::fs::write(&missing, "\n").unwrap();
-    let (code, logs) = Agent::run_to_exit(&cfg, SECS(30)).unwrap();
-    assert_eq!(code, Some(66), "{logs}");
-    assert!(logs.contains("is empty"), "{logs}");
+    assert_exits(&cfg, 66, "is empty");
 
     // Wrong role_id: 77, naming the login path.
     let role_id = dir.path().join("wrong-role-id");
     std::fs::write(&role_id, "00000000-0000-0000-0000-000000000000\n").unwrap();
     let cfg = write_config(&stack, dir.path(), "", "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        &stack.approle.role_id_file.display().to_string(),
-        &role_id.display().to_string(),
+    edit_config(
+        &cfg,
+        stack.approle.role_id_file.display(),
+        role_id.display(),
     );
-    std::fs::write(&cfg, text).unwrap();
-    let (code, logs) = Agent::run_to_exit(&cfg, SECS(30)).unwrap();
-    assert_eq!(code, Some(77), "{logs}");
-    assert!(logs.contains("auth/approle/login"), "{logs}");
+    let logs = assert_exits(&cfg, 77, "auth/approle/login");
     let error_lines: Vec<_> = logs.lines().filter(|l| l.contains("error:")).collect();
     assert_eq!(error_lines.len(), 1, "one clear error line: {logs}");
 
@@ -66,47 +77,19 @@ async fn bad_vault_input_gives_one_clear_message_and_exit_code() {
         )
         .await
         .unwrap();
-    let rid = stack
-        .bao
-        .api(
-            reqwest::Method::GET,
-            "auth/approle/role/no-creds/role-id",
-            None,
-        )
-        .await
-        .unwrap()["data"]["role_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sid = stack
-        .bao
-        .api(
-            reqwest::Method::POST,
-            "auth/approle/role/no-creds/secret-id",
-            None,
-        )
-        .await
-        .unwrap()["data"]["secret_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let rid = stack.bao.role_id("no-creds").await.unwrap();
+    let sid = stack.bao.new_secret_id("no-creds").await.unwrap();
     std::fs::write(&role_id, &rid).unwrap();
     let sid_file = dir.path().join("no-creds-secret-id");
     std::fs::write(&sid_file, &sid).unwrap();
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        &stack.approle.secret_id_file.display().to_string(),
-        &sid_file.display().to_string(),
+    edit_config(
+        &cfg,
+        stack.approle.secret_id_file.display(),
+        sid_file.display(),
     );
-    std::fs::write(&cfg, text).unwrap();
-    let (code, logs) = Agent::run_to_exit(&cfg, SECS(30)).unwrap();
-    assert_eq!(code, Some(77), "{logs}");
-    assert!(
-        logs.contains(&format!(
-            "{}/creds/{}",
-            stack.approle.db_mount, stack.approle.db_role
-        )) && logs.contains("permission denied"),
-        "{logs}"
-    );
+    let logs = assert_exits(&cfg, 77, "permission denied");
+    let creds_path = format!("{}/creds/{}", stack.approle.db_mount, stack.approle.db_role);
+    assert!(logs.contains(&creds_path), "{logs}");
     assert!(!logs.contains(&sid), "secret_id leaked: {logs}");
     assert!(db_json(&stack).is_none());
 }
@@ -197,17 +180,17 @@ async fn wrapped_secret_id_is_unwrapped_once_and_its_file_deleted() {
     let file = dir.path().join("wrapped-secret-id");
     std::fs::write(&file, &wrapping_token).unwrap();
     let cfg = write_config(&stack, dir.path(), "", "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        &format!(
+    edit_config(
+        &cfg,
+        format!(
             "secret_id_file = \"{}\"",
             stack.approle.secret_id_file.display()
         ),
-        &format!(
+        format!(
             "secret_id_file = \"{}\"\nsecret_id_wrapped = true\ndelete_secret_id_after_read = true",
             file.display()
         ),
     );
-    std::fs::write(&cfg, text).unwrap();
     let mut agent = spawn_agent(&stack, &cfg, &[]);
     let first = wait_published(&stack, 1, SECS(60)).await;
     assert!(!file.exists(), "secret_id file deleted after reading");

@@ -5,40 +5,38 @@
 //! unready).
 
 use crate::support::{
-    assert_recovered_within_cap, can_login_on_replica, db_json, opts, spawn_agent, wait_published,
-    write_ack, write_config, SECS,
+    acked_agent, assert_recovered_within_cap, can_login_on_replica, db_json, opts, spawn_agent,
+    wait_published, write_ack, write_config, SECS,
 };
 use riskfeat_shared::creds::DbCredential;
 use riskfeat_tests::fixtures::sample;
-use riskfeat_tests::{wait_until, Agent, Stack, StackOptions};
+use riskfeat_tests::{Agent, Stack, StackOptions};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
+
+/// A stack with Vault behind a proxy (to cut it off) and 30 s credentials
+/// (max_ttl 300 s).
+async fn proxied_stack() -> Stack {
+    Stack::start(StackOptions {
+        vault_proxy: true,
+        ..opts(30, 300)
+    })
+    .await
+    .unwrap()
+}
 
 /// An agent issuing at most `cap` credentials a minute, ready (with the
 /// ack of its first credential, which it returns).
 async fn ready_agent_with_cap(stack: &Stack, dir: &Path, cap: u32) -> (Agent, DbCredential) {
-    let cfg = write_config(
-        stack,
-        dir,
-        &format!("max_issuances_per_minute = {cap}\nready_min_remaining_s = 2"),
-        "",
-    );
-    let agent = spawn_agent(stack, &cfg, &[]);
-    let first = wait_published(stack, 1, SECS(60)).await;
-    write_ack(stack, first.generation);
+    let lifecycle = format!("max_issuances_per_minute = {cap}\nready_min_remaining_s = 2");
+    let (agent, first) = acked_agent(stack, dir, &lifecycle, &[]).await;
     agent.wait_ready(SECS(20)).await.unwrap();
     (agent, first)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_outage_keeps_the_credential_and_recovers() {
-    let stack = Stack::start(StackOptions {
-        default_ttl: SECS(30),
-        max_ttl: SECS(300),
-        vault_proxy: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let stack = proxied_stack().await;
     let dir = tempfile::tempdir().unwrap();
     let cap = 3;
     let (agent, first) = ready_agent_with_cap(&stack, dir.path(), cap).await;
@@ -47,24 +45,18 @@ async fn vault_outage_keeps_the_credential_and_recovers() {
     proxy.cut();
     let cut_at = tokio::time::Instant::now();
     // Longer than one renewal interval (2/3 of 30 s, +-10%).
-    wait_until(SECS(40), "outage reported", || async {
-        agent
-            .status()
-            .await
-            .is_ok_and(|s| s["vault"]["up"] == false && s["vault"]["outage_since"].is_string())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    agent
+        .wait_status(SECS(40), "outage reported", |s| {
+            s["vault"]["up"] == false && s["vault"]["outage_since"].is_string()
+        })
+        .await;
     let m = agent.metrics().await.unwrap();
     assert_eq!(sample(&m, "riskfeat_agent_vault_up"), Some(0.0), "{m}");
-    wait_until(SECS(40), "a renewal failed during the outage", || async {
-        agent
-            .status()
-            .await
-            .is_ok_and(|s| s["counts"]["lease_renewals_failed"].as_u64() > Some(0))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    agent
+        .wait_status(SECS(40), "a renewal failed during the outage", |s| {
+            s["counts"]["lease_renewals_failed"].as_u64() > Some(0)
+        })
+        .await;
     // Stay cut past one full renewal interval.
     tokio::time::sleep_until(cut_at + SECS(23)).await;
     let m = agent.metrics().await.unwrap();
@@ -84,42 +76,34 @@ async fn vault_outage_keeps_the_credential_and_recovers() {
     );
 
     proxy.restore();
-    wait_until(SECS(60), "recovered", || async {
-        agent.status().await.is_ok_and(|s| {
+    agent
+        .wait_status(SECS(60), "recovered", |s| {
             s["vault"]["up"] == true && s["ready"] == true && s["phase"] != "vault-outage"
         })
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+        .await;
     let renewed_before = agent.status().await.unwrap()["counts"]["lease_renewals_ok"]
         .as_u64()
         .unwrap();
-    wait_until(SECS(40), "renewing again", || async {
-        agent
-            .status()
-            .await
-            .is_ok_and(|s| s["counts"]["lease_renewals_ok"].as_u64() > Some(renewed_before))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    agent
+        .wait_status(SECS(40), "renewing again", |s| {
+            s["counts"]["lease_renewals_ok"].as_u64() > Some(renewed_before)
+        })
+        .await;
     assert_recovered_within_cap(&stack, &agent, cap).await;
 }
 
 /// More than `n` lease renewals failed.
-async fn renewals_failed_above(agent: &Agent, n: u64) -> bool {
-    agent
-        .status()
-        .await
-        .is_ok_and(|s| s["counts"]["lease_renewals_failed"].as_u64() > Some(n))
+fn renewals_failed_above(n: u64) -> impl Fn(&Value) -> bool {
+    move |s| s["counts"]["lease_renewals_failed"].as_u64() > Some(n)
 }
 
 /// Vault up, ready, and more than `n` lease renewals succeeded.
-async fn renewing_above(agent: &Agent, n: u64) -> bool {
-    agent.status().await.is_ok_and(|s| {
+fn renewing_above(n: u64) -> impl Fn(&Value) -> bool {
+    move |s| {
         s["vault"]["up"] == true
             && s["counts"]["lease_renewals_ok"].as_u64() > Some(n)
             && s["ready"] == true
-    })
+    }
 }
 
 /// Vault answers, but cannot serve: first sealed (every call 503 "Vault is
@@ -138,11 +122,13 @@ async fn sealed_vault_and_failing_database_engine_keep_the_credential() {
 
     // 1. Sealed. The next lease renewal (~2/3 of 30 s) gets a 503.
     stack.bao.seal().await.unwrap();
-    wait_until(SECS(40), "a renewal failed while sealed", || {
-        renewals_failed_above(&agent, 0)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    agent
+        .wait_status(
+            SECS(40),
+            "a renewal failed while sealed",
+            renewals_failed_above(0),
+        )
+        .await;
     let st = agent.status().await.unwrap();
     let err = st["last_error"].as_str().unwrap_or_default();
     assert!(err.contains("sealed"), "last_error names the seal: {st}");
@@ -158,11 +144,13 @@ async fn sealed_vault_and_failing_database_engine_keep_the_credential() {
 
     stack.bao.unseal().await.unwrap();
     let ok_before = st["counts"]["lease_renewals_ok"].as_u64().unwrap();
-    wait_until(SECS(30), "renewing again after unseal", || {
-        renewing_above(&agent, ok_before)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    agent
+        .wait_status(
+            SECS(30),
+            "renewing again after unseal",
+            renewing_above(ok_before),
+        )
+        .await;
     let after_seal = db_json(&stack).unwrap();
     assert_eq!(
         after_seal.generation, first.generation,
@@ -176,11 +164,13 @@ async fn sealed_vault_and_failing_database_engine_keep_the_credential() {
     let failed_before = st["counts"]["lease_renewals_failed"].as_u64().unwrap();
     let ok_before = st["counts"]["lease_renewals_ok"].as_u64().unwrap();
     stack.pg.primary.stop().unwrap();
-    wait_until(SECS(40), "a renewal failed with the primary down", || {
-        renewals_failed_above(&agent, failed_before)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    agent
+        .wait_status(
+            SECS(40),
+            "a renewal failed with the primary down",
+            renewals_failed_above(failed_before),
+        )
+        .await;
     let st = agent.status().await.unwrap();
     let err = st["last_error"].as_str().unwrap_or_default().to_string();
     // OpenBao answers 400 with the engine's connection error (not a 5xx);
@@ -196,11 +186,13 @@ async fn sealed_vault_and_failing_database_engine_keep_the_credential() {
     can_login_on_replica(&stack, &during).await.unwrap();
 
     stack.pg.primary.start().unwrap();
-    wait_until(SECS(30), "renewing again with the primary back", || {
-        renewing_above(&agent, ok_before)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    agent
+        .wait_status(
+            SECS(30),
+            "renewing again with the primary back",
+            renewing_above(ok_before),
+        )
+        .await;
     assert_recovered_within_cap(&stack, &agent, cap).await;
 }
 
@@ -228,14 +220,7 @@ async fn fallback_file(stack: &Stack, dir: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fallback_is_published_only_while_vault_cannot_issue() {
-    let stack = Stack::start(StackOptions {
-        default_ttl: SECS(30),
-        max_ttl: SECS(300),
-        vault_proxy: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let stack = proxied_stack().await;
     let dir = tempfile::tempdir().unwrap();
     let fb = fallback_file(&stack, dir.path()).await;
     let cfg = write_config(
@@ -287,16 +272,14 @@ async fn without_fallback_an_outage_at_start_keeps_the_agent_unready() {
     let cfg = write_config(&stack, dir.path(), "", "");
     stack.vault_proxy.as_ref().unwrap().cut();
     let agent = spawn_agent(&stack, &cfg, &[]);
-    wait_until(SECS(30), "outage reported", || async {
-        agent.status().await.is_ok_and(|s| {
+    agent
+        .wait_status(SECS(30), "outage reported", |s| {
             s["vault"]["consecutive_failures"].as_u64() >= Some(2)
                 && s["not_ready_reason"]
                     .as_str()
                     .is_some_and(|r| r.contains("no credential") && r.contains("Vault"))
         })
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+        .await;
     assert!(!agent.is_ready().await);
     assert!(db_json(&stack).is_none(), "nothing published");
     assert!(!stack.shared_dir.path().join("db.json").exists());

@@ -4,8 +4,8 @@
 //! revoking the leases.
 
 use crate::support::{
-    can_login_on_replica, db_json, dynamic_roles, opts, spawn_agent, wait_published, write_ack,
-    write_config, SECS,
+    acked_agent, db_json, dynamic_roles, opts, published_agent, published_and_usable, spawn_agent,
+    write_ack, SECS,
 };
 use nix::sys::signal::Signal;
 use riskfeat_tests::{wait_until, Stack, StackOptions};
@@ -15,15 +15,8 @@ use std::time::Duration;
 async fn rotates_three_times_without_dropping_a_connection() {
     let stack = Stack::start(opts(5, 20)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        &stack,
-        dir.path(),
-        "rotate_lead_s = 8\nack_grace_s = 120\nmax_issuances_per_minute = 20",
-        "",
-    );
-    let agent = spawn_agent(&stack, &cfg, &[]);
-    let first = wait_published(&stack, 1, SECS(60)).await;
-    write_ack(&stack, first.generation);
+    let lifecycle = "rotate_lead_s = 8\nack_grace_s = 120\nmax_issuances_per_minute = 20";
+    let (agent, first) = acked_agent(&stack, dir.path(), lifecycle, &[]).await;
 
     // The connection opened with each generation, kept until after its ack.
     let mut held = stack
@@ -43,15 +36,8 @@ async fn rotates_three_times_without_dropping_a_connection() {
             "3 rotations did not happen; logs:\n{}",
             agent.logs()
         );
-        let now = db_json(&stack).expect("db.json stays published");
         // Whatever is published logs in on the replica, at every moment.
-        if let Err(e) = can_login_on_replica(&stack, &now).await {
-            panic!(
-                "published generation {} cannot log in on the replica: {e}\n{}",
-                now.generation,
-                agent.logs()
-            );
-        }
+        let now = published_and_usable(&stack, &agent, "cannot log in on the replica").await;
         checks += 1;
         if now.generation != seen.generation {
             assert_eq!(
@@ -158,27 +144,13 @@ async fn token_expiry_never_takes_live_credentials_with_it() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        &stack,
-        dir.path(),
-        "rotate_lead_s = 8\nack_grace_s = 120\nmax_issuances_per_minute = 30",
-        "",
-    );
-    let agent = spawn_agent(&stack, &cfg, &[]);
-    let first = wait_published(&stack, 1, SECS(60)).await;
-    write_ack(&stack, first.generation);
+    let lifecycle = "rotate_lead_s = 8\nack_grace_s = 120\nmax_issuances_per_minute = 30";
+    let (agent, first) = acked_agent(&stack, dir.path(), lifecycle, &[]).await;
     let mut seen = first.generation;
     let end = tokio::time::Instant::now() + SECS(40);
     let mut checks = 0;
     while tokio::time::Instant::now() < end {
-        let now = db_json(&stack).expect("db.json stays published");
-        if let Err(e) = can_login_on_replica(&stack, &now).await {
-            panic!(
-                "published generation {} was revoked: {e}\n{}",
-                now.generation,
-                agent.logs()
-            );
-        }
+        let now = published_and_usable(&stack, &agent, "was revoked").await;
         checks += 1;
         if now.generation != seen {
             write_ack(&stack, now.generation);
@@ -199,20 +171,18 @@ async fn token_expiry_never_takes_live_credentials_with_it() {
 async fn kill_9_and_restart_resumes_the_same_lease() {
     let stack = Stack::start(opts(60, 600)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(&stack, dir.path(), "", "");
-    let mut agent = spawn_agent(&stack, &cfg, &[]);
-    let first = wait_published(&stack, 1, SECS(60)).await;
+    let (cfg, mut agent, first) = published_agent(&stack, dir.path(), "", &[]).await;
     agent.wait_ready(SECS(20)).await.unwrap();
-    let state = stack.shared_dir.path().join("agent-state.json");
-    let mode =
-        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&state).unwrap().permissions());
-    assert_eq!(mode & 0o777, 0o600, "agent-state.json is private");
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(stack.shared_dir.path().join("db.json"))
-            .unwrap()
-            .permissions(),
+    let mode = |name: &str| {
+        let meta = std::fs::metadata(stack.shared_dir.path().join(name)).unwrap();
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777
+    };
+    assert_eq!(
+        mode("agent-state.json"),
+        0o600,
+        "agent-state.json is private"
     );
-    assert_eq!(mode & 0o777, 0o640);
+    assert_eq!(mode("db.json"), 0o640);
 
     agent.signal(Signal::SIGKILL);
     agent.wait_exit(SECS(10)).expect("killed");
@@ -236,9 +206,8 @@ async fn kill_9_and_restart_resumes_the_same_lease() {
 async fn sigterm_revokes_the_leases() {
     let stack = Stack::start(opts(60, 600)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(&stack, dir.path(), "shutdown_timeout_s = 10", "");
-    let mut agent = spawn_agent(&stack, &cfg, &[]);
-    let cred = wait_published(&stack, 1, SECS(60)).await;
+    let (_, mut agent, cred) =
+        published_agent(&stack, dir.path(), "shutdown_timeout_s = 10", &[]).await;
     assert!(dynamic_roles(&stack)
         .await
         .unwrap()

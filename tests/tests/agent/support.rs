@@ -47,6 +47,47 @@ pub fn spawn_agent(stack: &Stack, config: &Path, args: &[&str]) -> Agent {
     Agent::spawn(config, stack.shared_dir.path(), args).expect("spawn riskfeat-agent")
 }
 
+/// riskfeat-agent with `args` on a config (written into `dir`, its path
+/// returned to restart it) with `lifecycle` lines; returns once its first
+/// credential is published.
+pub async fn published_agent(
+    stack: &Stack,
+    dir: &Path,
+    lifecycle: &str,
+    args: &[&str],
+) -> (PathBuf, Agent, DbCredential) {
+    let cfg = write_config(stack, dir, lifecycle, "");
+    let agent = spawn_agent(stack, &cfg, args);
+    let first = wait_published(stack, 1, SECS(60)).await;
+    (cfg, agent, first)
+}
+
+/// [`published_agent`] whose first credential the worker has acked.
+pub async fn acked_agent(
+    stack: &Stack,
+    dir: &Path,
+    lifecycle: &str,
+    args: &[&str],
+) -> (Agent, DbCredential) {
+    let (_, agent, first) = published_agent(stack, dir, lifecycle, args).await;
+    write_ack(stack, first.generation);
+    (agent, first)
+}
+
+/// The published credential, which must log in on the replica now (a
+/// panic says the generation, `fault` and the agent's log otherwise).
+pub async fn published_and_usable(stack: &Stack, agent: &Agent, fault: &str) -> DbCredential {
+    let now = db_json(stack).expect("db.json stays published");
+    if let Err(e) = can_login_on_replica(stack, &now).await {
+        panic!(
+            "published generation {} {fault}: {e}\n{}",
+            now.generation,
+            agent.logs()
+        );
+    }
+    now
+}
+
 /// The published `db.json`, if any.
 pub fn db_json(stack: &Stack) -> Option<DbCredential> {
     DbCredential::load(&stack.shared_dir.path().join("db.json")).ok()

@@ -6,7 +6,7 @@ use crate::support::{
     can_login_on_replica, db_json, opts, spawn_agent, wait_published, write_ack, write_agent_toml,
     SECS,
 };
-use riskfeat_tests::{wait_until, Agent, Stack, StackOptions};
+use riskfeat_tests::{Agent, Stack, StackOptions};
 use std::path::{Path, PathBuf};
 
 /// `write_config` with `vault.ca_cert_file` set (or not).
@@ -48,15 +48,13 @@ async fn vault_over_tls_trusts_exactly_the_configured_ca() {
     ] {
         let cfg = write_config_with_ca(&stack, dir.path(), ca_file);
         let agent = spawn_agent(&stack, &cfg, &[]);
-        wait_until(SECS(30), "the TLS failure in /status", || async {
-            agent.status().await.is_ok_and(|s| {
+        agent
+            .wait_status(SECS(30), "the TLS failure in /status", |s| {
                 s["last_error"]
                     .as_str()
                     .is_some_and(|e| e.contains("certificate") && e.contains(hint))
             })
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+            .await;
         assert!(!agent.is_ready().await);
         assert!(db_json(&stack).is_none(), "nothing published");
         drop(agent);
@@ -91,15 +89,13 @@ async fn vault_over_tls_trusts_exactly_the_configured_ca() {
     std::fs::copy(&leaf, &live).unwrap();
     let cfg = write_config_with_ca(&stack, dir.path(), Some(&live));
     let agent = spawn_agent(&stack, &cfg, &[]);
-    wait_until(SECS(30), "the wrong CA in /status", || async {
-        agent.status().await.is_ok_and(|s| {
+    agent
+        .wait_status(SECS(30), "the wrong CA in /status", |s| {
             s["last_error"]
                 .as_str()
                 .is_some_and(|e| e.contains("does not hold the CA"))
         })
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+        .await;
     let tmp = dir.path().join("vault-ca.pem.new");
     std::fs::copy(&ca, &tmp).unwrap();
     std::fs::rename(&tmp, &live).unwrap();

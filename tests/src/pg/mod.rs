@@ -6,23 +6,29 @@
 //! When the tests run as root, the server binaries run as the `postgres`
 //! user and the data dirs belong to it. A data dir made by `initdb` is cached
 //! once (under a file lock) in [`crate::process::cache_dir`] and copied for
-//! each server. Dropping a [`PgServer`] stops it (immediate shutdown, then
+//! each server ([`files`]: the server user, its temp dirs, the template).
+//! Dropping a [`PgServer`] stops it (immediate shutdown, then
 //! SIGKILL of its process group) and removes its directory; if the test
 //! process dies without dropping it, the postmaster gets SIGQUIT, and the
 //! next test process removes the directory.
 
+mod files;
+
+pub use files::pg_bin;
+
 use crate::bootstrap;
-use crate::process::{cache_dir, free_port, lock_file, log_tail, random_token};
+use crate::process::{free_port, log_tail, random_token};
 use anyhow::{bail, Context};
+use files::{copy_dir, give_to_server, pg_command, run, server_temp_dir, template};
 use nix::sys::signal::{kill, killpg, Signal};
-use nix::unistd::{Pid, User};
+use nix::unistd::Pid;
 use riskfeat_shared::creds::Endpoint;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 
@@ -30,196 +36,6 @@ use tokio_postgres::NoTls;
 pub const DBNAME: &str = "riskfeat";
 /// Superuser created by initdb.
 pub const SUPERUSER: &str = "postgres";
-/// Bumped whenever the template's initdb flags or settings change.
-const TEMPLATE_VERSION: &str = "pg15-template-v2";
-
-/// Settings of every server (the port and socket dir are added per server).
-const SETTINGS: &str = "
-# riskfeat test harness
-listen_addresses = '127.0.0.1'
-wal_level = replica
-max_wal_senders = 10
-max_replication_slots = 10
-wal_keep_size = '64MB'
-hot_standby = on
-hot_standby_feedback = on
-shared_buffers = '32MB'
-max_connections = 200
-fsync = off
-full_page_writes = off
-log_min_messages = warning
-log_line_prefix = '%m [%p] %u@%d '
-";
-
-/// Where the PostgreSQL server binaries are: `$RISKFEAT_PG_BIN`, else
-/// `/usr/lib/postgresql/15/bin`.
-pub fn pg_bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("RISKFEAT_PG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
-    dir.join(name)
-}
-
-/// The uid/gid the server runs as: `postgres` when we are root, else
-/// ourselves (`None`).
-fn server_user() -> anyhow::Result<Option<(u32, u32)>> {
-    if !nix::unistd::geteuid().is_root() {
-        return Ok(None);
-    }
-    let user = User::from_name("postgres")
-        .context("looking up user postgres")?
-        .context("running as root, but there is no `postgres` user to run PostgreSQL as")?;
-    Ok(Some((user.uid.as_raw(), user.gid.as_raw())))
-}
-
-/// A command for a PostgreSQL binary, run as the server user.
-fn pg_command(bin: &str, cwd: &Path) -> anyhow::Result<Command> {
-    let mut cmd = Command::new(pg_bin(bin));
-    cmd.current_dir(cwd).env("LC_ALL", "C").env_remove("PGDATA");
-    if let Some((uid, gid)) = server_user()? {
-        cmd.uid(uid).gid(gid);
-    }
-    Ok(cmd)
-}
-
-/// Runs a short-lived PostgreSQL tool to completion; fails with its output.
-fn run(mut cmd: Command, what: &str) -> anyhow::Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("starting {what}"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// Hands `path` to the server user (when we are root).
-fn give_to_server(path: &Path) -> anyhow::Result<()> {
-    if let Some((uid, gid)) = server_user()? {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))
-            .with_context(|| format!("chown postgres {}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// Marks a server temp dir with the test process that owns it.
-const OWNER_FILE: &str = "riskfeat-owner";
-
-/// A temp dir the server user owns, mode 0700, marked with our pid (see
-/// [`sweep_stale_dirs`]).
-fn server_temp_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
-    static SWEPT: std::sync::Once = std::sync::Once::new();
-    SWEPT.call_once(sweep_stale_dirs);
-    let dir = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .context("creating a temp dir")?;
-    fs::write(
-        dir.path().join(OWNER_FILE),
-        process_identity(std::process::id()).unwrap_or_default(),
-    )?;
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))?;
-    give_to_server(dir.path())?;
-    Ok(dir)
-}
-
-/// `"<pid> <start time>"` of a live process, from `/proc/<pid>/stat`.
-fn process_identity(pid: u32) -> Option<String> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let start = stat[stat.rfind(')')? + 2..].split_whitespace().nth(19)?;
-    Some(format!("{pid} {start}"))
-}
-
-/// Removes server dirs of test processes that died without dropping them
-/// (SIGKILL, Ctrl-C: their servers got SIGQUIT, their dirs stayed). A dir
-/// goes only when its owner process is gone and no postmaster runs in it.
-/// Runs once per process, before the first server dir is made.
-fn sweep_stale_dirs() {
-    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        if !name.to_string_lossy().starts_with("riskfeat-pg-") {
-            continue;
-        }
-        let Ok(owner) = fs::read_to_string(path.join(OWNER_FILE)) else {
-            continue;
-        };
-        let owner_pid = owner.split(' ').next().and_then(|p| p.parse::<u32>().ok());
-        let owner_alive =
-            owner_pid.is_some_and(|pid| process_identity(pid).as_deref() == Some(owner.trim()));
-        let postmaster_alive = fs::read_to_string(path.join("data").join("postmaster.pid"))
-            .ok()
-            .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
-            .is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok());
-        if !owner_alive && !postmaster_alive {
-            let _ = fs::remove_dir_all(&path);
-        }
-    }
-}
-
-/// The cached initdb'ed data dir and its superuser password; made once.
-fn template() -> anyhow::Result<(PathBuf, String)> {
-    let cache = cache_dir();
-    let _lock = lock_file(&cache.join(format!("{TEMPLATE_VERSION}.lock")))?;
-    let dir = cache.join(TEMPLATE_VERSION);
-    let data = dir.join("data");
-    let pw_file = dir.join("superuser_password");
-    if dir.join("complete").exists() {
-        let pw = fs::read_to_string(&pw_file)
-            .with_context(|| format!("reading {}", pw_file.display()))?;
-        return Ok((data, pw.trim().to_string()));
-    }
-    let work = server_temp_dir("riskfeat-initdb-")?;
-    let password = random_token(24);
-    let work_pw = work.path().join("pwfile");
-    fs::write(&work_pw, format!("{password}\n"))?;
-    give_to_server(&work_pw)?;
-    let work_data = work.path().join("data");
-    let mut cmd = pg_command("initdb", work.path())?;
-    cmd.arg("-D")
-        .arg(&work_data)
-        .args([
-            "-U",
-            SUPERUSER,
-            "--auth=scram-sha-256",
-            "--encoding=UTF8",
-            "--locale=C",
-            "--no-sync",
-            "--no-instructions",
-        ])
-        .arg(format!("--pwfile={}", work_pw.display()));
-    run(cmd, "initdb")?;
-    let mut conf = File::options()
-        .append(true)
-        .open(work_data.join("postgresql.conf"))?;
-    conf.write_all(SETTINGS.as_bytes())?;
-    drop(conf);
-
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir)?;
-    copy_dir(&work_data, &data)?;
-    fs::write(&pw_file, &password)?;
-    fs::set_permissions(&pw_file, fs::Permissions::from_mode(0o600))?;
-    File::create(dir.join("complete"))?;
-    Ok((data, password))
-}
-
-/// `cp -a`: keeps owners and modes (the data dir must stay 0700 and the
-/// server user's).
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    let mut cmd = Command::new("cp");
-    cmd.arg("-a").arg(from).arg(to);
-    run(cmd, &format!("cp -a {} {}", from.display(), to.display()))
-}
 
 /// One PostgreSQL server process with its own data dir.
 pub struct PgServer {
@@ -451,14 +267,7 @@ impl PgServer {
     }
 
     async fn connect_db(&self, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&self.host)
-            .port(self.port)
-            .dbname(db)
-            .user(&self.superuser)
-            .password(&self.superuser_password)
-            .connect_timeout(Duration::from_secs(10));
-        connect(cfg).await
+        connect(self, db, &self.superuser, &self.superuser_password).await
     }
 
     /// Turns TLS on with `cert` (written into the data dir, the key 0600
@@ -522,20 +331,25 @@ impl PgServer {
         user: &str,
         password: &str,
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&self.host)
-            .port(self.port)
-            .dbname(&self.dbname)
-            .user(user)
-            .password(password)
-            .connect_timeout(Duration::from_secs(10));
-        connect(cfg).await
+        connect(self, &self.dbname, user, password).await
     }
 }
 
+/// Connects to database `db` of `server` as `user` (plain TCP, 10 s
+/// connect timeout); the connection runs on a spawned task.
 async fn connect(
-    cfg: tokio_postgres::Config,
+    server: &PgServer,
+    db: &str,
+    user: &str,
+    password: &str,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&server.host)
+        .port(server.port)
+        .dbname(db)
+        .user(user)
+        .password(password)
+        .connect_timeout(Duration::from_secs(10));
     let (client, conn) = cfg.connect(NoTls).await?;
     tokio::spawn(async move {
         let _ = conn.await;
