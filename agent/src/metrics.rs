@@ -49,6 +49,11 @@ impl AgentMetrics {
     /// Registers every metric in a new registry.
     pub fn new() -> Self {
         let registry = Registry::new();
+        riskfeat_shared::metrics::register_common(
+            &registry,
+            "riskfeat_agent_build_info",
+            env!("CARGO_PKG_VERSION"),
+        );
         let r = &registry;
         let vault_request_duration = HistogramVec::new(
             HistogramOpts::new(

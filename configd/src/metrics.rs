@@ -30,6 +30,11 @@ impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        riskfeat_shared::metrics::register_common(
+            &registry,
+            "riskfeat_configd_build_info",
+            env!("CARGO_PKG_VERSION"),
+        );
         let requests = IntCounterVec::new(
             Opts::new(
                 "riskfeat_configd_http_requests_total",

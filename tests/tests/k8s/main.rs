@@ -11,19 +11,24 @@
 //! promtool missing and not root outside CI skips with a message (inside CI,
 //! `CI` set, it fails).
 //!
-//! Objects of CRDs (the prod overlay's `PodMonitor`) have no schema in
-//! kubernetes-validate: they are checked structurally here instead, and any
-//! other kind without a schema fails the test.
+//! Objects of CRDs (the prod overlay's `PodMonitor` and `PrometheusRule`)
+//! have no schema in kubernetes-validate: they are skipped there with the
+//! reason and checked structurally here instead, and any other kind without
+//! a schema fails the test.
 //!
 //! - [`validation`]: rendering and strict validation;
 //! - [`pods`]: the pods' shape, probes, privileges and shutdown;
 //! - [`secrets`]: secrets, ConfigMaps and CA files;
-//! - [`monitoring`]: PodMonitor, alert rules, dashboard;
+//! - [`monitoring`]: PodMonitor, alert rules, PrometheusRule, dashboard;
+//! - [`prometheus`]: a real Prometheus scraping the three programs, with
+//!   the shipped rules (the one test here that starts PostgreSQL and
+//!   OpenBao);
 //! - [`shipped`]: the shipped configs and the Dockerfile;
 //! - [`support`]: rendering, lookups, the tools.
 
 mod monitoring;
 mod pods;
+mod prometheus;
 mod secrets;
 mod shipped;
 mod support;

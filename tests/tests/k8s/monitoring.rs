@@ -1,6 +1,8 @@
 //! Monitoring: a PodMonitor for every metrics port, alert rules through
 //! `promtool check rules` and `promtool test rules` covering every failure
-//! mode, and a dashboard that uses only metrics the components register.
+//! mode (each with a `runbook_url` into docs/operations.md), the same rules
+//! as the prod overlay's PrometheusRule, and a dashboard that uses only
+//! metrics the components register, shipped as a Grafana sidecar ConfigMap.
 
 use crate::support::*;
 use serde_json::Value;
@@ -134,6 +136,11 @@ fn alert_rules_pass_promtool_and_cover_every_failure_mode() {
         "RiskfeatReplicaLagHigh",
         "RiskfeatConfigdDegraded",
         "RiskfeatAgentFallbackCredential",
+        "RiskfeatWorkerErrors",
+        "RiskfeatWorkerLatencyHigh",
+        "RiskfeatAgentDown",
+        "RiskfeatWorkerDown",
+        "RiskfeatConfigdDown",
     ] {
         assert!(
             rules_text.contains(&format!("alert: {alert}\n")),
@@ -171,6 +178,11 @@ fn alert_rules_pass_promtool_and_cover_every_failure_mode() {
                 ops.contains(&format!("\n### {anchor}\n")),
                 "{alert}: docs/operations.md has no section #{anchor}"
             );
+            assert_eq!(
+                rule["annotations"]["runbook_url"].as_str(),
+                Some(format!("docs/operations.md#{anchor}").as_str()),
+                "{alert}: runbook_url must name its docs/operations.md section"
+            );
             assert!(
                 rule["annotations"]["summary"].is_string(),
                 "{alert}: summary"
@@ -178,7 +190,7 @@ fn alert_rules_pass_promtool_and_cover_every_failure_mode() {
             assert!(rule["labels"]["severity"].is_string(), "{alert}: severity");
         }
     }
-    assert!(count >= 6, "only {count} alerts");
+    assert!(count >= 11, "only {count} alerts");
     assert_metrics_exist(RULES, &metric_names(&rules_text));
     let Some(promtool) = promtool() else { return };
     let (ok, out) = run(Command::new(&promtool)
@@ -209,4 +221,66 @@ fn grafana_dashboard_parses_and_uses_real_metrics() {
     let names = metric_names(&exprs);
     assert!(names.len() >= 8, "dashboard uses only {names:?}");
     assert_metrics_exist(DASHBOARD, &names);
+}
+
+/// The PrometheusRule text for `rules` (the plain rules file): its groups
+/// indented under `spec:`, the file's leading comment dropped.
+fn prometheus_rule_text(rules: &str) -> String {
+    let mut out = String::from(
+        "# GENERATED from riskfeat-alerts.yaml (the same groups, indented under\n\
+         # spec:); do not edit: change riskfeat-alerts.yaml and run\n\
+         # RISKFEAT_BLESS=1 cargo test -p riskfeat-tests --test k8s rules\n\
+         apiVersion: monitoring.coreos.com/v1\n\
+         kind: PrometheusRule\n\
+         metadata:\n  name: riskfeat\n  labels:\n    release: prometheus\n\
+         spec:\n",
+    );
+    for line in rules.lines().skip_while(|l| l.starts_with('#')) {
+        if !line.is_empty() {
+            out.push_str("  ");
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn prod_prometheus_rule_ships_the_same_rules() {
+    let root = repo_root();
+    let rules = std::fs::read_to_string(root.join(RULES)).unwrap();
+    let want = prometheus_rule_text(&rules);
+    let file = root.join(PROMETHEUS_RULE);
+    if std::env::var_os("RISKFEAT_BLESS").is_some() {
+        std::fs::write(&file, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        have == want,
+        "{PROMETHEUS_RULE} is not generated from {RULES}: run \
+         RISKFEAT_BLESS=1 cargo test -p riskfeat-tests --test k8s rules"
+    );
+    // And as rendered: the same groups, with the label the Operator's
+    // ruleSelector of the PodMonitor's Prometheus matches.
+    let plain: Value = serde_norway::from_str(&rules).unwrap();
+    let pr = object(rendered("prod"), "PrometheusRule", "riskfeat");
+    assert_eq!(pr["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(pr["spec"]["groups"], plain["groups"]);
+    let pm = object(rendered("prod"), "PodMonitor", "riskfeat");
+    assert_eq!(
+        pr["metadata"]["labels"]["release"],
+        pm["metadata"]["labels"]["release"]
+    );
+    assert!(
+        rendered("dev").iter().all(|d| kind(d) != "PrometheusRule"),
+        "dev must not need the Prometheus Operator"
+    );
+}
+
+#[test]
+fn prod_ships_the_dashboard_for_the_grafana_sidecar() {
+    let text = std::fs::read_to_string(repo_root().join(DASHBOARD)).unwrap();
+    let cm = object(rendered("prod"), "ConfigMap", "riskfeat-dashboard");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(cm["data"]["riskfeat-dashboard.json"].as_str(), Some(&*text));
 }

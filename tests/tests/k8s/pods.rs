@@ -197,3 +197,36 @@ fn shutdown_fits_in_the_grace_period() {
         );
     }
 }
+
+#[test]
+fn workers_spread_over_nodes_and_have_their_own_pdb() {
+    // The PDB is a file of its own in the base (issue 21).
+    let pdb_file = std::fs::read_to_string(repo_root().join("k8s/base/worker-pdb.yaml")).unwrap();
+    let pdb_doc: Value = serde_norway::from_str(&pdb_file).unwrap();
+    assert_eq!(kind(&pdb_doc), "PodDisruptionBudget");
+    for overlay in OVERLAYS {
+        let docs = rendered(overlay);
+        let worker = object(docs, "Deployment", "riskfeat-worker");
+        let pod_labels = &worker["spec"]["template"]["metadata"]["labels"];
+        let pdb = object(docs, "PodDisruptionBudget", "riskfeat-worker");
+        assert_eq!(
+            pdb["spec"]["selector"]["matchLabels"], worker["spec"]["selector"]["matchLabels"],
+            "{overlay}: the worker PDB must select the worker's pods"
+        );
+        assert_eq!(pdb["spec"]["maxUnavailable"], 1, "{overlay}");
+        let spread = arr(&worker["spec"]["template"]["spec"]["topologySpreadConstraints"]);
+        let by_node = spread
+            .iter()
+            .find(|c| c["topologyKey"] == "kubernetes.io/hostname")
+            .unwrap_or_else(|| panic!("{overlay}: workers not spread over nodes"));
+        assert_eq!(by_node["whenUnsatisfiable"], "DoNotSchedule", "{overlay}");
+        assert_eq!(by_node["maxSkew"], 1, "{overlay}");
+        for c in spread {
+            let sel = c["labelSelector"]["matchLabels"].as_object().unwrap();
+            assert!(
+                sel.iter().all(|(k, v)| &pod_labels[k] == v),
+                "{overlay}: a spread constraint does not select the worker's own pods: {c}"
+            );
+        }
+    }
+}

@@ -21,6 +21,8 @@ pub const OVERLAYS: &[&str] = &["dev", "prod"];
 pub const RULES: &str = "k8s/monitoring/riskfeat-alerts.yaml";
 pub const RULES_TEST: &str = "k8s/monitoring/riskfeat-alerts.test.yaml";
 pub const DASHBOARD: &str = "k8s/monitoring/riskfeat-dashboard.json";
+/// [`RULES`] as a PrometheusRule (generated; the prod overlay includes it).
+pub const PROMETHEUS_RULE: &str = "k8s/monitoring/prometheusrule.yaml";
 /// Secrets the pods mount that are created out of band (never rendered).
 pub const OUT_OF_BAND_SECRETS: &[&str] = &[
     "riskfeat-approle-secret-id",
