@@ -413,7 +413,9 @@ async fn bootstrap_vault(
     let secret_id = str_at(
         &bao.api(
             Method::POST,
-            &at(format!("auth/{APPROLE_MOUNT}/role/{APPROLE_ROLE}/secret-id")),
+            &at(format!(
+                "auth/{APPROLE_MOUNT}/role/{APPROLE_ROLE}/secret-id"
+            )),
             None,
         )
         .await?,

@@ -125,7 +125,9 @@ fn agent_toml(stack: &Stack, dir: &Path, vault: &str, lifecycle: &str) -> PathBu
     let text = stack.agent_toml(AgentToml {
         top: "log_level = \"info,riskfeat_agent=debug\"",
         vault,
-        sections: &format!("[lifecycle]\nbackoff_initial_s = 0.2\nbackoff_max_s = 2.0\n{lifecycle}"),
+        sections: &format!(
+            "[lifecycle]\nbackoff_initial_s = 0.2\nbackoff_max_s = 2.0\n{lifecycle}"
+        ),
         ..Default::default()
     });
     let text: Vec<&str> = text
@@ -139,7 +141,11 @@ fn agent_toml(stack: &Stack, dir: &Path, vault: &str, lifecycle: &str) -> PathBu
 
 async fn logins(agent: &Agent, result: &str) -> f64 {
     let m = agent.metrics().await.unwrap();
-    sample(&m, &format!("riskfeat_agent_vault_logins_total{{result=\"{result}\"}}")).unwrap_or(0.0)
+    sample(
+        &m,
+        &format!("riskfeat_agent_vault_logins_total{{result=\"{result}\"}}"),
+    )
+    .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
