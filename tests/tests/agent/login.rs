@@ -8,7 +8,8 @@
 //!   never logs the token;
 //! - namespace: AppRole and the database engine inside an OpenBao namespace;
 //!   the agent with `vault.namespace` works, without it exits 77 naming the
-//!   namespace to check.
+//!   namespace to check;
+//! - kubernetes: the same login request as jwt.
 
 use crate::support::{can_login_on_replica, spawn_agent, wait_published, write_ack, SECS};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -254,4 +255,34 @@ async fn works_inside_a_vault_namespace_and_says_so_without_it() {
     // SIGTERM revokes the lease inside the namespace too.
     assert_eq!(agent.stop(SECS(20)).and_then(|s| s.code()), Some(0));
     assert_eq!(stack.outstanding_leases().await.unwrap(), 0);
+}
+
+/// `kubernetes` sends the same request as `jwt` (`{"role", "jwt"}` at
+/// `auth/<mount>/login`): pointed at the jwt mount it logs in and publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_method_shares_the_jwt_login() {
+    let stack = Stack::start(StackOptions::default()).await.unwrap();
+    let key = Signer::new();
+    setup_jwt(&stack, &[&key]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    write_token(&token_file, &key.jwt(3600));
+    let cfg = agent_toml(
+        &stack,
+        dir.path(),
+        &format!(
+            "[vault.auth]\nmethod = \"kubernetes\"\nmount = \"jwt\"\nrole = \"riskfeat-agent\"\ntoken_file = \"{}\"",
+            token_file.display()
+        ),
+        "",
+    );
+    let mut agent = spawn_agent(&stack, &cfg, &[]);
+    let first = wait_published(&stack, 1, SECS(60)).await;
+    can_login_on_replica(&stack, &first).await.unwrap();
+    let logs = agent.logs();
+    assert!(
+        logs.contains("logged in to Vault with Kubernetes") && logs.contains("auth/jwt/login"),
+        "{logs}"
+    );
+    assert_eq!(agent.stop(SECS(20)).and_then(|s| s.code()), Some(0));
 }
