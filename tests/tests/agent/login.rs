@@ -11,7 +11,7 @@
 //!   namespace to check;
 //! - kubernetes: the same login request as jwt.
 
-use crate::support::{can_login_on_replica, spawn_agent, wait_published, write_ack, SECS};
+use crate::support::{can_login_on_replica, opts, spawn_agent, wait_published, write_ack, SECS};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use reqwest::Method;
@@ -153,11 +153,9 @@ async fn logins(agent: &Agent, result: &str) -> f64 {
 async fn logs_in_with_a_jwt_read_again_at_every_login() {
     // A token capped at 12 s: the agent logs in again within seconds.
     let stack = Stack::start(StackOptions {
-        default_ttl: SECS(10),
-        max_ttl: SECS(60),
         token_ttl: SECS(4),
         token_max_ttl: Some(SECS(12)),
-        ..Default::default()
+        ..opts(10, 60)
     })
     .await
     .unwrap();
