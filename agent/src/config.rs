@@ -3,9 +3,11 @@
 //! through [`riskfeat_shared::config_loader`] like the worker's and configd's.
 //!
 //! Every key has a default except what identifies the environment: the Vault
-//! address, the AppRole role_id and secret_id sources, the database
-//! endpoints, and configd's address and token file when `[configd]` is
-//! there. Unknown keys are rejected. See docs/agent.md for the reference.
+//! address, the login material (AppRole's role_id and secret_id sources, or
+//! the role and token file of a `[vault.auth]` JWT/Kubernetes login), the
+//! database endpoints, and configd's address and token file when
+//! `[configd]` is there. Unknown keys are rejected. See docs/agent.md for
+//! the reference.
 
 use riskfeat_shared::config_loader::{self, ConfigError, Validate};
 use riskfeat_shared::creds::Endpoint;
@@ -14,6 +16,9 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+mod auth;
+pub use auth::{AuthMethod, AuthSettings};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +81,12 @@ pub struct VaultSettings {
     /// Renew the token at this fraction of its TTL.
     #[serde(default = "default_renew_fraction")]
     pub token_renew_fraction: f64,
+    /// Vault Enterprise / OpenBao namespace, sent as `X-Vault-Namespace`
+    /// on every request (login included); `None`: the root namespace.
+    pub namespace: Option<String>,
+    /// `[vault.auth]`: the login method (AppRole when absent).
+    #[serde(default)]
+    pub auth: AuthSettings,
 }
 
 /// `[database]`: the secrets engine role and the endpoints to publish.
@@ -312,12 +323,8 @@ impl Validate for Config {
         if !(v.request_timeout_s > 0.0 && v.request_timeout_s <= 300.0) {
             out.push("vault.request_timeout_s must be in (0, 300]".into());
         }
-        if v.approle_mount.is_empty() {
-            out.push("vault.approle_mount is empty".into());
-        }
-        if v.secret_id_file.is_none() {
-            out.push("vault.secret_id_file is required".into());
-        }
+        AuthSettings::problems(v, &mut out);
+        out.extend(v.namespace.as_deref().and_then(auth::namespace_problem));
         fraction(
             "vault.token_renew_fraction",
             v.token_renew_fraction,

@@ -1,5 +1,6 @@
 //! The login material: role_id (file or env) and secret_id (file, optionally
-//! deleted after reading, or a response-wrapping token to unwrap), the
+//! deleted after reading, or a response-wrapping token to unwrap) for
+//! AppRole, the service-account token file of a JWT/Kubernetes login, the
 //! optional CA bundle Vault's certificate must chain to, and the optional
 //! static fallback credential (issue 8).
 //!
@@ -73,6 +74,25 @@ pub enum SecretIdSource {
     Plain(Secret),
     /// A response-wrapping token to unwrap (once) into the secret_id.
     Wrapped(Secret),
+}
+
+/// What the lifecycle logs in with, as read at start.
+#[derive(Debug, Clone)]
+pub enum LoginInputs {
+    /// `vault.auth.method = "approle"`: the role_id, and the secret_id
+    /// (`None` when the state file already holds it).
+    AppRole {
+        role_id: Secret,
+        secret: Option<SecretIdSource>,
+    },
+    /// `"jwt"` or `"kubernetes"`: nothing kept; the token file is read
+    /// again on every login ([`login_token`]), as a projected token rotates.
+    ServiceAccountToken,
+}
+
+/// The JWT in `vault.auth.token_file`, read now (it rotates); a secret.
+pub fn login_token(path: &Path) -> Result<Secret, InputError> {
+    read_secret_file("vault.auth.token_file", path)
 }
 
 /// Reads the secret_id file; deletes it afterwards when asked.

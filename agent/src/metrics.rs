@@ -84,7 +84,7 @@ impl AgentMetrics {
             logins: counter(
                 r,
                 "riskfeat_agent_vault_logins_total",
-                "AppRole logins, by result.",
+                "Vault logins (AppRole, JWT or Kubernetes), by result.",
             ),
             token_renewals: counter(
                 r,

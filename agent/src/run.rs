@@ -1,10 +1,10 @@
 //! `riskfeat-agent run`: start-up checks, the servers (health socket,
 //! metrics), config sync, the credential lifecycle, and shutdown on SIGTERM.
 
-use crate::config::Config;
+use crate::config::{AuthMethod, Config};
 use crate::config_sync::{self, SyncStatus};
 use crate::fatal::Fatal;
-use crate::inputs::{self, InputError};
+use crate::inputs::{self, InputError, LoginInputs};
 use crate::lifecycle::{Inputs, Lifecycle};
 use crate::metrics::AgentMetrics;
 use crate::state::AgentState;
@@ -64,17 +64,8 @@ pub fn check_shared_dir(cfg: &Config) -> Result<(), Fatal> {
     Ok(())
 }
 
-async fn run_async(cfg: Config) -> Result<(), Fatal> {
-    check_shared_dir(&cfg)?;
-    let shared = SharedDir::new(cfg.shared_dir.clone());
-    let state = match AgentState::load(&shared.agent_state()) {
-        Ok(Some(s)) => s,
-        Ok(None) => AgentState::default(),
-        Err(e) => {
-            tracing::warn!(error = %e, "starting without the previous agent state");
-            AgentState::default()
-        }
-    };
+/// AppRole's role_id and (unless the state file holds it) secret_id.
+fn approle_inputs(cfg: &Config, state: &AgentState) -> Result<LoginInputs, Fatal> {
     let role_id = inputs::role_id(cfg.vault.role_id_file.as_deref()).map_err(input_fatal)?;
     let secret = if state.secret_id.is_some() {
         None
@@ -92,6 +83,25 @@ async fn run_async(cfg: Config) -> Result<(), Fatal> {
             )
             .map_err(input_fatal)?,
         )
+    };
+    Ok(LoginInputs::AppRole { role_id, secret })
+}
+
+async fn run_async(cfg: Config) -> Result<(), Fatal> {
+    check_shared_dir(&cfg)?;
+    let shared = SharedDir::new(cfg.shared_dir.clone());
+    let state = match AgentState::load(&shared.agent_state()) {
+        Ok(Some(s)) => s,
+        Ok(None) => AgentState::default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "starting without the previous agent state");
+            AgentState::default()
+        }
+    };
+    let login = match cfg.vault.auth.method {
+        AuthMethod::AppRole => approle_inputs(&cfg, &state)?,
+        // Read on every login: a projected token rotates.
+        AuthMethod::Jwt | AuthMethod::Kubernetes => LoginInputs::ServiceAccountToken,
     };
     let fallback = match &cfg.fallback {
         Some(f) => Some(inputs::fallback(&f.file).map_err(input_fatal)?),
@@ -128,7 +138,8 @@ async fn run_async(cfg: Config) -> Result<(), Fatal> {
         Some(metrics.vault_request_duration.clone()),
         vault_ca.as_ref().map_or(&[][..], |ca| &ca.certs[..]),
     )
-    .map_err(|e| Fatal::Runtime(e.to_string()))?;
+    .map_err(|e| Fatal::Runtime(e.to_string()))?
+    .with_namespace(cfg.vault.namespace.clone());
     let vault = match vault_ca {
         Some(ca) => vault.reload_ca_from(&ca.path, ca.bytes),
         None => vault,
@@ -196,8 +207,7 @@ async fn run_async(cfg: Config) -> Result<(), Fatal> {
         metrics,
         board,
         Inputs {
-            role_id,
-            secret,
+            login,
             fallback,
             state,
             pg_tls,

@@ -1,7 +1,8 @@
 //! The whole test stack: PostgreSQL primary + replica ([`crate::pg`]),
 //! OpenBao ([`crate::bao`]) bootstrapped like production from
 //! `k8s/bootstrap/vault/` (AppRole `riskfeat-agent` with the agent's policy,
-//! the database secrets engine on the PRIMARY, role `feature-reader`), the
+//! the database secrets engine on the PRIMARY, role `feature-reader`; in a
+//! Vault namespace of its own when asked), the
 //! AppRole's role_id/secret_id in 0600 files, a shared dir on tmpfs, and an
 //! optional [`TcpProxy`] in front of Vault.
 
@@ -34,6 +35,9 @@ pub struct StackOptions {
     pub vault_proxy: bool,
     /// Vault serves HTTPS with a private CA ([`Bao::ca_cert`]).
     pub vault_tls: bool,
+    /// Bootstrap Vault inside this namespace (created first), not the root
+    /// one; the [`Stack`] helpers then address it too.
+    pub vault_namespace: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -47,6 +51,7 @@ impl Default for StackOptions {
             replica: true,
             vault_proxy: false,
             vault_tls: false,
+            vault_namespace: None,
         }
     }
 }
@@ -200,6 +205,12 @@ impl Stack {
         }
     }
 
+    /// `path` inside [`StackOptions::vault_namespace`] (path-prefix form,
+    /// `<namespace>/<path>`), or `path` itself in the root namespace.
+    pub fn vault_path(&self, path: &str) -> String {
+        ns_path(self.opts.vault_namespace.as_deref(), path)
+    }
+
     /// The options the stack was started with.
     pub fn options(&self) -> &StackOptions {
         &self.opts
@@ -212,7 +223,7 @@ impl Stack {
             .request(
                 None,
                 Method::POST,
-                &format!("auth/{APPROLE_MOUNT}/login"),
+                &self.vault_path(&format!("auth/{APPROLE_MOUNT}/login")),
                 Some(json!({"role_id": self.approle.role_id, "secret_id": self.approle.secret_id})),
             )
             .await
@@ -225,7 +236,7 @@ impl Stack {
     /// `GET database/creds/feature-reader`. Talks to Vault directly, not
     /// through the proxy.
     pub async fn issue_creds(&self) -> anyhow::Result<IssuedCreds> {
-        let path = format!("{DB_MOUNT}/creds/{DB_ROLE}");
+        let path = self.vault_path(&format!("{DB_MOUNT}/creds/{DB_ROLE}"));
         let mut guard = self.agent_token.lock().await;
         let token = match guard.as_ref() {
             Some(t) => t.clone(),
@@ -263,13 +274,16 @@ impl Stack {
 
     /// A new secret_id of the `riskfeat-agent` AppRole (root token).
     pub async fn new_secret_id(&self) -> anyhow::Result<String> {
-        self.bao.new_secret_id(APPROLE_ROLE).await
+        let path = format!("auth/{APPROLE_MOUNT}/role/{APPROLE_ROLE}/secret-id");
+        self.bao
+            .api_str(Method::POST, &self.vault_path(&path), "secret_id")
+            .await
     }
 
     /// How many leases Vault holds under the creds path (root token): 0
     /// when it lists none.
     pub async fn outstanding_leases(&self) -> anyhow::Result<usize> {
-        let path = format!("sys/leases/lookup/{DB_MOUNT}/creds/{DB_ROLE}/");
+        let path = self.vault_path(&format!("sys/leases/lookup/{DB_MOUNT}/creds/{DB_ROLE}/"));
         let list = Method::from_bytes(b"LIST").context("the LIST method")?;
         let (code, v) = self
             .bao
@@ -324,6 +338,13 @@ fn str_at(v: &Value, path: &[&str]) -> anyhow::Result<String> {
         .with_context(|| format!("Vault response has no {}", path.join(".")))
 }
 
+fn ns_path(namespace: Option<&str>, path: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{ns}/{path}"),
+        None => path.to_string(),
+    }
+}
+
 fn secs(d: Duration) -> u64 {
     d.as_secs().max(1)
 }
@@ -335,15 +356,22 @@ async fn bootstrap_vault(
     pg: &PgCluster,
     opts: &StackOptions,
 ) -> anyhow::Result<AppRole> {
+    let ns = opts.vault_namespace.as_deref();
+    if let Some(ns) = ns {
+        bao.api(Method::POST, &format!("sys/namespaces/{ns}"), None)
+            .await
+            .context("creating the Vault namespace")?;
+    }
+    let at = |path: String| ns_path(ns, &path);
     bao.api(
         Method::POST,
-        &format!("sys/auth/{APPROLE_MOUNT}"),
+        &at(format!("sys/auth/{APPROLE_MOUNT}")),
         Some(json!({"type": "approle"})),
     )
     .await?;
     bao.api(
         Method::PUT,
-        &format!("sys/policies/acl/{}", bootstrap::AGENT_POLICY),
+        &at(format!("sys/policies/acl/{}", bootstrap::AGENT_POLICY)),
         Some(json!({"policy": bootstrap::AGENT_POLICY_HCL})),
     )
     .await?;
@@ -362,23 +390,32 @@ async fn bootstrap_vault(
     }
     bao.api(
         Method::POST,
-        &format!("auth/{APPROLE_MOUNT}/role/{APPROLE_ROLE}"),
+        &at(format!("auth/{APPROLE_MOUNT}/role/{APPROLE_ROLE}")),
         Some(role),
     )
     .await?;
-    let role_id = bao.role_id(APPROLE_ROLE).await?;
-    let secret_id = bao.new_secret_id(APPROLE_ROLE).await?;
+    let role_path = format!("auth/{APPROLE_MOUNT}/role/{APPROLE_ROLE}");
+    let role_id = bao
+        .api_str(Method::GET, &at(format!("{role_path}/role-id")), "role_id")
+        .await?;
+    let secret_id = bao
+        .api_str(
+            Method::POST,
+            &at(format!("{role_path}/secret-id")),
+            "secret_id",
+        )
+        .await?;
 
     bao.api(
         Method::POST,
-        &format!("sys/mounts/{DB_MOUNT}"),
+        &at(format!("sys/mounts/{DB_MOUNT}")),
         Some(json!({"type": "database"})),
     )
     .await?;
     let p = &pg.primary;
     bao.api(
         Method::POST,
-        &format!("{DB_MOUNT}/config/{DB_CONNECTION}"),
+        &at(format!("{DB_MOUNT}/config/{DB_CONNECTION}")),
         Some(json!({
             "plugin_name": "postgresql-database-plugin",
             "connection_url": format!(
@@ -395,7 +432,7 @@ async fn bootstrap_vault(
     .context("configuring the database secrets engine")?;
     bao.api(
         Method::POST,
-        &format!("{DB_MOUNT}/roles/{DB_ROLE}"),
+        &at(format!("{DB_MOUNT}/roles/{DB_ROLE}")),
         Some(json!({
             "db_name": DB_CONNECTION,
             "creation_statements": [bootstrap::CREATION_SQL],

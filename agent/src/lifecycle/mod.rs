@@ -30,10 +30,12 @@
 //! One [`Lifecycle`] value holds all of it; its methods are spread over
 //! one file per concern: this file has the state, the loop and the
 //! schedule (`run`, `step`, `next_wake`); [`token`] the Vault token;
+//! [`auth`] the login request of each `vault.auth.method`;
 //! [`issue`] new credentials and the fallback; [`leases`] the leases
 //! already held (resume, renewal, retirement, shutdown revocation);
 //! [`report`] the status board and metrics; [`retry`] the backoff.
 
+mod auth;
 mod issue;
 mod leases;
 mod report;
@@ -42,7 +44,7 @@ mod token;
 
 use crate::config::Config;
 use crate::fatal::Fatal;
-use crate::inputs::{FallbackCredential, SecretIdSource};
+use crate::inputs::{FallbackCredential, LoginInputs, SecretIdSource};
 use crate::metrics::AgentMetrics;
 use crate::state::{AgentState, LeaseState, TokenState};
 use crate::status::{Counts, StatusBoard, VaultView};
@@ -119,8 +121,7 @@ pub struct Lifecycle {
     vault: VaultClient,
     m: AgentMetrics,
     board: Arc<StatusBoard>,
-    role_id: Secret,
-    secret: Option<SecretIdSource>,
+    login: LoginInputs,
     fallback: Option<FallbackCredential>,
     /// The TLS for check logins without `database.ca_file`.
     pg_tls: PgTls,
@@ -143,9 +144,9 @@ pub struct Lifecycle {
 
 /// What the lifecycle needs at construction.
 pub struct Inputs {
-    pub role_id: Secret,
-    /// `None` when the state file already holds the secret_id.
-    pub secret: Option<SecretIdSource>,
+    /// What to log in with (AppRole's secret_id is `None` when the state
+    /// file already holds it).
+    pub login: LoginInputs,
     pub fallback: Option<FallbackCredential>,
     pub state: AgentState,
     /// TLS to the replica for the login check: as built at start, and
@@ -165,15 +166,17 @@ impl Lifecycle {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let mut st = inputs.state;
-        let mut secret = inputs.secret;
-        // A secret_id whose file is gone must survive a restart.
-        if let Some(SecretIdSource::Plain(s)) = &secret {
-            if cfg.vault.delete_secret_id_after_read {
-                st.secret_id = Some(s.clone());
+        let mut login = inputs.login;
+        if let LoginInputs::AppRole { secret, .. } = &mut login {
+            // A secret_id whose file is gone must survive a restart.
+            if let Some(SecretIdSource::Plain(s)) = &secret {
+                if cfg.vault.delete_secret_id_after_read {
+                    st.secret_id = Some(s.clone());
+                }
             }
-        }
-        if secret.is_none() {
-            secret = st.secret_id.clone().map(SecretIdSource::Plain);
+            if secret.is_none() {
+                *secret = st.secret_id.clone().map(SecretIdSource::Plain);
+            }
         }
         if cfg.lifecycle.max_ttl_hint_s > 0 {
             st.max_ttl_s = Some(cfg.lifecycle.max_ttl_hint_s);
@@ -184,8 +187,7 @@ impl Lifecycle {
             vault,
             m,
             board,
-            role_id: inputs.role_id,
-            secret,
+            login,
             fallback: inputs.fallback,
             pg_tls: inputs.pg_tls,
             pg_ca: inputs.pg_ca,
@@ -385,8 +387,10 @@ mod tests {
             AgentMetrics::new(),
             Arc::new(StatusBoard::new(10, None)),
             Inputs {
-                role_id: Secret::new("r"),
-                secret: Some(SecretIdSource::Plain(Secret::new("s"))),
+                login: LoginInputs::AppRole {
+                    role_id: Secret::new("r"),
+                    secret: Some(SecretIdSource::Plain(Secret::new("s"))),
+                },
                 fallback: None,
                 state: AgentState::default(),
                 pg_tls: PgTls::new("database.ca_file", None).unwrap(),

@@ -1,15 +1,13 @@
-//! The Vault token: AppRole login (with the secret_id, unwrapped when
-//! response-wrapped), renew-self on schedule, and the re-login before a
+//! The Vault token: login (AppRole, JWT or Kubernetes alike, the request
+//! from [`super::auth`]), renew-self on schedule, and the re-login before a
 //! capped token's hard end; replaced tokens are renewed while leases they
 //! created are still in use.
 
 use super::retry::backoff_delay;
 use super::{Lifecycle, Renewable};
 use crate::fatal::Fatal;
-use crate::inputs::SecretIdSource;
 use crate::state::TokenState;
 use chrono::{Duration, Utc};
-use riskfeat_shared::Secret;
 
 impl Lifecycle {
     /// How long before its hard end a token is replaced.
@@ -19,41 +17,6 @@ impl Lifecycle {
         match t.hard_end {
             Some(end) => want.min((end - t.obtained_at) / 2),
             None => want,
-        }
-    }
-
-    async fn secret_id(&mut self) -> Result<Option<Secret>, Fatal> {
-        match self.secret.clone() {
-            Some(SecretIdSource::Plain(s)) => Ok(Some(s)),
-            Some(SecretIdSource::Wrapped(w)) => {
-                let r = self.vault.unwrap_secret_id(&w).await;
-                self.note_vault(&r);
-                match r {
-                    Ok(s) => {
-                        tracing::info!("unwrapped the response-wrapped secret_id");
-                        self.secret = Some(SecretIdSource::Plain(s.clone()));
-                        // The wrapping token is spent: keep the secret_id.
-                        self.st.secret_id = Some(s.clone());
-                        Ok(Some(s))
-                    }
-                    Err(e) if !e.is_transient() => Err(Fatal::Permission(format!(
-                        "cannot unwrap the secret_id from {}: {e}",
-                        self.cfg
-                            .vault
-                            .secret_id_file
-                            .as_deref()
-                            .unwrap_or(std::path::Path::new("?"))
-                            .display()
-                    ))),
-                    Err(e) => {
-                        self.error(format!("cannot unwrap the secret_id: {e}"));
-                        Ok(None)
-                    }
-                }
-            }
-            None => Err(Fatal::Input(
-                "no secret_id: vault.secret_id_file is gone and agent-state.json holds none".into(),
-            )),
         }
     }
 
@@ -151,17 +114,13 @@ impl Lifecycle {
     }
 
     pub(super) async fn login(&mut self) -> Result<(), Fatal> {
-        let Some(secret_id) = self.secret_id().await? else {
+        let Some(r) = self.login_request().await? else {
             let (i, mx) = self.backoff();
             self.login_retry.fail(Utc::now(), i, mx);
             return Ok(());
         };
-        let mount = self.cfg.vault.approle_mount.clone();
-        let r = self
-            .vault
-            .approle_login(&mount, &self.role_id, &secret_id)
-            .await;
         self.note_vault(&r);
+        let method = self.cfg.vault.auth.method.display_name();
         let now = Utc::now();
         match r {
             Ok(g) => {
@@ -217,16 +176,21 @@ impl Lifecycle {
                     ttl_s = g.lease_duration,
                     renewable = g.renewable,
                     serial = self.st.token_serial,
-                    "logged in to Vault with AppRole"
+                    "logged in to Vault with {method}"
                 );
             }
             Err(e) => {
                 self.m.logins.with_label_values(&["error"]).inc();
                 self.counts.logins_failed += 1;
-                if e.is_permission() && !self.established {
-                    return Err(Fatal::Permission(format!("AppRole login refused: {e}")));
+                let hint = self.login_hint(&e);
+                // 404: no such namespace (or mount); it will not appear soon.
+                let refused = e.is_permission() || e.status() == Some(404);
+                if refused && !self.established {
+                    return Err(Fatal::Permission(format!(
+                        "{method} login refused: {e}{hint}"
+                    )));
                 }
-                self.error(format!("AppRole login failed: {e}"));
+                self.error(format!("{method} login failed: {e}{hint}"));
                 let (i, mx) = self.backoff();
                 let at = if e.is_transient() {
                     self.login_retry.fail(now, i, mx)

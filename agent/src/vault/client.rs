@@ -2,6 +2,8 @@
 //!
 //! Tokens travel only in the `X-Vault-Token` header; secrets in responses
 //! are parsed straight into [`Secret`] so they cannot reach a log line.
+//! With a namespace ([`VaultClient::with_namespace`]) every request carries
+//! `X-Vault-Namespace`.
 
 use super::VaultError;
 use prometheus::HistogramVec;
@@ -26,6 +28,8 @@ pub struct VaultClient {
     addr: String,
     timeout: Duration,
     durations: Option<HistogramVec>,
+    /// `vault.namespace`, sent as `X-Vault-Namespace` on every request.
+    namespace: Option<String>,
 }
 
 fn http_client(
@@ -165,7 +169,15 @@ impl VaultClient {
             timeout,
             durations,
             custom_ca: !ca.is_empty(),
+            namespace: None,
         })
+    }
+
+    /// Sends `X-Vault-Namespace: <namespace>` on every request (`None`:
+    /// the root namespace, no header).
+    pub fn with_namespace(mut self, namespace: Option<String>) -> Self {
+        self.namespace = namespace;
+        self
     }
 
     /// Reads `path` (the `vault.ca_cert_file` whose certificates were given
@@ -224,6 +236,9 @@ impl VaultClient {
         let mut req = self.client().request(method, &url);
         if let Some(t) = token {
             req = req.header("X-Vault-Token", t.expose());
+        }
+        if let Some(ns) = &self.namespace {
+            req = req.header("X-Vault-Namespace", ns);
         }
         if let Some(b) = body {
             req = req.json(&b);
@@ -291,8 +306,24 @@ impl VaultClient {
         role_id: &Secret,
         secret_id: &Secret,
     ) -> Result<TokenGrant, VaultError> {
-        let path = format!("auth/{mount}/login");
         let body = json!({"role_id": role_id.expose(), "secret_id": secret_id.expose()});
+        self.login(mount, body).await
+    }
+
+    /// `PUT auth/<mount>/login` with a role and a JWT: the request of both
+    /// the `jwt` and the `kubernetes` auth methods.
+    pub async fn jwt_login(
+        &self,
+        mount: &str,
+        role: &str,
+        jwt: &Secret,
+    ) -> Result<TokenGrant, VaultError> {
+        let body = json!({"role": role, "jwt": jwt.expose()});
+        self.login(mount, body).await
+    }
+
+    async fn login(&self, mount: &str, body: Value) -> Result<TokenGrant, VaultError> {
+        let path = format!("auth/{mount}/login");
         let env: Option<AuthEnvelope> = self
             .call("login", Method::PUT, &path, None, Some(body))
             .await?;

@@ -1,7 +1,7 @@
 //! Talking to Vault (or OpenBao): a small typed client over the HTTP API.
 //!
-//! Endpoints used: AppRole login, response-unwrapping of a wrapped
-//! secret_id, token lookup-self/renew-self/revoke-self,
+//! Endpoints used: AppRole and JWT/Kubernetes login, response-unwrapping of
+//! a wrapped secret_id, token lookup-self/renew-self/revoke-self,
 //! `<mount>/creds/<role>` (the full response: lease_id, lease_duration and
 //! renewable sit at the top level), and `sys/leases/{renew,revoke,lookup}`.
 //!
@@ -14,10 +14,11 @@
 //! uses reqwest 0.12 (a second HTTP/TLS stack in a sidecar whose RSS budget
 //! is 15 MB, and minutes of build time on 2 cores), its database `creds`
 //! call drops the lease fields we need, and it has no `sys/leases`
-//! endpoints. The dozen calls here are plain JSON over the documented API.
+//! endpoints. The dozen calls here are plain JSON over the documented API;
+//! every request carries `X-Vault-Namespace` when `vault.namespace` is set.
 
 mod client;
 mod error;
 
-pub use client::VaultClient;
+pub use client::{TokenGrant, VaultClient};
 pub use error::VaultError;

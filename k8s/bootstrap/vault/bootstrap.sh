@@ -22,6 +22,21 @@
 #   TOKEN_MAX_TTL (24h)  SECRET_ID_TTL (720h)
 #   ROLE_ID              set the AppRole's role_id to this value (the one in
 #                        the overlay's role_id ConfigMap); unset: Vault's own
+#   AUTH_METHOD          approle (default), kubernetes or jwt: how the agent
+#                        logs in (docs/agent.md, "Login methods"). kubernetes
+#                        and jwt set up, at auth/$AUTH_METHOD, role
+#                        riskfeat-agent bound to the service account
+#                        SA_NAMESPACE/SA_NAME (riskfeat/riskfeat-worker) and the
+#                        token audience SA_AUDIENCE (vault), with the same
+#                        policy and token TTLs as the AppRole. kubernetes:
+#                        K8S_HOST (API server URL Vault calls, e.g.
+#                        https://kubernetes.default.svc) and optionally
+#                        K8S_CA_FILE (PEM; else Vault's in-cluster CA). jwt:
+#                        JWT_ISSUER (the cluster's service-account issuer)
+#                        and JWT_DISCOVERY_URL (its OIDC discovery URL; default
+#                        JWT_ISSUER) or JWT_PUBKEYS_FILE (PEM public key(s)
+#                        of the issuer, for a non-public discovery endpoint).
+#                        The AppRole is then not created.
 #   FALLBACK_PASSWORD    create the optional static fallback login
 #                        riskfeat_fallback with this password (store the same
 #                        value in the riskfeat-db-fallback-password Secret)
@@ -54,27 +69,80 @@ ALTER ROLE riskfeat_fallback PASSWORD :'pw';
 SQL
 fi
 
-# --- AppRole and the agent's policy -------------------------------------------
-if ! "$cli" auth list -format=json | grep -q '"approle/"'; then
-    "$cli" auth enable -path=approle approle
-fi
+# --- The agent's policy and login method --------------------------------------
+auth_method=${AUTH_METHOD:-approle}
 "$cli" policy write riskfeat-agent "$here/agent-policy.hcl"
 if [ -n "${TOKEN_PERIOD:-}" ]; then
     token_lifetime="token_period=$TOKEN_PERIOD"
 else
     token_lifetime="token_max_ttl=${TOKEN_MAX_TTL:-24h}"
 fi
-# token_no_default_policy: Vault's `default` policy grants the body form of
-# sys/leases/renew (any lease) to every token; the agent gets only its own.
-"$cli" write auth/approle/role/riskfeat-agent \
-    token_policies=riskfeat-agent \
-    token_no_default_policy=true \
-    token_ttl="${TOKEN_TTL:-1h}" \
-    "$token_lifetime" \
-    secret_id_ttl="${SECRET_ID_TTL:-720h}"
-if [ -n "${ROLE_ID:-}" ]; then
-    "$cli" write auth/approle/role/riskfeat-agent/role-id role_id="$ROLE_ID"
-fi
+sa_namespace=${SA_NAMESPACE:-riskfeat}
+sa_name=${SA_NAME:-riskfeat-worker}
+sa_audience=${SA_AUDIENCE:-vault}
+enable_auth() {
+    if ! "$cli" auth list -format=json | grep -q "\"$1/\""; then
+        "$cli" auth enable -path="$1" "$1"
+    fi
+}
+case "$auth_method" in
+approle)
+    enable_auth approle
+    # token_no_default_policy: Vault's `default` policy grants the body form of
+    # sys/leases/renew (any lease) to every token; the agent gets only its own.
+    "$cli" write auth/approle/role/riskfeat-agent \
+        token_policies=riskfeat-agent \
+        token_no_default_policy=true \
+        token_ttl="${TOKEN_TTL:-1h}" \
+        "$token_lifetime" \
+        secret_id_ttl="${SECRET_ID_TTL:-720h}"
+    if [ -n "${ROLE_ID:-}" ]; then
+        "$cli" write auth/approle/role/riskfeat-agent/role-id role_id="$ROLE_ID"
+    fi
+    ;;
+kubernetes)
+    : "${K8S_HOST:?K8S_HOST (the API server URL Vault calls) is required with AUTH_METHOD=kubernetes}"
+    enable_auth kubernetes
+    if [ -n "${K8S_CA_FILE:-}" ]; then
+        "$cli" write auth/kubernetes/config kubernetes_host="$K8S_HOST" \
+            kubernetes_ca_cert=@"$K8S_CA_FILE"
+    else
+        "$cli" write auth/kubernetes/config kubernetes_host="$K8S_HOST"
+    fi
+    "$cli" write auth/kubernetes/role/riskfeat-agent \
+        bound_service_account_names="$sa_name" \
+        bound_service_account_namespaces="$sa_namespace" \
+        audience="$sa_audience" \
+        token_policies=riskfeat-agent \
+        token_no_default_policy=true \
+        token_ttl="${TOKEN_TTL:-1h}" \
+        "$token_lifetime"
+    ;;
+jwt)
+    : "${JWT_ISSUER:?JWT_ISSUER (the service-account issuer) is required with AUTH_METHOD=jwt}"
+    enable_auth jwt
+    if [ -n "${JWT_PUBKEYS_FILE:-}" ]; then
+        "$cli" write auth/jwt/config bound_issuer="$JWT_ISSUER" \
+            jwt_validation_pubkeys=@"$JWT_PUBKEYS_FILE"
+    else
+        "$cli" write auth/jwt/config bound_issuer="$JWT_ISSUER" \
+            oidc_discovery_url="${JWT_DISCOVERY_URL:-$JWT_ISSUER}"
+    fi
+    "$cli" write auth/jwt/role/riskfeat-agent \
+        role_type=jwt \
+        user_claim=sub \
+        bound_subject="system:serviceaccount:$sa_namespace:$sa_name" \
+        bound_audiences="$sa_audience" \
+        token_policies=riskfeat-agent \
+        token_no_default_policy=true \
+        token_ttl="${TOKEN_TTL:-1h}" \
+        "$token_lifetime"
+    ;;
+*)
+    echo "AUTH_METHOD must be approle, kubernetes or jwt (got $auth_method)" >&2
+    exit 64
+    ;;
+esac
 
 # --- Database secrets engine, connected to the PRIMARY ------------------------
 if ! "$cli" secrets list -format=json | grep -q '"database/"'; then
@@ -97,6 +165,10 @@ printf '%s' "$VAULT_ADMIN_PASSWORD" | "$cli" write database/config/riskfeat \
     default_ttl="${DEFAULT_TTL:-1h}" \
     max_ttl="${MAX_TTL:-24h}"
 
-echo "bootstrap done. role_id of riskfeat-agent:"
-"$cli" read -field=role_id auth/approle/role/riskfeat-agent/role-id
-echo "create a secret_id with: $cli write -f -field=secret_id auth/approle/role/riskfeat-agent/secret-id"
+if [ "$auth_method" = approle ]; then
+    echo "bootstrap done. role_id of riskfeat-agent:"
+    "$cli" read -field=role_id auth/approle/role/riskfeat-agent/role-id
+    echo "create a secret_id with: $cli write -f -field=secret_id auth/approle/role/riskfeat-agent/secret-id"
+else
+    echo "bootstrap done: role riskfeat-agent at auth/$auth_method for $sa_namespace/$sa_name, audience $sa_audience"
+fi

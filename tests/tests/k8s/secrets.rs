@@ -13,8 +13,17 @@ fn secrets_are_read_only_files_never_env_or_args() {
         let pod = &object(docs, "Deployment", "riskfeat-worker")["spec"]["template"]["spec"];
         let agent = container(pod, "riskfeat-agent");
         let agent_toml = config_file(docs, pod, "agent-config", "agent.toml");
-        let secret_id = toml_str(&agent_toml, &["vault", "secret_id_file"]);
-        assert_secret_file(pod, agent, secret_id, &format!("{overlay}: secret_id"));
+        let method = agent_toml["vault"]
+            .get("auth")
+            .and_then(|a| a.get("method"))
+            .and_then(|m| m.as_str())
+            .unwrap_or("approle");
+        if method == "approle" {
+            let secret_id = toml_str(&agent_toml, &["vault", "secret_id_file"]);
+            assert_secret_file(pod, agent, secret_id, &format!("{overlay}: secret_id"));
+        } else {
+            assert_projected_token(pod, agent, &agent_toml, &format!("{overlay}: {method}"));
+        }
         if agent_toml.contains_key("configd") {
             let token = toml_str(&agent_toml, &["configd", "token_file"]);
             assert_secret_file(pod, agent, token, &format!("{overlay}: configd token"));
@@ -40,14 +49,16 @@ fn secrets_are_read_only_files_never_env_or_args() {
             let pw = toml_str(&fb, &["password_file"]);
             assert_secret_file(pod, agent, pw, &format!("{overlay}: fallback password"));
         }
-        let role_id = toml_str(&agent_toml, &["vault", "role_id_file"]);
-        assert!(
-            arr(&agent["volumeMounts"]).iter().any(|m| {
-                m["readOnly"] == true
-                    && role_id.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap()))
-            }),
-            "{overlay}: role_id must come from a read-only mount"
-        );
+        if method == "approle" {
+            let role_id = toml_str(&agent_toml, &["vault", "role_id_file"]);
+            assert!(
+                arr(&agent["volumeMounts"]).iter().any(|m| {
+                    m["readOnly"] == true
+                        && role_id.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap()))
+                }),
+                "{overlay}: role_id must come from a read-only mount"
+            );
+        }
         let configd = &object(docs, "Deployment", "riskfeat-configd")["spec"]["template"]["spec"];
         let configd_c = container(configd, "riskfeat-configd");
         let configd_toml = config_file(docs, configd, "config", "configd.toml");
@@ -287,6 +298,40 @@ fn every_mounted_config_map_exists_and_the_cas_are_mounted() {
 
 /// `path` is a file that a read-only ConfigMap volume mounted in the
 /// container `cname` projects.
+/// A JWT/Kubernetes login: `vault.auth.token_file` is a read-only projected
+/// service-account token for an audience (not the pod's default token,
+/// which stays unmounted), short-lived, and no AppRole file is mounted.
+fn assert_projected_token(pod: &Value, agent: &Value, agent_toml: &toml::Table, what: &str) {
+    let file = toml_str(agent_toml, &["vault", "auth", "token_file"]);
+    let mount = arr(&agent["volumeMounts"])
+        .iter()
+        .find(|m| file.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
+        .unwrap_or_else(|| panic!("{what}: nothing mounted over {file}"));
+    assert_eq!(mount["readOnly"], true, "{what}: {file}");
+    let rel = &file[mount["mountPath"].as_str().unwrap().len() + 1..];
+    let vol = volume(pod, mount["name"].as_str().unwrap());
+    let sources = arr(&vol["projected"]["sources"]);
+    let token = sources
+        .iter()
+        .map(|s| &s["serviceAccountToken"])
+        .find(|t| t["path"] == rel)
+        .unwrap_or_else(|| panic!("{what}: {file} is not a projected serviceAccountToken"));
+    let audience = token["audience"].as_str().unwrap_or("");
+    assert!(!audience.is_empty(), "{what}: the token has no audience");
+    let ttl = token["expirationSeconds"].as_u64().unwrap_or(3600);
+    assert!(
+        (600..=86400).contains(&ttl),
+        "{what}: expirationSeconds {ttl}"
+    );
+    assert_eq!(pod["automountServiceAccountToken"], false, "{what}");
+    for v in arr(&pod["volumes"]) {
+        assert_ne!(
+            v["secret"]["secretName"], "riskfeat-approle-secret-id",
+            "{what}: the AppRole secret_id is still mounted"
+        );
+    }
+}
+
 fn assert_projected(overlay: &str, pod: &Value, cname: &str, path: &str) {
     let c = container(pod, cname);
     let mount = arr(&c["volumeMounts"])

@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 pub const K8S_VERSION: &str = "1.33.0";
 /// The pinned kubernetes-validate release (ships schemas 1.32..1.37).
 pub const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
-pub const OVERLAYS: &[&str] = &["dev", "prod"];
+pub const OVERLAYS: &[&str] = &["dev", "prod", "dev-kubernetes-auth"];
 pub const RULES: &str = "k8s/monitoring/riskfeat-alerts.yaml";
 pub const RULES_TEST: &str = "k8s/monitoring/riskfeat-alerts.test.yaml";
 pub const DASHBOARD: &str = "k8s/monitoring/riskfeat-dashboard.json";
