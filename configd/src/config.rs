@@ -60,7 +60,7 @@ impl Default for FileConfig {
             database_url_file: None,
             tokens_file: None,
             max_value_bytes: 64 * 1024,
-            max_body_bytes: 64 * 1024 * 1024,
+            max_body_bytes: 1024 * 1024,
             retention_versions: 1000,
             compact_interval_s: 60,
             wake_batch: 500,

@@ -1,12 +1,13 @@
 //! Client endpoints (read role): long-poll watch of one or several
 //! namespaces, and changes since a version (incremental or snapshot).
 
-use super::{authorize, check_ns, param_u64, parse_body, query, ApiError, AppState};
+use super::auth::{AnyReader, Caller, JsonBody, Reader};
+use super::{authorize, check_ns, param_u64, query, ApiError, AppState};
 use crate::config::Role;
 use crate::watch::Registered;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -91,17 +92,9 @@ async fn wait_any(
 /// `GET /v1/namespaces/{ns}/watch?version=V&timeout_s=T`.
 pub async fn watch_one(
     State(st): State<Arc<AppState>>,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
+    Reader(Caller { ns, .. }): Reader,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    check_ns(&ns, "namespace")?;
-    authorize(
-        &st.cfg,
-        &headers,
-        Role::Read,
-        &[(&ns, "namespace".to_string())],
-    )?;
     let q = query(q, &["version", "timeout_s"])?;
     let version = param_u64(&q, "version", Some(0))?;
     let timeout = timeout_of(
@@ -129,18 +122,9 @@ pub struct WatchBody {
 pub async fn watch_many(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+    _: AnyReader,
+    JsonBody(req): JsonBody<WatchBody>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| {
-        ApiError::new(
-            e.status(),
-            "invalid_request",
-            Some("body".to_string()),
-            e.body_text(),
-        )
-    })?;
-    authorize(&st.cfg, &headers, Role::Read, &[])?;
-    let req: WatchBody = parse_body(&body)?;
     if req.namespaces.is_empty() {
         return Err(ApiError::bad("namespaces", "namespaces is empty"));
     }
@@ -174,17 +158,10 @@ pub async fn watch_many(
 /// `GET /v1/namespaces/{ns}/changes?from=V`.
 pub async fn changes(
     State(st): State<Arc<AppState>>,
-    Path(ns): Path<String>,
+    Reader(Caller { ns, .. }): Reader,
     headers: HeaderMap,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    check_ns(&ns, "namespace")?;
-    authorize(
-        &st.cfg,
-        &headers,
-        Role::Read,
-        &[(&ns, "namespace".to_string())],
-    )?;
     let q = query(q, &["from"])?;
     let from = param_u64(&q, "from", None)?;
     let state = st

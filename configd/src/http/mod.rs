@@ -4,6 +4,7 @@
 //! `{"error":{"code","message","field"}}` naming the offending field.
 
 mod admin;
+mod auth;
 mod client;
 
 use crate::cache::Cache;
@@ -282,7 +283,6 @@ async fn not_found() -> ApiError {
 
 /// The whole router.
 pub fn router(st: Arc<AppState>) -> Router {
-    let limit = st.cfg.max_body_bytes;
     let api = Router::new()
         .route("/v1/namespaces/{ns}/watch", get(client::watch_one))
         .route("/v1/watch", post(client::watch_many))
@@ -299,7 +299,6 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(st.clone(), count))
         .with_state(st.clone());
     api.merge(riskfeat_shared::metrics::router(

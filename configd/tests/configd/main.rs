@@ -6,10 +6,12 @@
 //! - [`sync`]: publish, watch and changes, restarts, compaction;
 //! - [`cache`]: PostgreSQL down, cold misses, the loaded log;
 //! - [`api`]: bad input, the OpenAPI document;
+//! - [`hostile`]: unauthenticated bodies, stalled connections, audit;
 //! - [`support`]: the tokens, starting configd, checked requests, a
 //!   client's local copy.
 
 mod api;
 mod cache;
+mod hostile;
 mod support;
 mod sync;
