@@ -7,6 +7,7 @@
 //! [`riskfeat_shared::Secret`].
 
 use riskfeat_shared::config_loader::{self, Rejected};
+use riskfeat_shared::http_server::HttpLimits;
 use riskfeat_shared::Secret;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -51,6 +52,13 @@ pub struct FileConfig {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key of `tls_cert_file`.
     pub tls_key_file: Option<PathBuf>,
+    /// Long-polls one token may hold at once; more get 429.
+    pub max_watchers_per_token: usize,
+    /// Seconds from SIGTERM until configd exits even with requests in
+    /// flight (held long-polls are answered 304 at once).
+    pub shutdown_timeout_s: u64,
+    /// `[http]`: header-read, request and idle timeouts, connection cap.
+    pub http: HttpLimits,
 }
 
 impl Default for FileConfig {
@@ -71,6 +79,9 @@ impl Default for FileConfig {
             warm_up: true,
             tls_cert_file: None,
             tls_key_file: None,
+            max_watchers_per_token: 10_000,
+            shutdown_timeout_s: 20,
+            http: HttpLimits::default(),
         }
     }
 }
@@ -138,6 +149,9 @@ pub struct Config {
     pub warm_up: bool,
     /// HTTPS when set: the pair as loaded while checking the config.
     pub tls: Option<crate::tls::LoadedTls>,
+    pub max_watchers_per_token: usize,
+    pub shutdown_timeout: Duration,
+    pub http: HttpLimits,
 }
 
 /// The trimmed content of a secret file, or why it cannot be had (exit 66
@@ -244,6 +258,17 @@ impl config_loader::ConfigFile for FileConfig {
             "pool_size: must be 1..=256",
             &mut problems,
         );
+        check(
+            raw.max_watchers_per_token >= 1,
+            "max_watchers_per_token: must be at least 1",
+            &mut problems,
+        );
+        check(
+            (1..=600).contains(&raw.shutdown_timeout_s),
+            "shutdown_timeout_s: must be 1..=600",
+            &mut problems,
+        );
+        problems.extend(raw.http.problems());
         let resolve = |p: &Path| {
             if p.is_absolute() {
                 p.to_path_buf()
@@ -330,6 +355,9 @@ impl config_loader::ConfigFile for FileConfig {
             pool_size: raw.pool_size,
             warm_up: raw.warm_up,
             tls,
+            max_watchers_per_token: raw.max_watchers_per_token,
+            shutdown_timeout: Duration::from_secs(raw.shutdown_timeout_s),
+            http: raw.http,
         })
     }
 }

@@ -7,6 +7,7 @@
 //! `config/<namespace>.json` (see [`crate::params`]).
 
 use riskfeat_shared::config_loader::{self, set, ConfigError, Validate};
+use riskfeat_shared::http_server::HttpLimits;
 use riskfeat_shared::telemetry::LogFormat;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -55,6 +56,8 @@ pub struct Config {
     pub worker_threads: usize,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// `[http]`: header-read, request and idle timeouts, connection cap.
+    pub http: HttpLimits,
 }
 
 impl Default for Config {
@@ -81,6 +84,7 @@ impl Default for Config {
             worker_threads: 0,
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            http: HttpLimits::default(),
         }
     }
 }
@@ -170,6 +174,7 @@ impl Config {
                 self.retry_max_ms, self.retry_initial_ms
             ));
         }
+        out.extend(self.http.problems());
         if self.shared_dir.as_os_str().is_empty() {
             out.push("shared_dir is empty".into());
         }

@@ -30,9 +30,9 @@ pub struct Admin(pub Caller);
 /// A read (or admin) token allowed on the path's `{ns}`.
 pub struct Reader(pub Caller);
 
-/// A read (or admin) token; the namespaces come in the body and the
-/// handler checks them with [`authorize`] once it has parsed it.
-pub struct AnyReader;
+/// A read (or admin) token, by name; the namespaces come in the body and
+/// the handler checks them with [`authorize`] once it has parsed it.
+pub struct AnyReader(pub String);
 
 async fn caller(parts: &mut Parts, st: &Arc<AppState>, role: Role) -> Result<Caller, ApiError> {
     let Path(ns) = Path::<String>::from_request_parts(parts, st)
@@ -62,8 +62,8 @@ impl FromRequestParts<Arc<AppState>> for Reader {
 impl FromRequestParts<Arc<AppState>> for AnyReader {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Self, ApiError> {
-        authorize(&st.cfg, &parts.headers, Role::Read, &[])?;
-        Ok(AnyReader)
+        let token = authorize(&st.cfg, &parts.headers, Role::Read, &[])?;
+        Ok(AnyReader(token.name.clone()))
     }
 }
 

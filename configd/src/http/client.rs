@@ -18,10 +18,44 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-struct Held<'a>(&'a crate::metrics::Metrics);
+/// One held long-poll of `token`, counted until it ends.
+struct Held<'a> {
+    st: &'a AppState,
+    token: &'a str,
+}
+
+impl<'a> Held<'a> {
+    /// Counts a long-poll of `token`, or 429 when it holds its cap.
+    fn take(st: &'a AppState, token: &'a str) -> Result<Self, ApiError> {
+        let cap = st.cfg.max_watchers_per_token;
+        let mut held = st.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(token.to_string()).or_insert(0);
+        if *n >= cap {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_watchers",
+                Some("Authorization".to_string()),
+                format!("token {token:?} already holds {cap} long-polls (max_watchers_per_token)"),
+            );
+            e.retry_after = Some(5);
+            return Err(e);
+        }
+        *n += 1;
+        st.metrics.watchers.inc();
+        Ok(Held { st, token })
+    }
+}
+
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.0.watchers.dec();
+        self.st.metrics.watchers.dec();
+        let mut held = self.st.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(self.token) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(self.token);
+            }
+        }
     }
 }
 
@@ -30,10 +64,12 @@ fn timeout_of(st: &AppState, q: Option<u64>) -> Duration {
     t.min(st.cfg.max_poll_timeout)
 }
 
-/// Waits until one of `seen` changes or the timeout; `fields` name each
-/// namespace for errors. Returns the changed namespaces with their versions.
+/// Waits until one of `seen` changes, the timeout or shutdown (all three
+/// held under `token`'s cap); `field_of` names each namespace for errors.
+/// Returns the changed namespaces with their versions (none: 304).
 async fn wait_any(
     st: &AppState,
+    token: &str,
     seen: &BTreeMap<String, u64>,
     field_of: impl Fn(&str) -> String,
     timeout: Duration,
@@ -57,10 +93,10 @@ async fn wait_any(
             ));
         }
     }
+    let _held = Held::take(st, token)?;
+    let mut stopping = st.stopping.subscribe();
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let deadline = tokio::time::Instant::now() + timeout;
-    st.metrics.watchers.inc();
-    let _held = Held(&st.metrics);
     loop {
         let mut changed = BTreeMap::new();
         for (ns, v) in seen {
@@ -85,6 +121,7 @@ async fn wait_any(
         tokio::select! {
             _ = rx.recv() => {}
             _ = tokio::time::sleep_until(deadline) => return Ok(BTreeMap::new()),
+            _ = stopping.wait_for(|s| *s) => return Ok(BTreeMap::new()),
         }
     }
 }
@@ -92,7 +129,7 @@ async fn wait_any(
 /// `GET /v1/namespaces/{ns}/watch?version=V&timeout_s=T`.
 pub async fn watch_one(
     State(st): State<Arc<AppState>>,
-    Reader(Caller { ns, .. }): Reader,
+    Reader(Caller { ns, token }): Reader,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q, &["version", "timeout_s"])?;
@@ -104,7 +141,7 @@ pub async fn watch_one(
             .transpose()?,
     );
     let seen = BTreeMap::from([(ns.clone(), version)]);
-    let changed = wait_any(&st, &seen, |_| "version".to_string(), timeout).await?;
+    let changed = wait_any(&st, &token, &seen, |_| "version".to_string(), timeout).await?;
     Ok(match changed.get(&ns) {
         Some(v) => Json(json!({"namespace": ns, "version": v})).into_response(),
         None => StatusCode::NOT_MODIFIED.into_response(),
@@ -122,7 +159,7 @@ pub struct WatchBody {
 pub async fn watch_many(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
-    _: AnyReader,
+    AnyReader(token): AnyReader,
     JsonBody(req): JsonBody<WatchBody>,
 ) -> Result<Response, ApiError> {
     if req.namespaces.is_empty() {
@@ -143,6 +180,7 @@ pub async fn watch_many(
     let timeout = timeout_of(&st, req.timeout_s);
     let changed = wait_any(
         &st,
+        &token,
         &req.namespaces,
         |ns| format!("namespaces.{ns}"),
         timeout,

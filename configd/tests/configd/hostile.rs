@@ -1,9 +1,11 @@
 //! Hostile clients: an unauthenticated body is answered from the request
-//! head and never buffered.
+//! head and never buffered; stalled request heads are closed; long-polls
+//! are capped per token and end on SIGTERM.
 
-use crate::support::{create, start, ADMIN};
-use riskfeat_tests::hostile::{head_only_post, peak_rss, push_body};
-use riskfeat_tests::PgCluster;
+use crate::support::{create, http, req, start, ADMIN, READER, SCOPED};
+use reqwest::StatusCode;
+use riskfeat_tests::hostile::{head_only_post, peak_rss, push_body, stalled_heads, wait_closed};
+use riskfeat_tests::{wait_until, PgCluster};
 use std::time::Duration;
 
 const PUBLISH: &str = "/v1/admin/namespaces/features/publish";
@@ -51,12 +53,77 @@ async fn unauthenticated_bodies_get_401_unread_and_cost_no_memory() {
         grown / (1024 * 1024)
     );
     // And configd still answers.
-    let (s, _) = crate::support::req(
+    let (s, _) = req(
         reqwest::Method::GET,
         c.url("/v1/admin/namespaces/features/items"),
         Some(ADMIN),
         None,
     )
     .await;
-    assert_eq!(s, reqwest::StatusCode::OK);
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_heads_are_closed_and_long_polls_end_on_sigterm() {
+    let pg = PgCluster::start(false).await.unwrap();
+    // The [http] defaults; only the watcher cap is lowered.
+    let mut c = start(&pg.primary, "max_watchers_per_token=2\n").await;
+    create(&c, "features").await;
+    let port = c.http().port();
+    let stalled = tokio::task::spawn_blocking(move || {
+        let streams = stalled_heads(port, 300).unwrap();
+        wait_closed(streams, Duration::from_secs(30))
+    });
+    // Requests keep being served meanwhile.
+    let mut served = 0;
+    while !stalled.is_finished() {
+        let (s, _) = req(
+            reqwest::Method::GET,
+            c.url("/v1/namespaces/features/changes?from=0"),
+            Some(READER),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let took = stalled.await.unwrap().unwrap_or_else(|open| {
+        panic!("{open} of 300 stalled connections still open after 30 s")
+    });
+    assert!(served > 0);
+    eprintln!("300 stalled heads closed in {took:?}; {served} requests served meanwhile");
+
+    // Two long-polls of one token are held; a third gets 429, another
+    // token is not affected.
+    let watch = |token: &'static str, timeout_s: u64| {
+        let url = c.url(&format!(
+            "/v1/namespaces/features/watch?version=0&timeout_s={timeout_s}"
+        ));
+        async move { http().get(url).bearer_auth(token).send().await.unwrap() }
+    };
+    let held: Vec<_> = (0..2).map(|_| tokio::spawn(watch(SCOPED, 120))).collect();
+    wait_until(Duration::from_secs(10), "two watchers held", || async {
+        let m = c.metrics().await.unwrap_or_default();
+        m.lines()
+            .any(|l| l.starts_with("riskfeat_configd_watchers ") && l.ends_with(" 2"))
+    })
+    .await
+    .unwrap();
+    let third = watch(SCOPED, 120).await;
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(third.headers()["retry-after"], "5");
+    let body: serde_json::Value = third.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_watchers", "{body}");
+    assert_eq!(watch(READER, 1).await.status(), StatusCode::NOT_MODIFIED);
+
+    // SIGTERM: the held long-polls answer 304 at once and configd exits
+    // well inside its shutdown budget.
+    let t0 = std::time::Instant::now();
+    let exited = tokio::task::block_in_place(|| c.stop(Duration::from_secs(15)));
+    for h in held {
+        assert_eq!(h.await.unwrap().status(), StatusCode::NOT_MODIFIED);
+    }
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
 }

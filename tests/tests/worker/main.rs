@@ -17,11 +17,13 @@
 //! - [`features`]: features against a reference, config hot reload;
 //! - [`lag`]: the replica lag policy;
 //! - [`api`]: the API's errors, probes, SIGTERM drain, exit codes, OpenAPI;
+//! - [`hostile`]: stalled request heads closed while requests are served;
 //! - [`support`]: what they share (the worker's test config, publishing
 //!   credentials and config, a request load).
 
 mod api;
 mod features;
+mod hostile;
 mod lag;
 mod rotation;
 mod support;
