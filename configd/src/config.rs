@@ -166,14 +166,58 @@ fn read_secret_file(path: &Path, what: &str) -> Result<String, String> {
     Ok(text)
 }
 
-/// Parses a tokens file (TOML, or JSON when it starts with `{`).
+/// 1-based line and column of byte `offset` of `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// A parser's message without any text of the file: every `"quoted"`
+/// value (a token, when it sits in the wrong place) becomes `"***"`, and
+/// the value of an unknown variant too. Keys and expectations stay.
+fn redact(msg: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in msg.split('"').enumerate() {
+        out.push_str(if i % 2 == 1 { "***" } else { part });
+        out.push('"');
+    }
+    out.pop();
+    if let Some((head, rest)) = out.split_once("unknown variant `") {
+        if let Some((_, tail)) = rest.split_once('`') {
+            return format!("{head}unknown variant `***`{tail}");
+        }
+    }
+    out
+}
+
+/// Parses a tokens file (TOML, or JSON when it starts with `{`). A syntax
+/// or type error names the file, line and column, never the text there
+/// (the line holds a token).
 pub fn parse_tokens(text: &str, path: &Path) -> Result<Vec<TokenEntry>, Vec<String>> {
     let parsed: Result<TokensFile, String> = if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|e| e.to_string())
+        serde_json::from_str(text).map_err(|e| {
+            let full = e.to_string();
+            let msg = full
+                .rsplit_once(" at line ")
+                .map_or(full.as_str(), |(m, _)| m);
+            format!(
+                "{}:{}:{}: {}",
+                path.display(),
+                e.line(),
+                e.column(),
+                redact(msg)
+            )
+        })
     } else {
-        toml::from_str(text).map_err(|e| e.to_string())
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let (line, col) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+            let msg = e.message().trim();
+            format!("{}:{line}:{col}: {}", path.display(), redact(msg))
+        })
     };
-    let file = parsed.map_err(|e| vec![format!("tokens_file {}: {e}", path.display())])?;
+    let file = parsed.map_err(|e| vec![format!("tokens_file {e}")])?;
     let mut problems = Vec::new();
     for (i, t) in file.tokens.iter().enumerate() {
         if t.token.expose().len() < 8 {
@@ -496,6 +540,41 @@ mod tests {
             let text = format!("{base}tls_cert_file='{cert}'\ntls_key_file='{key}'\n");
             let e = Config::parse(&text, dir.path()).unwrap_err().to_string();
             assert!(e.contains(needle), "{cert}/{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn tokens_file_errors_name_file_line_and_column_never_the_text() {
+        let secret = "supersecret-token-value-42";
+        let path = Path::new("/etc/riskfeat/tokens.toml");
+        for (text, at) in [
+            // Unterminated string: the offending line is the token's.
+            (
+                format!("[[tokens]]\nname = 'a'\ntoken = \"{secret}\nrole = 'admin'\nnamespaces = ['*']\n"),
+                ":3:",
+            ),
+            // A token where a list belongs.
+            (
+                format!("[[tokens]]\nname = 'a'\ntoken = 'x12345678'\nrole = 'admin'\nnamespaces = \"{secret}\"\n"),
+                ":5:",
+            ),
+            // A token as the role.
+            (
+                format!("[[tokens]]\nname = 'a'\ntoken = 'x12345678'\nrole = '{secret}'\nnamespaces = ['*']\n"),
+                ":4:",
+            ),
+            (
+                format!("{{\"tokens\": [{{\"name\": \"a\", \"token\": \"x12345678\", \"role\": \"read\", \"namespaces\": \"{secret}\"}}]}}"),
+                ":1:",
+            ),
+        ] {
+            let err = parse_tokens(&text, path).unwrap_err().join("\n");
+            assert!(
+                err.starts_with("tokens_file /etc/riskfeat/tokens.toml:") && err.contains(at),
+                "{at}: {err}"
+            );
+            assert!(!err.contains(secret), "the token leaked: {err}");
+            assert!(!err.contains("supersecret"), "the token leaked: {err}");
         }
     }
 

@@ -91,6 +91,7 @@ async fn do_publish(
     st: &AppState,
     ns: &str,
     expected: Option<u64>,
+    token: &str,
     author: &str,
     comment: &str,
     changes: Vec<Change>,
@@ -98,7 +99,7 @@ async fn do_publish(
     let r = st.cache.track(
         st.cache
             .store()
-            .publish(ns, expected, author, comment, &changes)
+            .publish(ns, expected, token, author, comment, &changes)
             .await,
     );
     let v = r.map_err(|e| ApiError::store(e, ns))?;
@@ -106,6 +107,7 @@ async fn do_publish(
     tracing::info!(
         namespace = ns,
         version = v,
+        token,
         author,
         changes = changes.len(),
         "published"
@@ -177,11 +179,12 @@ pub async fn publish(
             value,
         });
     }
-    let author = req.author.unwrap_or(who);
+    let author = req.author.unwrap_or_else(|| who.clone());
     let v = do_publish(
         &st,
         &ns,
         req.expected_version,
+        &who,
         &author,
         req.comment.as_deref().unwrap_or(""),
         changes,
@@ -327,11 +330,20 @@ pub async fn rollback(
                 .into_response(),
         );
     }
-    let author = req.author.unwrap_or(who);
+    let author = req.author.unwrap_or_else(|| who.clone());
     let comment = req
         .comment
         .unwrap_or_else(|| format!("rollback to version {}", req.to_version));
-    let v = do_publish(&st, &ns, Some(row.version), &author, &comment, changes).await?;
+    let v = do_publish(
+        &st,
+        &ns,
+        Some(row.version),
+        &who,
+        &author,
+        &comment,
+        changes,
+    )
+    .await?;
     Ok(
         Json(json!({"namespace": ns, "version": v, "rolled_back_to": req.to_version}))
             .into_response(),

@@ -116,7 +116,10 @@ pub struct Since {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Audit {
     pub version: u64,
+    /// The author the publisher gave: a free comment, not verified.
     pub who: String,
+    /// The name of the token that published (None: before migration 2).
+    pub token: Option<String>,
     pub at: String,
     pub comment: String,
     pub changes: i32,
@@ -284,6 +287,7 @@ impl Store {
         &self,
         ns: &str,
         expected: Option<u64>,
+        token: &str,
         author: &str,
         comment: &str,
         changes: &[Change],
@@ -345,8 +349,8 @@ impl Store {
         )
         .await?;
         tx.execute(
-            "INSERT INTO configd_audits(namespace, version, who, comment, changes) VALUES ($1, $2, $3, $4, $5)",
-            &[&ns, &version, &author, &comment, &(changes.len() as i32)],
+            "INSERT INTO configd_audits(namespace, version, who, comment, changes, token) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&ns, &version, &author, &comment, &(changes.len() as i32), &token],
         )
         .await?;
         tx.execute(
@@ -531,7 +535,7 @@ impl Store {
         }
         let rows = client
             .query(
-                "SELECT version, who, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), comment, changes \
+                "SELECT version, who, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), comment, changes, token \
                  FROM configd_audits WHERE namespace = $1 ORDER BY version DESC LIMIT $2",
                 &[&ns, &limit],
             )
@@ -544,6 +548,7 @@ impl Store {
                 at: r.get(2),
                 comment: r.get(3),
                 changes: r.get(4),
+                token: r.get(5),
             })
             .collect())
     }

@@ -166,7 +166,7 @@ async fn a_loaded_log_shares_the_current_values_with_the_items() {
     };
     let changes = [up("a", "{\"x\":1}"), up("b", "2"), up("c", "3")];
     store
-        .publish("shared", Some(0), "t", "", &changes)
+        .publish("shared", Some(0), "t", "t", "", &changes)
         .await
         .unwrap();
     let del = Change {
@@ -176,7 +176,7 @@ async fn a_loaded_log_shares_the_current_values_with_the_items() {
     };
     let changes = [up("a", "{\"x\":9}"), del];
     store
-        .publish("shared", Some(1), "t", "", &changes)
+        .publish("shared", Some(1), "t", "t", "", &changes)
         .await
         .unwrap();
 

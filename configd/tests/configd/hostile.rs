@@ -28,7 +28,11 @@ async fn unauthenticated_bodies_get_401_unread_and_cost_no_memory() {
         (String::new(), PUBLISH, "HTTP/1.1 401"),
         (bearer("wrong-token-0123"), PUBLISH, "HTTP/1.1 401"),
         (String::new(), "/v1/watch", "HTTP/1.1 401"),
-        (String::new(), "/v1/admin/namespaces/features/rollback", "HTTP/1.1 401"),
+        (
+            String::new(),
+            "/v1/admin/namespaces/features/rollback",
+            "HTTP/1.1 401",
+        ),
         // Authenticated, but over max_body_bytes (1 MiB by default): 413
         // from the head too.
         (bearer(ADMIN), PUBLISH, "HTTP/1.1 413"),
@@ -44,7 +48,10 @@ async fn unauthenticated_bodies_get_401_unread_and_cost_no_memory() {
         .collect();
     for p in pushers {
         let sent = p.await.unwrap();
-        assert!(sent < BIG, "configd read a whole unauthenticated 60 MB body");
+        assert!(
+            sent < BIG,
+            "configd read a whole unauthenticated 60 MB body"
+        );
     }
     let grown = peak_rss(c.pid()).unwrap().saturating_sub(before);
     assert!(
@@ -88,9 +95,10 @@ async fn stalled_request_heads_are_closed_and_long_polls_end_on_sigterm() {
         served += 1;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let took = stalled.await.unwrap().unwrap_or_else(|open| {
-        panic!("{open} of 300 stalled connections still open after 30 s")
-    });
+    let took = stalled
+        .await
+        .unwrap()
+        .unwrap_or_else(|open| panic!("{open} of 300 stalled connections still open after 30 s"));
     assert!(served > 0);
     eprintln!("300 stalled heads closed in {took:?}; {served} requests served meanwhile");
 
@@ -126,4 +134,51 @@ async fn stalled_request_heads_are_closed_and_long_polls_end_on_sigterm() {
     }
     assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+}
+
+/// Each version records the name of the token that published it; `author`
+/// (`who`) is whatever the client says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_records_the_publishing_token_name() {
+    let pg = PgCluster::start(false).await.unwrap();
+    let c = start(&pg.primary, "").await;
+    create(&c, "features").await;
+    let url = c.url("/v1/admin/namespaces/features/publish");
+    let changes = serde_json::json!([{"op": "upsert", "key": "k", "value": 1}]);
+    let (s, b) = req(
+        reqwest::Method::POST,
+        url.clone(),
+        Some(ADMIN),
+        Some(serde_json::json!({"author": "someone-else", "changes": changes})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = req(
+        reqwest::Method::POST,
+        c.url("/v1/admin/namespaces/features/rollback"),
+        Some(ADMIN),
+        Some(serde_json::json!({"to_version": 0})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = req(
+        reqwest::Method::GET,
+        c.url("/v1/admin/namespaces/features/history"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let h = b["history"].as_array().unwrap();
+    assert_eq!(h.len(), 2, "{b}");
+    // Newest first: the rollback (author defaults to the token's name).
+    assert_eq!(
+        (h[0]["who"].as_str(), h[0]["token"].as_str()),
+        (Some("admin"), Some("admin"))
+    );
+    assert_eq!(
+        (h[1]["who"].as_str(), h[1]["token"].as_str()),
+        (Some("someone-else"), Some("admin")),
+        "{b}"
+    );
 }
