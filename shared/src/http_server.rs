@@ -198,7 +198,8 @@ pub async fn serve(
                         Err(poisoned) => poisoned.into_inner().clone(),
                     };
                     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                    let hs = tokio::time::timeout(serve.limits.header_read(), acceptor.accept(stream));
+                    let hs =
+                        tokio::time::timeout(serve.limits.header_read(), acceptor.accept(stream));
                     match hs.await {
                         Ok(Ok(tls_stream)) => connection(tls_stream, &serve, stop).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
@@ -350,9 +351,11 @@ mod tests {
         }
         let get = |path: &'static str| async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
             let mut out = String::new();
             s.read_to_string(&mut out).await.unwrap();
             out
@@ -375,7 +378,9 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(3));
         // An idle keep-alive connection is closed too.
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut buf = vec![0u8; 4096];
         let n = s.read(&mut buf).await.unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));

@@ -7,12 +7,11 @@
 //! codes (docs/worker.md): 0 ok, 1 runtime failure, 64 bad flags/config,
 //! 66 shared dir missing, 78 shared dir not tmpfs/ramfs without `allow_disk`.
 
-
 use clap::{Parser, Subcommand};
-use riskfeat_worker::{config, run};
 use riskfeat_shared::exit::Fatal;
 use riskfeat_shared::health::ProbeKind;
 use riskfeat_shared::telemetry::LogFormat;
+use riskfeat_worker::{config, run};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

@@ -25,9 +25,10 @@ async fn stalled_request_heads_are_closed_while_requests_are_served() {
         served += 1;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let took = stalled.await.unwrap().unwrap_or_else(|open| {
-        panic!("{open} of 300 stalled connections still open after 30 s")
-    });
+    let took = stalled
+        .await
+        .unwrap()
+        .unwrap_or_else(|open| panic!("{open} of 300 stalled connections still open after 30 s"));
     assert!(served > 0);
     eprintln!("300 stalled heads closed in {took:?}; {served} requests served meanwhile");
 }
