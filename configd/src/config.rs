@@ -8,6 +8,7 @@
 
 use riskfeat_shared::config_loader::{self, Rejected};
 use riskfeat_shared::http_server::HttpLimits;
+use riskfeat_shared::pg_tls::{ReloadingPgTls, SslMode};
 use riskfeat_shared::Secret;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -59,6 +60,11 @@ pub struct FileConfig {
     pub shutdown_timeout_s: u64,
     /// `[http]`: header-read, request and idle timeouts, connection cap.
     pub http: HttpLimits,
+    /// `disable` (plain TCP) or `verify-full` (TLS, the server's
+    /// certificate must chain to `database_ca_file` and name the host).
+    pub database_sslmode: SslMode,
+    /// PEM CA(s) for `verify-full`; read again before each new connection.
+    pub database_ca_file: Option<PathBuf>,
 }
 
 impl Default for FileConfig {
@@ -82,6 +88,8 @@ impl Default for FileConfig {
             max_watchers_per_token: 10_000,
             shutdown_timeout_s: 20,
             http: HttpLimits::default(),
+            database_sslmode: SslMode::Disable,
+            database_ca_file: None,
         }
     }
 }
@@ -152,6 +160,10 @@ pub struct Config {
     pub max_watchers_per_token: usize,
     pub shutdown_timeout: Duration,
     pub http: HttpLimits,
+    pub database_sslmode: SslMode,
+    /// The connector for every PostgreSQL connection (its CA file, when
+    /// set, is read again before each).
+    pub database_tls: ReloadingPgTls,
 }
 
 /// The trimmed content of a secret file, or why it cannot be had (exit 66
@@ -338,6 +350,15 @@ impl config_loader::ConfigFile for FileConfig {
                 None
             }
         };
+        let ca_file = raw.database_ca_file.as_deref().map(resolve);
+        if raw.database_sslmode == SslMode::VerifyFull && ca_file.is_none() {
+            problems.push(
+                "database_sslmode = \"verify-full\" needs database_ca_file (the CA PostgreSQL's certificate chains to)".into(),
+            );
+        }
+        let database_tls = ReloadingPgTls::new("database_ca_file", ca_file.as_deref())
+            .map_err(|e| problems.push(e.to_string()))
+            .ok();
         let (Some(db_file), Some(tokens_file)) = (&raw.database_url_file, &raw.tokens_file) else {
             for (key, v) in [
                 ("database_url_file", &raw.database_url_file),
@@ -402,6 +423,8 @@ impl config_loader::ConfigFile for FileConfig {
             max_watchers_per_token: raw.max_watchers_per_token,
             shutdown_timeout: Duration::from_secs(raw.shutdown_timeout_s),
             http: raw.http,
+            database_sslmode: raw.database_sslmode,
+            database_tls: database_tls.expect("checked"),
         })
     }
 }
@@ -576,6 +599,24 @@ mod tests {
             assert!(!err.contains(secret), "the token leaked: {err}");
             assert!(!err.contains("supersecret"), "the token leaked: {err}");
         }
+    }
+
+    #[test]
+    fn database_verify_full_needs_a_usable_ca_file() {
+        let dir = setup(TOKENS);
+        let base =
+            "database_url_file='db'\ntokens_file='tokens.toml'\ndatabase_sslmode='verify-full'\n";
+        let e = Config::parse(base, dir.path()).unwrap_err().to_string();
+        assert!(e.contains("needs database_ca_file"), "{e}");
+        std::fs::write(dir.path().join("junk.pem"), "not pem").unwrap();
+        let e = Config::parse(&format!("{base}database_ca_file='junk.pem'\n"), dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("database_ca_file"), "{e}");
+        let ca = riskfeat_tests::TestCa::new("unit").unwrap();
+        ca.write_cert(&dir.path().join("ca.pem")).unwrap();
+        let cfg = Config::parse(&format!("{base}database_ca_file='ca.pem'\n"), dir.path()).unwrap();
+        assert_eq!(cfg.database_sslmode, SslMode::VerifyFull);
     }
 
     #[test]

@@ -41,7 +41,12 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let cfg = Arc::new(cfg);
     let metrics = metrics::Metrics::new();
-    let store = store::Store::new(cfg.database_url.expose(), cfg.pool_size)?;
+    let store = store::Store::new(
+        cfg.database_url.expose(),
+        cfg.pool_size,
+        cfg.database_sslmode,
+        cfg.database_tls.clone(),
+    )?;
     let hubs = watch::Hubs::new(cfg.wake_batch, cfg.wake_interval, metrics.clone());
     let cache = cache::Cache::new(store.clone(), metrics.clone(), hubs, cfg.retention_versions);
     let state = Arc::new(http::AppState {

@@ -11,10 +11,10 @@
 pub mod schema;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use riskfeat_shared::pg_tls::{ReloadingPgTls, SslMode};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::NoTls;
 
 /// The NOTIFY channel; payload is the namespace name.
 pub const CHANNEL: &str = "riskfeat_configd";
@@ -130,6 +130,7 @@ pub struct Audit {
 pub struct Store {
     pool: Pool,
     pg: tokio_postgres::Config,
+    tls: ReloadingPgTls,
 }
 
 fn u(v: i64) -> u64 {
@@ -145,16 +146,27 @@ fn parse_op(s: &str) -> Op {
 }
 
 impl Store {
-    /// A pool for `dsn` (no connection is made yet).
-    pub fn new(dsn: &str, pool_size: usize) -> Result<Store, StoreError> {
+    /// A pool for `dsn` (no connection is made yet) over `tls`:
+    /// `sslmode` overrides the DSN's (verify-full requires TLS; the
+    /// connector checks the chain and the host name).
+    pub fn new(
+        dsn: &str,
+        pool_size: usize,
+        sslmode: SslMode,
+        tls: ReloadingPgTls,
+    ) -> Result<Store, StoreError> {
         let mut pg: tokio_postgres::Config = dsn
             .parse()
             .map_err(|e: tokio_postgres::Error| StoreError::Unavailable(e.to_string()))?;
         pg.connect_timeout(Duration::from_secs(3));
         pg.application_name("riskfeat-configd");
+        pg.ssl_mode(match sslmode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+        });
         let mgr = Manager::from_config(
             pg.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -167,7 +179,12 @@ impl Store {
             .recycle_timeout(Some(Duration::from_secs(3)))
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(Store { pool, pg })
+        Ok(Store { pool, pg, tls })
+    }
+
+    /// The connector (for the LISTEN connection).
+    pub fn tls(&self) -> ReloadingPgTls {
+        self.tls.clone()
     }
 
     /// The connection settings (for the LISTEN connection).

@@ -156,7 +156,14 @@ async fn a_loaded_log_shares_the_current_values_with_the_items() {
     use riskfeat_configd::store::{Change, Op, Store};
     use std::sync::Arc;
     let pg = PgCluster::start(false).await.unwrap();
-    let store = Store::new(&pg.primary.superuser_dsn(), 2).unwrap();
+    let plain = riskfeat_shared::pg_tls::ReloadingPgTls::new("database_ca_file", None).unwrap();
+    let store = Store::new(
+        &pg.primary.superuser_dsn(),
+        2,
+        riskfeat_shared::pg_tls::SslMode::Disable,
+        plain,
+    )
+    .unwrap();
     store.migrate().await.unwrap();
     store.create_namespace("shared").await.unwrap();
     let up = |k: &str, v: &str| Change {
