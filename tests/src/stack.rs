@@ -357,6 +357,8 @@ async fn bootstrap_vault(
     .await?;
     let mut role = json!({
         "token_policies": [bootstrap::AGENT_POLICY],
+        // As bootstrap.sh: "default" grants sys/leases/renew on any lease.
+        "token_no_default_policy": true,
         "token_ttl": secs(opts.token_ttl),
     });
     if let Some(max) = opts.token_max_ttl {

@@ -25,8 +25,15 @@ path "sys/leases/lookup" {
   capabilities = ["update"]
 }
 
-# The agent's own token.
+# The agent's own token. The AppRole role sets token_no_default_policy
+# (bootstrap.sh): Vault's "default" policy grants the body form
+# sys/leases/renew, which renews ANY lease; these are the parts of it the
+# agent uses.
 path "auth/token/renew-self" {
+  capabilities = ["update"]
+}
+
+path "auth/token/revoke-self" {
   capabilities = ["update"]
 }
 

@@ -13,11 +13,13 @@
 //!   fallback credential;
 //! - [`inputs`]: bad input and exit codes, a response-wrapped secret_id;
 //! - [`tls`]: Vault over HTTPS with a private CA;
+//! - [`policy`]: the agent's token cannot renew or revoke another role's lease;
 //! - [`telemetry`]: no secret in logs, `/status` or `/metrics`; promtool;
 //! - [`support`]: what they share.
 
 mod inputs;
 mod outage;
+mod policy;
 mod rotation;
 mod support;
 mod telemetry;
