@@ -50,6 +50,37 @@ pub fn wait_closed(mut streams: Vec<TcpStream>, timeout: Duration) -> Result<Dur
     }
 }
 
+/// Opens `n` connections to `port` stalled inside their request head and,
+/// until the server has closed them all, sends a normal request with
+/// `request` every 250 ms (it must succeed). How long the closing took and
+/// how many requests were served meanwhile; an error when some were still
+/// open at `timeout`.
+pub async fn stalled_heads_closed_while<F, Fut>(
+    port: u16,
+    n: usize,
+    timeout: Duration,
+    mut request: F,
+) -> anyhow::Result<(Duration, usize)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let streams = stalled_heads(port, n)?;
+    let closing = tokio::task::spawn_blocking(move || wait_closed(streams, timeout));
+    let mut served = 0;
+    while !closing.is_finished() {
+        request().await?;
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    match closing.await? {
+        Ok(took) => Ok((took, served)),
+        Err(open) => {
+            anyhow::bail!("{open} of {n} stalled connections still open after {timeout:?}")
+        }
+    }
+}
+
 /// Sends the head of `POST path` announcing a `len`-byte body (and
 /// `extra` header lines) and none of the body; the status line the server
 /// answers within `timeout`.

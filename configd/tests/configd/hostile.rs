@@ -4,7 +4,7 @@
 
 use crate::support::{create, http, req, start, ADMIN, READER, SCOPED};
 use reqwest::StatusCode;
-use riskfeat_tests::hostile::{head_only_post, peak_rss, push_body, stalled_heads, wait_closed};
+use riskfeat_tests::hostile::{head_only_post, peak_rss, push_body, stalled_heads_closed_while};
 use riskfeat_tests::{wait_until, PgCluster};
 use std::time::Duration;
 
@@ -77,28 +77,18 @@ async fn stalled_request_heads_are_closed_and_long_polls_end_on_sigterm() {
     let mut c = start(&pg.primary, "max_watchers_per_token=2\n").await;
     create(&c, "features").await;
     let port = c.http().port();
-    let stalled = tokio::task::spawn_blocking(move || {
-        let streams = stalled_heads(port, 300).unwrap();
-        wait_closed(streams, Duration::from_secs(30))
-    });
     // Requests keep being served meanwhile.
-    let mut served = 0;
-    while !stalled.is_finished() {
-        let (s, _) = req(
-            reqwest::Method::GET,
-            c.url("/v1/namespaces/features/changes?from=0"),
-            Some(READER),
-            None,
-        )
-        .await;
-        assert_eq!(s, StatusCode::OK);
-        served += 1;
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let took = stalled
-        .await
-        .unwrap()
-        .unwrap_or_else(|open| panic!("{open} of 300 stalled connections still open after 30 s"));
+    let changes = c.url("/v1/namespaces/features/changes?from=0");
+    let (took, served) = stalled_heads_closed_while(port, 300, Duration::from_secs(30), || {
+        let url = changes.clone();
+        async move {
+            let (s, b) = req(reqwest::Method::GET, url, Some(READER), None).await;
+            anyhow::ensure!(s == StatusCode::OK, "{s}: {b}");
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
     assert!(served > 0);
     eprintln!("300 stalled heads closed in {took:?}; {served} requests served meanwhile");
 
