@@ -7,6 +7,7 @@
 
 use reqwest::{Method, StatusCode};
 use riskfeat_tests::bootstrap::{CREATION_SQL, DB_MOUNT, REVOCATION_SQL};
+use riskfeat_tests::stack::write_db_connection;
 use riskfeat_tests::{Stack, StackOptions};
 use serde_json::json;
 
@@ -14,26 +15,11 @@ use serde_json::json;
 async fn the_agent_token_cannot_renew_or_revoke_a_lease_outside_its_role() {
     let stack = Stack::start(StackOptions::default()).await.unwrap();
     let bao = &stack.bao;
-    let p = &stack.pg.primary;
     // Root: a second connection and role, and a lease of it.
     let other = "feature-reader-other";
-    bao.api(
-        Method::POST,
-        &format!("{DB_MOUNT}/config/other"),
-        Some(json!({
-            "plugin_name": "postgresql-database-plugin",
-            "connection_url": format!(
-                "postgresql://{{{{username}}}}:{{{{password}}}}@{}:{}/{}?sslmode=disable",
-                p.host, p.port, p.dbname
-            ),
-            "username": "vault_admin",
-            "password": stack.pg.vault_admin_password,
-            "allowed_roles": [other],
-            "verify_connection": true,
-        })),
-    )
-    .await
-    .unwrap();
+    write_db_connection(bao, &stack.pg, "other", &[other])
+        .await
+        .unwrap();
     bao.api(
         Method::POST,
         &format!("{DB_MOUNT}/roles/{other}"),
