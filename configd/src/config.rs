@@ -7,6 +7,8 @@
 //! [`riskfeat_shared::Secret`].
 
 use riskfeat_shared::config_loader::{self, Rejected};
+use riskfeat_shared::http_server::HttpLimits;
+use riskfeat_shared::pg_tls::{ReloadingPgTls, SslMode};
 use riskfeat_shared::Secret;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -51,6 +53,18 @@ pub struct FileConfig {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key of `tls_cert_file`.
     pub tls_key_file: Option<PathBuf>,
+    /// Long-polls one token may hold at once; more get 429.
+    pub max_watchers_per_token: usize,
+    /// Seconds from SIGTERM until configd exits even with requests in
+    /// flight (held long-polls are answered 304 at once).
+    pub shutdown_timeout_s: u64,
+    /// `[http]`: header-read, request and idle timeouts, connection cap.
+    pub http: HttpLimits,
+    /// `disable` (plain TCP) or `verify-full` (TLS, the server's
+    /// certificate must chain to `database_ca_file` and name the host).
+    pub database_sslmode: SslMode,
+    /// PEM CA(s) for `verify-full`; read again before each new connection.
+    pub database_ca_file: Option<PathBuf>,
 }
 
 impl Default for FileConfig {
@@ -60,7 +74,7 @@ impl Default for FileConfig {
             database_url_file: None,
             tokens_file: None,
             max_value_bytes: 64 * 1024,
-            max_body_bytes: 64 * 1024 * 1024,
+            max_body_bytes: 1024 * 1024,
             retention_versions: 1000,
             compact_interval_s: 60,
             wake_batch: 500,
@@ -71,6 +85,11 @@ impl Default for FileConfig {
             warm_up: true,
             tls_cert_file: None,
             tls_key_file: None,
+            max_watchers_per_token: 10_000,
+            shutdown_timeout_s: 20,
+            http: HttpLimits::default(),
+            database_sslmode: SslMode::Disable,
+            database_ca_file: None,
         }
     }
 }
@@ -138,6 +157,13 @@ pub struct Config {
     pub warm_up: bool,
     /// HTTPS when set: the pair as loaded while checking the config.
     pub tls: Option<crate::tls::LoadedTls>,
+    pub max_watchers_per_token: usize,
+    pub shutdown_timeout: Duration,
+    pub http: HttpLimits,
+    pub database_sslmode: SslMode,
+    /// The connector for every PostgreSQL connection (its CA file, when
+    /// set, is read again before each).
+    pub database_tls: ReloadingPgTls,
 }
 
 /// The trimmed content of a secret file, or why it cannot be had (exit 66
@@ -152,14 +178,58 @@ fn read_secret_file(path: &Path, what: &str) -> Result<String, String> {
     Ok(text)
 }
 
-/// Parses a tokens file (TOML, or JSON when it starts with `{`).
+/// 1-based line and column of byte `offset` of `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// A parser's message without any text of the file: every `"quoted"`
+/// value (a token, when it sits in the wrong place) becomes `"***"`, and
+/// the value of an unknown variant too. Keys and expectations stay.
+fn redact(msg: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in msg.split('"').enumerate() {
+        out.push_str(if i % 2 == 1 { "***" } else { part });
+        out.push('"');
+    }
+    out.pop();
+    if let Some((head, rest)) = out.split_once("unknown variant `") {
+        if let Some((_, tail)) = rest.split_once('`') {
+            return format!("{head}unknown variant `***`{tail}");
+        }
+    }
+    out
+}
+
+/// Parses a tokens file (TOML, or JSON when it starts with `{`). A syntax
+/// or type error names the file, line and column, never the text there
+/// (the line holds a token).
 pub fn parse_tokens(text: &str, path: &Path) -> Result<Vec<TokenEntry>, Vec<String>> {
     let parsed: Result<TokensFile, String> = if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|e| e.to_string())
+        serde_json::from_str(text).map_err(|e| {
+            let full = e.to_string();
+            let msg = full
+                .rsplit_once(" at line ")
+                .map_or(full.as_str(), |(m, _)| m);
+            format!(
+                "{}:{}:{}: {}",
+                path.display(),
+                e.line(),
+                e.column(),
+                redact(msg)
+            )
+        })
     } else {
-        toml::from_str(text).map_err(|e| e.to_string())
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let (line, col) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+            let msg = e.message().trim();
+            format!("{}:{line}:{col}: {}", path.display(), redact(msg))
+        })
     };
-    let file = parsed.map_err(|e| vec![format!("tokens_file {}: {e}", path.display())])?;
+    let file = parsed.map_err(|e| vec![format!("tokens_file {e}")])?;
     let mut problems = Vec::new();
     for (i, t) in file.tokens.iter().enumerate() {
         if t.token.expose().len() < 8 {
@@ -244,6 +314,17 @@ impl config_loader::ConfigFile for FileConfig {
             "pool_size: must be 1..=256",
             &mut problems,
         );
+        check(
+            raw.max_watchers_per_token >= 1,
+            "max_watchers_per_token: must be at least 1",
+            &mut problems,
+        );
+        check(
+            (1..=600).contains(&raw.shutdown_timeout_s),
+            "shutdown_timeout_s: must be 1..=600",
+            &mut problems,
+        );
+        problems.extend(raw.http.problems());
         let resolve = |p: &Path| {
             if p.is_absolute() {
                 p.to_path_buf()
@@ -269,6 +350,15 @@ impl config_loader::ConfigFile for FileConfig {
                 None
             }
         };
+        let ca_file = raw.database_ca_file.as_deref().map(resolve);
+        if raw.database_sslmode == SslMode::VerifyFull && ca_file.is_none() {
+            problems.push(
+                "database_sslmode = \"verify-full\" needs database_ca_file (the CA PostgreSQL's certificate chains to)".into(),
+            );
+        }
+        let database_tls = ReloadingPgTls::new("database_ca_file", ca_file.as_deref())
+            .map_err(|e| problems.push(e.to_string()))
+            .ok();
         let (Some(db_file), Some(tokens_file)) = (&raw.database_url_file, &raw.tokens_file) else {
             for (key, v) in [
                 ("database_url_file", &raw.database_url_file),
@@ -330,6 +420,11 @@ impl config_loader::ConfigFile for FileConfig {
             pool_size: raw.pool_size,
             warm_up: raw.warm_up,
             tls,
+            max_watchers_per_token: raw.max_watchers_per_token,
+            shutdown_timeout: Duration::from_secs(raw.shutdown_timeout_s),
+            http: raw.http,
+            database_sslmode: raw.database_sslmode,
+            database_tls: database_tls.expect("checked"),
         })
     }
 }
@@ -468,6 +563,59 @@ mod tests {
             let e = Config::parse(&text, dir.path()).unwrap_err().to_string();
             assert!(e.contains(needle), "{cert}/{key}: {e}");
         }
+    }
+
+    #[test]
+    fn tokens_file_errors_name_file_line_and_column_never_the_text() {
+        let secret = "supersecret-token-value-42";
+        let path = Path::new("/etc/riskfeat/tokens.toml");
+        for (text, at) in [
+            // Unterminated string: the offending line is the token's.
+            (
+                format!("[[tokens]]\nname = 'a'\ntoken = \"{secret}\nrole = 'admin'\nnamespaces = ['*']\n"),
+                ":3:",
+            ),
+            // A token where a list belongs.
+            (
+                format!("[[tokens]]\nname = 'a'\ntoken = 'x12345678'\nrole = 'admin'\nnamespaces = \"{secret}\"\n"),
+                ":5:",
+            ),
+            // A token as the role.
+            (
+                format!("[[tokens]]\nname = 'a'\ntoken = 'x12345678'\nrole = '{secret}'\nnamespaces = ['*']\n"),
+                ":4:",
+            ),
+            (
+                format!("{{\"tokens\": [{{\"name\": \"a\", \"token\": \"x12345678\", \"role\": \"read\", \"namespaces\": \"{secret}\"}}]}}"),
+                ":1:",
+            ),
+        ] {
+            let err = parse_tokens(&text, path).unwrap_err().join("\n");
+            assert!(
+                err.starts_with("tokens_file /etc/riskfeat/tokens.toml:") && err.contains(at),
+                "{at}: {err}"
+            );
+            assert!(!err.contains(secret), "the token leaked: {err}");
+            assert!(!err.contains("supersecret"), "the token leaked: {err}");
+        }
+    }
+
+    #[test]
+    fn database_verify_full_needs_a_usable_ca_file() {
+        let dir = setup(TOKENS);
+        let base =
+            "database_url_file='db'\ntokens_file='tokens.toml'\ndatabase_sslmode='verify-full'\n";
+        let e = Config::parse(base, dir.path()).unwrap_err().to_string();
+        assert!(e.contains("needs database_ca_file"), "{e}");
+        std::fs::write(dir.path().join("junk.pem"), "not pem").unwrap();
+        let e = Config::parse(&format!("{base}database_ca_file='junk.pem'\n"), dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("database_ca_file"), "{e}");
+        let ca = riskfeat_tests::TestCa::new("unit").unwrap();
+        ca.write_cert(&dir.path().join("ca.pem")).unwrap();
+        let cfg = Config::parse(&format!("{base}database_ca_file='ca.pem'\n"), dir.path()).unwrap();
+        assert_eq!(cfg.database_sslmode, SslMode::VerifyFull);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod store;
 pub mod tls;
 pub mod watch;
 
+use riskfeat_shared::http_server::{self, Serve};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -40,7 +41,12 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let cfg = Arc::new(cfg);
     let metrics = metrics::Metrics::new();
-    let store = store::Store::new(cfg.database_url.expose(), cfg.pool_size)?;
+    let store = store::Store::new(
+        cfg.database_url.expose(),
+        cfg.pool_size,
+        cfg.database_sslmode,
+        cfg.database_tls.clone(),
+    )?;
     let hubs = watch::Hubs::new(cfg.wake_batch, cfg.wake_interval, metrics.clone());
     let cache = cache::Cache::new(store.clone(), metrics.clone(), hubs, cfg.retention_versions);
     let state = Arc::new(http::AppState {
@@ -48,6 +54,8 @@ pub async fn run(
         metrics: metrics.clone(),
         cfg: cfg.clone(),
         started: Default::default(),
+        stopping: tokio::sync::watch::Sender::new(false),
+        watchers: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -57,33 +65,45 @@ pub async fn run(
         })?;
     let local = listener.local_addr().map_err(RunError::Serve)?;
     let app = http::router(state.clone());
-    let server = match &cfg.tls {
-        None => {
-            tracing::info!(listen = %local, "riskfeat-configd listening (HTTP)");
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            })
-        }
-        Some(loaded) => {
-            let served = axum_server::tls_rustls::RustlsConfig::from_config(loaded.config.clone());
-            tokio::spawn(tls::keep_current(served.clone(), loaded.clone()));
-            let handle = axum_server::Handle::new();
-            let stopper = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                // Like axum::serve's: stop accepting, let requests finish.
-                stopper.graceful_shutdown(None);
-            });
-            let std_listener = listener.into_std().map_err(RunError::Serve)?;
-            tracing::info!(listen = %local, cert = %loaded.files.cert.display(), "riskfeat-configd listening (HTTPS)");
-            let server = axum_server::from_tcp_rustls(std_listener, served)
-                .map_err(RunError::Serve)?
-                .handle(handle);
-            tokio::spawn(async move { server.serve(app.into_make_service()).await })
-        }
+    let tls = cfg.tls.as_ref().map(|loaded| {
+        let served = Arc::new(std::sync::RwLock::new(loaded.config.clone()));
+        tokio::spawn(tls::keep_current(served.clone(), loaded.clone()));
+        tracing::info!(listen = %local, cert = %loaded.files.cert.display(), "riskfeat-configd listening (HTTPS)");
+        served
+    });
+    if tls.is_none() {
+        tracing::info!(listen = %local, "riskfeat-configd listening (HTTP)");
+    }
+    let serve = Serve {
+        app,
+        limits: cfg.http.clone(),
+        long_poll: Some((http::is_long_poll, cfg.max_poll_timeout)),
+        tls,
     };
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let stopping = state.stopping.clone();
+    let budget = cfg.shutdown_timeout;
+    let server = tokio::spawn(async move {
+        let stop = async move {
+            shutdown.await;
+            // Held long-polls answer 304 now, so agents re-poll a replica
+            // that stays; then the server drains.
+            let _ = stopping.send(true);
+            let _ = drained_tx.send(());
+        };
+        let serving = http_server::serve(listener, serve, stop);
+        tokio::pin!(serving);
+        tokio::select! {
+            r = &mut serving => r,
+            _ = async {
+                let _ = drained_rx.await;
+                tokio::time::sleep(budget).await;
+            } => {
+                tracing::warn!(?budget, "requests still in flight at shutdown_timeout_s; exiting");
+                Ok(())
+            }
+        }
+    });
     // Migrations (retried until PostgreSQL answers), then warm-up.
     let mut delay = std::time::Duration::from_millis(200);
     loop {

@@ -10,14 +10,14 @@ use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 /// Runs the listener until the process ends.
 pub async fn listen(cache: Arc<Cache>, metrics: Metrics, scan_interval: Duration) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let pg = cache.store().pg_config().clone();
-        match pg.connect(NoTls).await {
+        match pg.connect(cache.store().tls()).await {
             Err(e) => {
                 tracing::debug!(error = %e, "LISTEN connection failed");
                 let _ =

@@ -116,8 +116,9 @@ pub fn load(files: &TlsFiles) -> Result<LoadedTls, TlsError> {
     })
 }
 
-/// Serves a renewed pair as soon as it loads; runs for the process' life.
-pub async fn keep_current(served: axum_server::tls_rustls::RustlsConfig, loaded: LoadedTls) {
+/// Serves a renewed pair as soon as it loads (new connections get it);
+/// runs for the process' life.
+pub async fn keep_current(served: riskfeat_shared::http_server::TlsConfig, loaded: LoadedTls) {
     let LoadedTls {
         files, mut seen, ..
     } = loaded;
@@ -141,7 +142,10 @@ pub async fn keep_current(served: axum_server::tls_rustls::RustlsConfig, loaded:
         seen = pair;
         match built {
             Ok(config) => {
-                served.reload_from_config(config);
+                match served.write() {
+                    Ok(mut c) => *c = config,
+                    Err(poisoned) => *poisoned.into_inner() = config,
+                }
                 tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
             }
             Err(e) => {

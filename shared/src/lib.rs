@@ -5,7 +5,8 @@
 //! ([`creds`], [`config_file`], [`ack`]), how a file is published without a
 //! reader ever seeing half of it ([`atomic`]), the check that the directory is
 //! memory-backed ([`fs_check`]), and the operational surface both binaries
-//! expose the same way: health over a unix socket ([`health`]), Prometheus
+//! expose the same way: the hardened HTTP server ([`http_server`]), health
+//! over a unix socket ([`health`]), Prometheus
 //! metrics ([`metrics`]) and logging ([`telemetry`]); and how both reach
 //! PostgreSQL over TLS ([`pg_tls`]) and pick up a rotated CA file
 //! ([`ca_file`]); and the command line both take ([`cli`]). All three binaries (configd too) load their config file
@@ -24,6 +25,7 @@ pub mod creds;
 pub mod exit;
 pub mod fs_check;
 pub mod health;
+pub mod http_server;
 pub mod layout;
 pub mod metrics;
 pub mod pg_tls;

@@ -1,5 +1,6 @@
-//! TLS to PostgreSQL, the same for the agent's replica login check and the
-//! worker's pools: the `sslmode` an [`Endpoint`] asks for and the rustls
+//! TLS to PostgreSQL, the same for the agent's replica login check, the
+//! worker's pools and configd's pool ([`ReloadingPgTls`]): the `sslmode` an
+//! [`Endpoint`] asks for and the rustls
 //! connector that verifies the server against a CA file.
 //!
 //! Two modes, on purpose: `disable` (plain TCP, e.g. inside a mesh that
@@ -148,6 +149,76 @@ impl PgTls {
     /// The connector to pass to `connect` or a pool manager.
     pub fn connector(&self) -> MakeRustlsConnect {
         self.connector.clone()
+    }
+}
+
+/// A [`PgTls`] for a pool that lives as long as the process (configd's):
+/// its CA file is read again before each new connection through
+/// [`crate::ca_file::CaFile`], so a rotated CA applies to the next
+/// connection without a restart (a changed file that does not load is
+/// logged and the CA in use stays).
+#[derive(Clone)]
+pub struct ReloadingPgTls {
+    setting: &'static str,
+    file: Option<Arc<std::sync::Mutex<crate::ca_file::CaFile<PgTls>>>>,
+    fixed: PgTls,
+}
+
+impl std::fmt::Debug for ReloadingPgTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingPgTls")
+            .field("setting", &self.setting)
+            .field("reloads", &self.file.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReloadingPgTls {
+    /// Reads `ca_file` once now (an unusable file is an error here);
+    /// without one only `disable` can be used.
+    pub fn new(setting: &'static str, ca_file: Option<&Path>) -> Result<Self, PgTlsError> {
+        let Some(path) = ca_file else {
+            return Ok(ReloadingPgTls {
+                setting,
+                file: None,
+                fixed: PgTls::new(setting, None)?,
+            });
+        };
+        let pem = std::fs::read(path).map_err(|source| PgTlsError::Read {
+            setting,
+            path: path.display().to_string(),
+            source,
+        })?;
+        let tls = PgTls::from_pem(setting, path, &pem)?;
+        let file = crate::ca_file::CaFile::new(setting, path, pem, tls.clone());
+        Ok(ReloadingPgTls {
+            setting,
+            file: Some(Arc::new(std::sync::Mutex::new(file))),
+            fixed: tls,
+        })
+    }
+
+    /// The connector to use now (the CA file read again).
+    pub fn current(&self) -> PgTls {
+        let Some(file) = &self.file else {
+            return self.fixed.clone();
+        };
+        let setting = self.setting;
+        let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+        file.current(|path, pem| PgTls::from_pem(setting, path, pem).map_err(|e| e.to_string()))
+    }
+}
+
+impl<S> tokio_postgres::tls::MakeTlsConnect<S> for ReloadingPgTls
+where
+    MakeRustlsConnect: tokio_postgres::tls::MakeTlsConnect<S>,
+{
+    type Stream = <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::Stream;
+    type TlsConnect = <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::TlsConnect;
+    type Error = <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<Self::TlsConnect, Self::Error> {
+        self.current().connector.make_tls_connect(domain)
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`fixtures`]: worker, agent and configd started, probed and stopped;
 //! - [`data`]: deterministic transactions and a COPY loader;
 //! - [`tls`]: a private CA and server certificates (PostgreSQL TLS);
+//! - [`hostile`]: stalled request heads, unread bodies, peak memory;
 //! - [`openapi`]: real answers checked against `docs/openapi/`;
 //! - [`pytools`]: Python tools installed on first use.
 
@@ -18,6 +19,7 @@ pub mod bao;
 pub mod bootstrap;
 pub mod data;
 pub mod fixtures;
+pub mod hostile;
 pub mod openapi;
 pub mod pg;
 pub mod process;

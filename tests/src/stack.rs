@@ -351,6 +351,35 @@ fn secs(d: Duration) -> u64 {
 
 /// The production set-up of `k8s/bootstrap/vault/bootstrap.sh`, through the
 /// HTTP API.
+/// Root: the database engine's connection `name` to the primary as
+/// `vault_admin`, for `allowed_roles` (bootstrap, and tests that need a
+/// second connection).
+pub async fn write_db_connection(
+    bao: &Bao,
+    pg: &PgCluster,
+    config_path: &str,
+    allowed_roles: &[&str],
+) -> anyhow::Result<()> {
+    let p = &pg.primary;
+    bao.api(
+        Method::POST,
+        config_path,
+        Some(json!({
+            "plugin_name": "postgresql-database-plugin",
+            "connection_url": format!(
+                "postgresql://{{{{username}}}}:{{{{password}}}}@{}:{}/{}?sslmode=disable",
+                p.host, p.port, p.dbname
+            ),
+            "username": "vault_admin",
+            "password": pg.vault_admin_password,
+            "allowed_roles": allowed_roles,
+            "verify_connection": true,
+        })),
+    )
+    .await
+    .map(|_| ())
+}
+
 async fn bootstrap_vault(
     bao: &Bao,
     pg: &PgCluster,
@@ -412,21 +441,11 @@ async fn bootstrap_vault(
         Some(json!({"type": "database"})),
     )
     .await?;
-    let p = &pg.primary;
-    bao.api(
-        Method::POST,
+    write_db_connection(
+        bao,
+        pg,
         &at(format!("{DB_MOUNT}/config/{DB_CONNECTION}")),
-        Some(json!({
-            "plugin_name": "postgresql-database-plugin",
-            "connection_url": format!(
-                "postgresql://{{{{username}}}}:{{{{password}}}}@{}:{}/{}?sslmode=disable",
-                p.host, p.port, p.dbname
-            ),
-            "username": "vault_admin",
-            "password": pg.vault_admin_password,
-            "allowed_roles": [DB_ROLE],
-            "verify_connection": true,
-        })),
+        &[DB_ROLE],
     )
     .await
     .context("configuring the database secrets engine")?;

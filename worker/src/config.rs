@@ -7,6 +7,7 @@
 //! `config/<namespace>.json` (see [`crate::params`]).
 
 use riskfeat_shared::config_loader::{self, set, ConfigError, Validate};
+use riskfeat_shared::http_server::HttpLimits;
 use riskfeat_shared::telemetry::LogFormat;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -57,6 +58,8 @@ pub struct Config {
     pub log_level: String,
     /// `[source]`: the transactions table and its columns.
     pub source: crate::source::Source,
+    /// `[http]`: header-read, request and idle timeouts, connection cap.
+    pub http: HttpLimits,
 }
 
 impl Default for Config {
@@ -84,6 +87,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_level: "info".into(),
             source: crate::source::Source::default(),
+            http: HttpLimits::default(),
         }
     }
 }
@@ -173,6 +177,7 @@ impl Config {
                 self.retry_max_ms, self.retry_initial_ms
             ));
         }
+        out.extend(self.http.problems());
         if self.shared_dir.as_os_str().is_empty() {
             out.push("shared_dir is empty".into());
         }

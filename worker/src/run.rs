@@ -1,12 +1,15 @@
-//! Wiring: shared-dir check, HTTP listener, health socket, the reload and
-//! lag loops, and the SIGTERM drain (stop accepting, finish in-flight
-//! requests, close pools, exit).
+//! Wiring: shared-dir check, HTTP listener (served by
+//! [`riskfeat_shared::http_server`] with the `[http]` timeouts and
+//! connection cap), health socket, the reload and lag loops, and the
+//! SIGTERM drain (stop accepting, finish in-flight requests, close pools,
+//! exit).
 
 use crate::app::App;
 use crate::config::Config;
 use crate::health::Health;
 use riskfeat_shared::ca_file::CaFile;
 use riskfeat_shared::exit::Fatal;
+use riskfeat_shared::http_server::{self, Serve};
 use riskfeat_shared::pg_tls::{PgTls, PgTlsError};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -86,9 +89,14 @@ pub async fn run(cfg: Config) -> Result<(), Fatal> {
 
     tracing::info!(%local, socket = %socket.display(), namespace = %app.cfg.namespace, "riskfeat-worker listening");
     let (http_stop_tx, http_stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, crate::http::router(app.clone()))
-        .with_graceful_shutdown(wait_stop(http_stop_rx));
-    let mut server = tokio::spawn(async move { server.await });
+    let serve = Serve {
+        app: crate::http::router(app.clone()),
+        limits: app.cfg.http.clone(),
+        long_poll: None,
+        tls: None,
+    };
+    let server = http_server::serve(listener, serve, wait_stop(http_stop_rx));
+    let mut server = tokio::spawn(server);
 
     tokio::select! {
         s = riskfeat_shared::signal::shutdown_signal() => {

@@ -1,42 +1,19 @@
 //! Admin endpoints (admin role): create/delete namespaces, publish a change
 //! set, read items, history, diff between versions, rollback.
 
-use super::{authorize, check_ns, param_u64, parse_body, query, ApiError, AppState};
-use crate::config::Role;
+use super::auth::{Admin, Caller, JsonBody};
+use super::{param_u64, query, ApiError, AppState};
 use crate::store::{Change, Op};
 use axum::body::Body;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-
-fn admin(st: &AppState, headers: &HeaderMap, ns: &str) -> Result<String, ApiError> {
-    check_ns(ns, "namespace")?;
-    Ok(authorize(
-        &st.cfg,
-        headers,
-        Role::Admin,
-        &[(ns, "namespace".to_string())],
-    )?
-    .name
-    .clone())
-}
-
-fn body_of(body: Result<bytes::Bytes, BytesRejection>) -> Result<bytes::Bytes, ApiError> {
-    body.map_err(|e| {
-        ApiError::new(
-            e.status(),
-            "invalid_request",
-            Some("body".to_string()),
-            e.body_text(),
-        )
-    })
-}
 
 /// After a write: serve it from this instance's cache right away.
 async fn refresh(st: &AppState, ns: &str) {
@@ -48,10 +25,8 @@ async fn refresh(st: &AppState, ns: &str) {
 /// `PUT /v1/admin/namespaces/{ns}`: 201, or 409 when it exists.
 pub async fn create(
     State(st): State<Arc<AppState>>,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
+    Admin(Caller { ns, token: who }): Admin,
 ) -> Result<Response, ApiError> {
-    let who = admin(&st, &headers, &ns)?;
     let r = st.cache.track(st.cache.store().create_namespace(&ns).await);
     r.map_err(|e| ApiError::store(e, &ns))?;
     tracing::info!(namespace = %ns, by = %who, "namespace created");
@@ -65,10 +40,8 @@ pub async fn create(
 /// `DELETE /v1/admin/namespaces/{ns}`.
 pub async fn delete(
     State(st): State<Arc<AppState>>,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
+    Admin(Caller { ns, token: who }): Admin,
 ) -> Result<Response, ApiError> {
-    let who = admin(&st, &headers, &ns)?;
     let r = st.cache.track(st.cache.store().delete_namespace(&ns).await);
     r.map_err(|e| ApiError::store(e, &ns))?;
     st.cache.evict(&ns);
@@ -78,7 +51,7 @@ pub async fn delete(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ChangeIn {
+pub struct ChangeIn {
     op: Op,
     key: String,
     value: Option<serde_json::Value>,
@@ -86,7 +59,7 @@ struct ChangeIn {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PublishIn {
+pub struct PublishIn {
     expected_version: Option<u64>,
     author: Option<String>,
     comment: Option<String>,
@@ -118,6 +91,7 @@ async fn do_publish(
     st: &AppState,
     ns: &str,
     expected: Option<u64>,
+    token: &str,
     author: &str,
     comment: &str,
     changes: Vec<Change>,
@@ -125,7 +99,7 @@ async fn do_publish(
     let r = st.cache.track(
         st.cache
             .store()
-            .publish(ns, expected, author, comment, &changes)
+            .publish(ns, expected, token, author, comment, &changes)
             .await,
     );
     let v = r.map_err(|e| ApiError::store(e, ns))?;
@@ -133,6 +107,7 @@ async fn do_publish(
     tracing::info!(
         namespace = ns,
         version = v,
+        token,
         author,
         changes = changes.len(),
         "published"
@@ -144,13 +119,9 @@ async fn do_publish(
 /// `POST /v1/admin/namespaces/{ns}/publish`.
 pub async fn publish(
     State(st): State<Arc<AppState>>,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
-    body: Result<bytes::Bytes, BytesRejection>,
+    Admin(Caller { ns, token: who }): Admin,
+    JsonBody(req): JsonBody<PublishIn>,
 ) -> Result<Response, ApiError> {
-    let who = admin(&st, &headers, &ns)?;
-    let body = body_of(body)?;
-    let req: PublishIn = parse_body(&body)?;
     check_text(&req.author, "author", 128)?;
     check_text(&req.comment, "comment", 4096)?;
     if req.changes.is_empty() {
@@ -208,11 +179,12 @@ pub async fn publish(
             value,
         });
     }
-    let author = req.author.unwrap_or(who);
+    let author = req.author.unwrap_or_else(|| who.clone());
     let v = do_publish(
         &st,
         &ns,
         req.expected_version,
+        &who,
         &author,
         req.comment.as_deref().unwrap_or(""),
         changes,
@@ -224,10 +196,8 @@ pub async fn publish(
 /// `GET /v1/admin/namespaces/{ns}/items`: the current items (snapshot shape).
 pub async fn items(
     State(st): State<Arc<AppState>>,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
+    Admin(Caller { ns, .. }): Admin,
 ) -> Result<Response, ApiError> {
-    admin(&st, &headers, &ns)?;
     let state = st
         .cache
         .get(&ns)
@@ -244,11 +214,9 @@ pub async fn items(
 /// `GET /v1/admin/namespaces/{ns}/history?limit=N`.
 pub async fn history(
     State(st): State<Arc<AppState>>,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
+    Admin(Caller { ns, .. }): Admin,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    admin(&st, &headers, &ns)?;
     let q = query(q, &["limit"])?;
     let limit = param_u64(&q, "limit", Some(100))?;
     if !(1..=1000).contains(&limit) {
@@ -270,11 +238,9 @@ fn parse_json(v: &Option<String>) -> serde_json::Value {
 /// `GET /v1/admin/namespaces/{ns}/diff?from=a&to=b`.
 pub async fn diff(
     State(st): State<Arc<AppState>>,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
+    Admin(Caller { ns, .. }): Admin,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    admin(&st, &headers, &ns)?;
     let q = query(q, &["from", "to"])?;
     let from = param_u64(&q, "from", None)?;
     let to = param_u64(&q, "to", None)?;
@@ -303,7 +269,7 @@ pub async fn diff(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RollbackIn {
+pub struct RollbackIn {
     to_version: u64,
     author: Option<String>,
     comment: Option<String>,
@@ -313,13 +279,9 @@ struct RollbackIn {
 /// the diff from the current version back to `n` as a new version.
 pub async fn rollback(
     State(st): State<Arc<AppState>>,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
-    body: Result<bytes::Bytes, BytesRejection>,
+    Admin(Caller { ns, token: who }): Admin,
+    JsonBody(req): JsonBody<RollbackIn>,
 ) -> Result<Response, ApiError> {
-    let who = admin(&st, &headers, &ns)?;
-    let body = body_of(body)?;
-    let req: RollbackIn = parse_body(&body)?;
     check_text(&req.author, "author", 128)?;
     check_text(&req.comment, "comment", 4096)?;
     let rows = st.cache.track(st.cache.store().list_namespaces().await);
@@ -368,11 +330,20 @@ pub async fn rollback(
                 .into_response(),
         );
     }
-    let author = req.author.unwrap_or(who);
+    let author = req.author.unwrap_or_else(|| who.clone());
     let comment = req
         .comment
         .unwrap_or_else(|| format!("rollback to version {}", req.to_version));
-    let v = do_publish(&st, &ns, Some(row.version), &author, &comment, changes).await?;
+    let v = do_publish(
+        &st,
+        &ns,
+        Some(row.version),
+        &who,
+        &author,
+        &comment,
+        changes,
+    )
+    .await?;
     Ok(
         Json(json!({"namespace": ns, "version": v, "rolled_back_to": req.to_version}))
             .into_response(),

@@ -1,12 +1,13 @@
 //! Client endpoints (read role): long-poll watch of one or several
 //! namespaces, and changes since a version (incremental or snapshot).
 
-use super::{authorize, check_ns, param_u64, parse_body, query, ApiError, AppState};
+use super::auth::{AnyReader, Caller, JsonBody, Reader};
+use super::{authorize, check_ns, param_u64, query, ApiError, AppState};
 use crate::config::Role;
 use crate::watch::Registered;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -17,10 +18,44 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-struct Held<'a>(&'a crate::metrics::Metrics);
+/// One held long-poll of `token`, counted until it ends.
+struct Held<'a> {
+    st: &'a AppState,
+    token: &'a str,
+}
+
+impl<'a> Held<'a> {
+    /// Counts a long-poll of `token`, or 429 when it holds its cap.
+    fn take(st: &'a AppState, token: &'a str) -> Result<Self, ApiError> {
+        let cap = st.cfg.max_watchers_per_token;
+        let mut held = st.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(token.to_string()).or_insert(0);
+        if *n >= cap {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_watchers",
+                Some("Authorization".to_string()),
+                format!("token {token:?} already holds {cap} long-polls (max_watchers_per_token)"),
+            );
+            e.retry_after = Some(5);
+            return Err(e);
+        }
+        *n += 1;
+        st.metrics.watchers.inc();
+        Ok(Held { st, token })
+    }
+}
+
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.0.watchers.dec();
+        self.st.metrics.watchers.dec();
+        let mut held = self.st.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(self.token) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(self.token);
+            }
+        }
     }
 }
 
@@ -29,10 +64,12 @@ fn timeout_of(st: &AppState, q: Option<u64>) -> Duration {
     t.min(st.cfg.max_poll_timeout)
 }
 
-/// Waits until one of `seen` changes or the timeout; `fields` name each
-/// namespace for errors. Returns the changed namespaces with their versions.
+/// Waits until one of `seen` changes, the timeout or shutdown (all three
+/// held under `token`'s cap); `field_of` names each namespace for errors.
+/// Returns the changed namespaces with their versions (none: 304).
 async fn wait_any(
     st: &AppState,
+    token: &str,
     seen: &BTreeMap<String, u64>,
     field_of: impl Fn(&str) -> String,
     timeout: Duration,
@@ -56,10 +93,10 @@ async fn wait_any(
             ));
         }
     }
+    let _held = Held::take(st, token)?;
+    let mut stopping = st.stopping.subscribe();
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let deadline = tokio::time::Instant::now() + timeout;
-    st.metrics.watchers.inc();
-    let _held = Held(&st.metrics);
     loop {
         let mut changed = BTreeMap::new();
         for (ns, v) in seen {
@@ -84,6 +121,7 @@ async fn wait_any(
         tokio::select! {
             _ = rx.recv() => {}
             _ = tokio::time::sleep_until(deadline) => return Ok(BTreeMap::new()),
+            _ = stopping.wait_for(|s| *s) => return Ok(BTreeMap::new()),
         }
     }
 }
@@ -91,17 +129,9 @@ async fn wait_any(
 /// `GET /v1/namespaces/{ns}/watch?version=V&timeout_s=T`.
 pub async fn watch_one(
     State(st): State<Arc<AppState>>,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
+    Reader(Caller { ns, token }): Reader,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    check_ns(&ns, "namespace")?;
-    authorize(
-        &st.cfg,
-        &headers,
-        Role::Read,
-        &[(&ns, "namespace".to_string())],
-    )?;
     let q = query(q, &["version", "timeout_s"])?;
     let version = param_u64(&q, "version", Some(0))?;
     let timeout = timeout_of(
@@ -111,7 +141,7 @@ pub async fn watch_one(
             .transpose()?,
     );
     let seen = BTreeMap::from([(ns.clone(), version)]);
-    let changed = wait_any(&st, &seen, |_| "version".to_string(), timeout).await?;
+    let changed = wait_any(&st, &token, &seen, |_| "version".to_string(), timeout).await?;
     Ok(match changed.get(&ns) {
         Some(v) => Json(json!({"namespace": ns, "version": v})).into_response(),
         None => StatusCode::NOT_MODIFIED.into_response(),
@@ -129,18 +159,9 @@ pub struct WatchBody {
 pub async fn watch_many(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+    AnyReader(token): AnyReader,
+    JsonBody(req): JsonBody<WatchBody>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| {
-        ApiError::new(
-            e.status(),
-            "invalid_request",
-            Some("body".to_string()),
-            e.body_text(),
-        )
-    })?;
-    authorize(&st.cfg, &headers, Role::Read, &[])?;
-    let req: WatchBody = parse_body(&body)?;
     if req.namespaces.is_empty() {
         return Err(ApiError::bad("namespaces", "namespaces is empty"));
     }
@@ -159,6 +180,7 @@ pub async fn watch_many(
     let timeout = timeout_of(&st, req.timeout_s);
     let changed = wait_any(
         &st,
+        &token,
         &req.namespaces,
         |ns| format!("namespaces.{ns}"),
         timeout,
@@ -174,17 +196,10 @@ pub async fn watch_many(
 /// `GET /v1/namespaces/{ns}/changes?from=V`.
 pub async fn changes(
     State(st): State<Arc<AppState>>,
-    Path(ns): Path<String>,
+    Reader(Caller { ns, .. }): Reader,
     headers: HeaderMap,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    check_ns(&ns, "namespace")?;
-    authorize(
-        &st.cfg,
-        &headers,
-        Role::Read,
-        &[(&ns, "namespace".to_string())],
-    )?;
     let q = query(q, &["from"])?;
     let from = param_u64(&q, "from", None)?;
     let state = st

@@ -4,6 +4,7 @@
 //! `{"error":{"code","message","field"}}` naming the offending field.
 
 mod admin;
+mod auth;
 mod client;
 
 use crate::cache::Cache;
@@ -28,6 +29,16 @@ pub struct AppState {
     pub cfg: Arc<Config>,
     /// Set once migrations ran.
     pub started: AtomicBool,
+    /// Set on SIGTERM: held long-polls answer 304 at once.
+    pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Long-polls held per token name (capped by `max_watchers_per_token`).
+    pub watchers: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+/// The long-poll routes: exempt from `http.request_timeout_ms`, bounded by
+/// `max_poll_timeout_s` (plus that margin) instead.
+pub fn is_long_poll(path: &str) -> bool {
+    path == "/v1/watch" || (path.starts_with("/v1/namespaces/") && path.ends_with("/watch"))
 }
 
 /// An API error: status, code, message, field.
@@ -37,6 +48,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Seconds, sent as `Retry-After` (429).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -51,6 +64,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: field.into(),
+            retry_after: None,
         }
     }
     pub fn bad(field: &str, message: impl Into<String>) -> Self {
@@ -106,7 +120,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body =
             json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        resp
     }
 }
 
@@ -282,7 +301,6 @@ async fn not_found() -> ApiError {
 
 /// The whole router.
 pub fn router(st: Arc<AppState>) -> Router {
-    let limit = st.cfg.max_body_bytes;
     let api = Router::new()
         .route("/v1/namespaces/{ns}/watch", get(client::watch_one))
         .route("/v1/watch", post(client::watch_many))
@@ -299,7 +317,6 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(st.clone(), count))
         .with_state(st.clone());
     api.merge(riskfeat_shared::metrics::router(

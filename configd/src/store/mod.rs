@@ -11,10 +11,10 @@
 pub mod schema;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use riskfeat_shared::pg_tls::{ReloadingPgTls, SslMode};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::NoTls;
 
 /// The NOTIFY channel; payload is the namespace name.
 pub const CHANNEL: &str = "riskfeat_configd";
@@ -116,7 +116,10 @@ pub struct Since {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Audit {
     pub version: u64,
+    /// The author the publisher gave: a free comment, not verified.
     pub who: String,
+    /// The name of the token that published (None: before migration 2).
+    pub token: Option<String>,
     pub at: String,
     pub comment: String,
     pub changes: i32,
@@ -127,6 +130,7 @@ pub struct Audit {
 pub struct Store {
     pool: Pool,
     pg: tokio_postgres::Config,
+    tls: ReloadingPgTls,
 }
 
 fn u(v: i64) -> u64 {
@@ -142,16 +146,27 @@ fn parse_op(s: &str) -> Op {
 }
 
 impl Store {
-    /// A pool for `dsn` (no connection is made yet).
-    pub fn new(dsn: &str, pool_size: usize) -> Result<Store, StoreError> {
+    /// A pool for `dsn` (no connection is made yet) over `tls`:
+    /// `sslmode` overrides the DSN's (verify-full requires TLS; the
+    /// connector checks the chain and the host name).
+    pub fn new(
+        dsn: &str,
+        pool_size: usize,
+        sslmode: SslMode,
+        tls: ReloadingPgTls,
+    ) -> Result<Store, StoreError> {
         let mut pg: tokio_postgres::Config = dsn
             .parse()
             .map_err(|e: tokio_postgres::Error| StoreError::Unavailable(e.to_string()))?;
         pg.connect_timeout(Duration::from_secs(3));
         pg.application_name("riskfeat-configd");
+        pg.ssl_mode(match sslmode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+        });
         let mgr = Manager::from_config(
             pg.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -164,7 +179,12 @@ impl Store {
             .recycle_timeout(Some(Duration::from_secs(3)))
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(Store { pool, pg })
+        Ok(Store { pool, pg, tls })
+    }
+
+    /// The connector (for the LISTEN connection).
+    pub fn tls(&self) -> ReloadingPgTls {
+        self.tls.clone()
     }
 
     /// The connection settings (for the LISTEN connection).
@@ -284,6 +304,7 @@ impl Store {
         &self,
         ns: &str,
         expected: Option<u64>,
+        token: &str,
         author: &str,
         comment: &str,
         changes: &[Change],
@@ -345,8 +366,8 @@ impl Store {
         )
         .await?;
         tx.execute(
-            "INSERT INTO configd_audits(namespace, version, who, comment, changes) VALUES ($1, $2, $3, $4, $5)",
-            &[&ns, &version, &author, &comment, &(changes.len() as i32)],
+            "INSERT INTO configd_audits(namespace, version, who, comment, changes, token) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&ns, &version, &author, &comment, &(changes.len() as i32), &token],
         )
         .await?;
         tx.execute(
@@ -531,7 +552,7 @@ impl Store {
         }
         let rows = client
             .query(
-                "SELECT version, who, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), comment, changes \
+                "SELECT version, who, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), comment, changes, token \
                  FROM configd_audits WHERE namespace = $1 ORDER BY version DESC LIMIT $2",
                 &[&ns, &limit],
             )
@@ -544,6 +565,7 @@ impl Store {
                 at: r.get(2),
                 comment: r.get(3),
                 changes: r.get(4),
+                token: r.get(5),
             })
             .collect())
     }

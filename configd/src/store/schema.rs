@@ -8,9 +8,10 @@ pub const MIGRATION_LOCK: i64 = 0x7269_736b_6366_6701;
 pub const WARMUP_LOCK: i64 = 0x7269_736b_6366_6702;
 
 /// `(version, sql)`; never edit a released entry, append a new one.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE IF NOT EXISTS configd_namespaces (
     name         text PRIMARY KEY,
     version      bigint NOT NULL DEFAULT 0,
@@ -43,4 +44,12 @@ CREATE TABLE IF NOT EXISTS configd_audits (
     PRIMARY KEY (namespace, version)
 );
 "#,
-)];
+    ),
+    // The name of the bearer token that published each version (audit);
+    // NULL for versions published before this migration. `who` stays the
+    // author the client gave, a free comment.
+    (
+        2,
+        "ALTER TABLE configd_audits ADD COLUMN IF NOT EXISTS token text;",
+    ),
+];

@@ -133,7 +133,14 @@ async fn a_loaded_log_shares_the_current_values_with_the_items() {
     use riskfeat_configd::store::{Change, Op, Store};
     use std::sync::Arc;
     let pg = PgCluster::start(false).await.unwrap();
-    let store = Store::new(&pg.primary.superuser_dsn(), 2).unwrap();
+    let plain = riskfeat_shared::pg_tls::ReloadingPgTls::new("database_ca_file", None).unwrap();
+    let store = Store::new(
+        &pg.primary.superuser_dsn(),
+        2,
+        riskfeat_shared::pg_tls::SslMode::Disable,
+        plain,
+    )
+    .unwrap();
     store.migrate().await.unwrap();
     store.create_namespace("shared").await.unwrap();
     let up = |k: &str, v: &str| Change {
@@ -143,7 +150,7 @@ async fn a_loaded_log_shares_the_current_values_with_the_items() {
     };
     let changes = [up("a", "{\"x\":1}"), up("b", "2"), up("c", "3")];
     store
-        .publish("shared", Some(0), "t", "", &changes)
+        .publish("shared", Some(0), "t", "t", "", &changes)
         .await
         .unwrap();
     let del = Change {
@@ -153,7 +160,7 @@ async fn a_loaded_log_shares_the_current_values_with_the_items() {
     };
     let changes = [up("a", "{\"x\":9}"), del];
     store
-        .publish("shared", Some(1), "t", "", &changes)
+        .publish("shared", Some(1), "t", "t", "", &changes)
         .await
         .unwrap();
 

@@ -6,10 +6,14 @@
 //! - [`sync`]: publish, watch and changes, restarts, compaction;
 //! - [`cache`]: PostgreSQL down, cold misses, the loaded log;
 //! - [`api`]: bad input, the OpenAPI document;
+//! - [`hostile`]: unauthenticated bodies, stalled connections, audit;
+//! - [`pg_tls`]: configd to PostgreSQL over verify-full TLS;
 //! - [`support`]: the tokens, starting configd, checked requests, a
 //!   client's local copy.
 
 mod api;
 mod cache;
+mod hostile;
+mod pg_tls;
 mod support;
 mod sync;

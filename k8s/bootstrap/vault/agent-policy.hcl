@@ -25,9 +25,7 @@ path "auth/token/lookup-self" { capabilities = ["read"] }
 # role sets token_no_default_policy, so Vault's `default` policy (which
 # would grant this, and the unscoped body form of sys/leases/renew) is not
 # attached: everything the agent may do is in this file.
-path "auth/token/revoke-self" {
-  capabilities = ["update"]
-}
+path "auth/token/revoke-self" { capabilities = ["update"] }
 
 # Unwrap a response-wrapped secret_id.
 path "sys/wrapping/unwrap" { capabilities = ["update"] }

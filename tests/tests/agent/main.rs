@@ -13,8 +13,8 @@
 //!   fallback credential;
 //! - [`inputs`]: bad input and exit codes, a response-wrapped secret_id;
 //! - [`login`]: JWT login with a rotating token file, a Vault namespace;
-//! - [`policy`]: the agent's token renews and revokes only its own leases;
 //! - [`tls`]: Vault over HTTPS with a private CA;
+//! - [`policy`]: the agent's token cannot renew or revoke another role's lease;
 //! - [`telemetry`]: no secret in logs, `/status` or `/metrics`; promtool;
 //! - [`support`]: what they share.
 

@@ -1,110 +1,99 @@
-//! The agent's Vault policy is scoped to riskfeat's own leases (issue 18):
-//! a leaked agent token or secret_id cannot renew or revoke anyone else's.
+//! Least privilege: the agent's Vault policy (k8s/bootstrap/vault/agent-policy.hcl,
+//! applied by the harness as in production) lets its AppRole token renew
+//! and revoke only leases of `database/creds/feature-reader/`. A lease of
+//! another database role (named so that a prefix match without the `/`
+//! would cover it) is out of reach, by the URL forms the agent uses and by
+//! the body forms alike; the agent's own lease still renews.
 
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use riskfeat_tests::bootstrap::{CREATION_SQL, DB_MOUNT, REVOCATION_SQL};
+use riskfeat_tests::stack::write_db_connection;
 use riskfeat_tests::{Stack, StackOptions};
 use serde_json::json;
 
-/// Logged in as the agent's AppRole, with the shipped
-/// `k8s/bootstrap/vault/agent-policy.hcl`: renewing and revoking a lease of
-/// another database role is denied (403) in both the URL form and the body
-/// form, and the other lease survives; the agent's own lease renews and
-/// revokes through the URL form the agent uses. Checked to fail: with the
-/// policy's old grants on `sys/leases/renew` and `sys/leases/revoke` (body
-/// form, any lease) the body-form revoke of the other lease succeeds.
+/// Checked to fail: with the policy's former grants on the body forms
+/// (`sys/leases/renew`, `sys/leases/revoke`) the body-form revoke of the
+/// other role's lease answers 200; without `token_no_default_policy` on the
+/// AppRole role, Vault's `default` policy lets the body-form renew through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_token_renews_and_revokes_only_its_own_leases() {
+async fn the_agent_token_cannot_renew_or_revoke_a_lease_outside_its_role() {
     let stack = Stack::start(StackOptions::default()).await.unwrap();
     let bao = &stack.bao;
-    let p = &stack.pg.primary;
-    // Another team's role on its own connection, issued by root.
-    bao.api(
-        Method::POST,
+    // Root: a second connection and role, and a lease of it.
+    let other = "feature-reader-other";
+    write_db_connection(
+        bao,
+        &stack.pg,
         &format!("{DB_MOUNT}/config/other"),
-        Some(json!({
-            "plugin_name": "postgresql-database-plugin",
-            "connection_url": format!(
-                "postgresql://{{{{username}}}}:{{{{password}}}}@{}:{}/{}?sslmode=disable",
-                p.host, p.port, p.dbname
-            ),
-            "username": "vault_admin",
-            "password": stack.pg.vault_admin_password,
-            "allowed_roles": ["other-reader"],
-        })),
+        &[other],
     )
     .await
     .unwrap();
     bao.api(
         Method::POST,
-        &format!("{DB_MOUNT}/roles/other-reader"),
+        &format!("{DB_MOUNT}/roles/{other}"),
         Some(json!({
             "db_name": "other",
             "creation_statements": [CREATION_SQL],
             "revocation_statements": [REVOCATION_SQL],
-            "default_ttl": "1h",
-            "max_ttl": "2h",
+            "default_ttl": "10m",
+            "max_ttl": "1h",
         })),
     )
     .await
     .unwrap();
-    let other = bao
-        .api(Method::GET, &format!("{DB_MOUNT}/creds/other-reader"), None)
+    let theirs = bao
+        .api(Method::GET, &format!("{DB_MOUNT}/creds/{other}"), None)
         .await
-        .unwrap();
-    let other_lease = other["lease_id"].as_str().unwrap().to_string();
-    assert!(other_lease.starts_with("database/creds/other-reader/"));
+        .unwrap()["lease_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        theirs.starts_with(&format!("{DB_MOUNT}/creds/{other}/")),
+        "{theirs}"
+    );
 
+    // The agent's AppRole token, and a lease of its own role.
     let token = stack.approle_login().await.unwrap();
+    let mine = stack.issue_creds().await.unwrap().lease_id;
+    let as_agent = |path: String, body: serde_json::Value| {
+        let token = token.clone();
+        async move {
+            bao.request_raw(Some(&token), Method::PUT, &path, Some(body))
+                .await
+                .unwrap()
+        }
+    };
     for (path, body) in [
-        (format!("sys/leases/renew/{other_lease}"), None),
-        (format!("sys/leases/revoke/{other_lease}"), None),
+        (
+            format!("sys/leases/renew/{theirs}"),
+            json!({"increment": 60}),
+        ),
+        (format!("sys/leases/revoke/{theirs}"), json!({})),
         (
             "sys/leases/renew".to_string(),
-            Some(json!({"lease_id": other_lease})),
+            json!({"lease_id": theirs, "increment": 60}),
         ),
-        (
-            "sys/leases/revoke".to_string(),
-            Some(json!({"lease_id": other_lease})),
-        ),
+        ("sys/leases/revoke".to_string(), json!({"lease_id": theirs})),
     ] {
-        let (status, body) = bao
-            .request_raw(Some(&token), Method::PUT, &path, body)
-            .await
-            .unwrap();
-        assert_eq!(
-            status, 403,
-            "PUT {path} must be denied to the agent: {body}"
-        );
+        let (status, v) = as_agent(path.clone(), body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "PUT {path}: {v}");
     }
-    let alive = bao
+    // Their lease is untouched (root looks it up).
+    let looked = bao
         .api(
             Method::PUT,
             "sys/leases/lookup",
-            Some(json!({"lease_id": other_lease})),
+            Some(json!({"lease_id": theirs})),
         )
         .await
         .unwrap();
-    assert!(alive["data"]["ttl"].as_i64().unwrap() > 0, "{alive}");
-
-    // Its own lease: renewed and revoked through the URL forms.
-    let own = stack.issue_creds().await.unwrap();
-    let renewed = bao
-        .request(
-            Some(&token),
-            Method::PUT,
-            &format!("sys/leases/renew/{}", own.lease_id),
-            Some(json!({"increment": 60})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(renewed["lease_id"], own.lease_id.as_str(), "{renewed}");
-    bao.request(
-        Some(&token),
-        Method::PUT,
-        &format!("sys/leases/revoke/{}", own.lease_id),
-        None,
-    )
-    .await
-    .unwrap();
+    assert_eq!(looked["data"]["id"], theirs.as_str(), "{looked}");
+    // The agent's own lease renews and revokes by the URL forms.
+    let (status, v) = as_agent(format!("sys/leases/renew/{mine}"), json!({"increment": 60})).await;
+    assert_eq!(status, StatusCode::OK, "renewing its own lease: {v}");
+    assert_eq!(v["lease_id"], mine.as_str(), "{v}");
+    let (status, v) = as_agent(format!("sys/leases/revoke/{mine}"), json!({})).await;
+    assert!(status.is_success(), "revoking its own lease: {status} {v}");
 }

@@ -19,11 +19,13 @@
 //! - [`source`]: the team's own table (`[source]`), exact windows, edge
 //!   cases against the reference, a mapping that does not fit;
 //! - [`api`]: the API's errors, probes, SIGTERM drain, exit codes, OpenAPI;
+//! - [`hostile`]: stalled request heads closed while requests are served;
 //! - [`support`]: what they share (the worker's test config, publishing
 //!   credentials and config, a request load).
 
 mod api;
 mod features;
+mod hostile;
 mod lag;
 mod rotation;
 mod source;
