@@ -1,0 +1,227 @@
+//! `cargo xtask bench ...`: the benchmarks. This module holds what every
+//! bench shares: building the release binaries, running a bench on a tokio
+//! runtime and recording its markdown report in docs/benchmarks.md, and
+//! reading `/proc` (CPU time, resident memory, how busy the machine was).
+//! Each bench is a submodule: [`worker`] (the worker over HTTP against
+//! pgbench on its own SQL, and credential rotations under load) and
+//! [`configd`] (long-poll watchers, incremental bytes, start-up storm).
+
+mod configd;
+mod pgbench;
+mod worker;
+mod wrk;
+
+use anyhow::{bail, Context};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+/// `cargo xtask bench <which>`.
+#[derive(clap::Subcommand)]
+pub enum Which {
+    /// Worker over HTTP (wrk) against pgbench running the worker's own SQL.
+    Worker(worker::Args),
+    /// configd: 10,000 long-poll watchers, incremental vs snapshot bytes.
+    Configd(configd::Args),
+}
+
+pub fn run(which: Which) -> anyhow::Result<()> {
+    match which {
+        Which::Worker(a) => worker::run(a),
+        Which::Configd(a) => configd::run(a),
+    }
+}
+
+/// What a bench's `run` shares: builds the release binaries of `packages`,
+/// runs `bench` (given `target/release`) on a multi-threaded runtime,
+/// prints its report and appends it to docs/benchmarks.md unless
+/// `no_record`.
+fn run_bench<F, Fut>(name: &str, packages: &[&str], no_record: bool, bench: F) -> anyhow::Result<()>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: Future<Output = anyhow::Result<String>>,
+{
+    let root = crate::workspace_root();
+    eprintln!("bench {name}: building the release {}", packages.join(", "));
+    let mut cmd = std::process::Command::new(env!("CARGO"));
+    cmd.args(["build", "--release", "--bins"])
+        .current_dir(&root);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    let status = cmd.status().context("run cargo build --release")?;
+    if !status.success() {
+        bail!("cargo build --release of {packages:?} failed");
+    }
+    let release = release_dir(&root);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(bench(release))?;
+    println!("{report}");
+    if !no_record {
+        let path = root.join("docs/benchmarks.md");
+        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push('\n');
+        text.push_str(&report);
+        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+        eprintln!("bench {name}: appended to {}", path.display());
+    }
+    Ok(())
+}
+
+/// `$CARGO_TARGET_DIR/release`, or `<root>/target/release`.
+fn release_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_relative() { root.join(t) } else { t })
+        .unwrap_or_else(|| root.join("target"))
+        .join("release")
+}
+
+/// The `p` quantile (0..=1) of sorted values (nearest rank); 0 when empty.
+fn quantile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
+    if sorted.is_empty() {
+        return T::default();
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// "N CPUs (nproc), model; 1-min load average L when the report was written".
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    format!(
+        "{cpus} CPUs (nproc), {model}; 1-min load average {load} when the report was written \
+         (other work on the machine skews the figures)"
+    )
+}
+
+/// A `VmHWM:`-style field of `/proc/<pid>/status`, in kB (0 when unknown).
+fn vm_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// "peak RSS (VmHWM) x MB, RSS y MB" of a process.
+fn memory(pid: u32) -> String {
+    let mb = |field| match vm_kb(pid, field) {
+        0 => "?".to_string(),
+        kb => format!("{:.1} MB", kb as f64 / 1024.0),
+    };
+    format!("peak RSS (VmHWM) {}, RSS {}", mb("VmHWM:"), mb("VmRSS:"))
+}
+
+/// Which CPU time of a `/proc/<pid>/stat` to read.
+#[derive(Clone, Copy)]
+enum CpuOf {
+    /// utime + stime: the process itself.
+    Own,
+    /// cutime + cstime: its children that it has waited for.
+    WaitedChildren,
+}
+
+/// CPU seconds of `pid` (`None` for this process), from `/proc`.
+fn cpu_s(pid: Option<u32>, of: CpuOf) -> Option<f64> {
+    let path = pid.map_or("/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
+    let text = std::fs::read_to_string(path).ok()?;
+    // The fields after the command name (which may hold spaces) in
+    // parentheses, counted from 0 = state: utime 11, stime 12, cutime 13,
+    // cstime 14.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let at = match of {
+        CpuOf::Own => 11,
+        CpuOf::WaitedChildren => 13,
+    };
+    let ticks: u64 = f.get(at)?.parse::<u64>().ok()? + f.get(at + 1)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100.0, |t| t as f64)
+}
+
+/// (busy, total) jiffies of all CPUs from the first line of /proc/stat.
+fn machine_jiffies() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = text
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    // idle and iowait are the 4th and 5th.
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// CPU counters at one moment: a server's, the waited-for client
+/// processes' (wrk, pgbench) and the machine's.
+struct CpuSample {
+    server_s: f64,
+    clients_s: f64,
+    machine: (u64, u64),
+}
+
+/// CPU use over a measurement.
+#[derive(Clone, Copy, Debug)]
+struct CpuUse {
+    /// The server's CPU time per request, µs.
+    server_us_per_req: f64,
+    /// The client's (wrk's or pgbench's) CPU time per request, µs.
+    client_us_per_req: f64,
+    /// Busy share of all cores, 0..=1.
+    machine_busy: f64,
+}
+
+impl CpuSample {
+    fn take(server_pid: u32) -> Option<CpuSample> {
+        Some(CpuSample {
+            server_s: cpu_s(Some(server_pid), CpuOf::Own)?,
+            clients_s: cpu_s(None, CpuOf::WaitedChildren)?,
+            machine: machine_jiffies()?,
+        })
+    }
+
+    /// CPU use from `self` until now, over `requests` requests.
+    fn until_now(&self, server_pid: u32, requests: u64) -> Option<CpuUse> {
+        let b = CpuSample::take(server_pid)?;
+        let n = requests.max(1) as f64;
+        let total = b.machine.1.saturating_sub(self.machine.1).max(1) as f64;
+        Some(CpuUse {
+            server_us_per_req: (b.server_s - self.server_s) * 1e6 / n,
+            client_us_per_req: (b.clients_s - self.clients_s) * 1e6 / n,
+            machine_busy: b.machine.0.saturating_sub(self.machine.0) as f64 / total,
+        })
+    }
+}

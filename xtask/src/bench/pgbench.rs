@@ -1,0 +1,177 @@
+//! The ceiling of `cargo xtask bench worker`: pgbench running the worker's
+//! own single-user statement (`-M prepared`, a random user per transaction,
+//! the per-transaction log `-l`), its latencies computed from that log.
+//!
+//! The script is generated from the statement the worker prepares, never a
+//! copy: each `$n` becomes a pgbench variable set by the script.
+
+use super::quantile;
+use anyhow::{bail, Context};
+use riskfeat_tests::{IssuedCreds, PgServer};
+use std::path::Path;
+use std::time::Duration;
+
+/// A pgbench script running `sql` with `params[n - 1]` = `(variable,
+/// \set expression)` for each `$n`. Fails when `sql` has a `$n` that
+/// `params` does not cover, or `params` one that `sql` does not use.
+pub fn script(sql: &str, params: &[(&str, String)]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let mut body = sql.trim().trim_end_matches(';').to_string();
+    // Highest first, so `$1` does not eat the start of `$10`.
+    for (i, (name, _)) in params.iter().enumerate().rev() {
+        let placeholder = format!("${}", i + 1);
+        if !body.contains(&placeholder) {
+            bail!("the statement has no {placeholder} (for :{name})");
+        }
+        body = body.replace(&placeholder, &format!(":{name}"));
+    }
+    if let Some(at) = body.find('$') {
+        bail!(
+            "the statement has a parameter the script does not set: {}",
+            &body[at..]
+        );
+    }
+    for (name, expr) in params {
+        out.push_str(&format!("\\set {name} {expr}\n"));
+    }
+    out.push_str(&body);
+    out.push_str(";\n");
+    Ok(out)
+}
+
+/// One pgbench run.
+#[derive(Debug, Clone, Default)]
+pub struct PgbenchResult {
+    /// pgbench's own figure (without the initial connection time).
+    pub tps: f64,
+    pub transactions: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+fn pgbench_bin() -> String {
+    let p = "/usr/lib/postgresql/15/bin/pgbench";
+    if Path::new(p).exists() {
+        p.into()
+    } else {
+        "pgbench".into()
+    }
+}
+
+/// `pgbench -n -M prepared -c clients -j min(2, clients) -T duration -l` of
+/// `script` against `server` as `creds`.
+pub async fn run(
+    server: &PgServer,
+    creds: &IssuedCreds,
+    script: &str,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<PgbenchResult> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("features.sql");
+    std::fs::write(&file, script)?;
+    let prefix = dir.path().join("pgb");
+    let out = tokio::process::Command::new(pgbench_bin())
+        .args(["-n", "-M", "prepared", "-l"])
+        .args(["-c", &clients.to_string()])
+        .args(["-j", &clients.clamp(1, 2).to_string()])
+        .args(["-T", &duration.as_secs().max(1).to_string()])
+        .arg("-f")
+        .arg(&file)
+        .arg("--log-prefix")
+        .arg(&prefix)
+        .args(["-h", &server.host, "-p", &server.port.to_string()])
+        .args(["-U", &creds.username, &server.dbname])
+        .env("PGPASSWORD", &creds.password)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("run pgbench")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "pgbench failed ({}): {stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tps = stdout
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("tps = ")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .context("no tps in pgbench output")?;
+    let mut lat = Vec::new();
+    for entry in std::fs::read_dir(dir.path())? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("pgb"))
+        {
+            lat.extend(log_latencies(&std::fs::read_to_string(&path)?));
+        }
+    }
+    lat.sort_unstable();
+    Ok(PgbenchResult {
+        tps,
+        transactions: lat.len() as u64,
+        p50_us: quantile(&lat, 0.50),
+        p99_us: quantile(&lat, 0.99),
+        p999_us: quantile(&lat, 0.999),
+        max_us: lat.last().copied().unwrap_or(0),
+    })
+}
+
+/// The latencies (µs) of a `-l` log: `client_id transaction_no time
+/// script_no time_epoch time_us ...`, `time` being the latency.
+fn log_latencies(log: &str) -> impl Iterator<Item = u64> + '_ {
+    log.lines()
+        .filter_map(|line| line.split_whitespace().nth(2)?.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_parameter_becomes_a_variable() {
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+        let params: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (*n, (i + 1).to_string()))
+            .collect();
+        let list: Vec<_> = (1..=10).map(|i| format!("${i}")).collect();
+        let sql = format!("SELECT {} FROM t WHERE a = $1", list.join(", "));
+        let s = script(&sql, &params).unwrap();
+        assert!(s.starts_with("\\set a 1\n\\set b 2\n"), "{s}");
+        assert!(
+            s.ends_with("SELECT :a, :b, :c, :d, :e, :f, :g, :h, :i, :j FROM t WHERE a = :a;\n"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn an_unset_or_unused_parameter_is_refused() {
+        assert!(script("SELECT $1, $2", &[("a", "1".into())]).is_err());
+        assert!(script("SELECT $1", &[("a", "1".into()), ("b", "2".into())]).is_err());
+    }
+
+    #[test]
+    fn the_worker_statement_makes_a_complete_script() {
+        let s = super::super::worker::pgbench_script(1000).unwrap();
+        assert!(!s.contains('$'), "{s}");
+        assert!(s.contains("random(1, 1000)"), "{s}");
+    }
+
+    #[test]
+    fn latencies_come_from_the_third_field() {
+        let log = "0 1 250 0 1700000000 123\n1 1 900 0 1700000000 456\n";
+        assert_eq!(log_latencies(log).collect::<Vec<_>>(), vec![250, 900]);
+    }
+}
