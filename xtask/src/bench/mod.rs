@@ -72,6 +72,22 @@ where
     Ok(())
 }
 
+/// Runs a load generator (wrk, pgbench) to its end: its stdout, or an error
+/// with its exit status and both outputs.
+async fn client_output(mut cmd: tokio::process::Command, what: &str) -> anyhow::Result<String> {
+    let out = cmd
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("run {what}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        bail!("{what} failed ({}): {stdout}\n{stderr}", out.status);
+    }
+    Ok(stdout)
+}
+
 /// `$CARGO_TARGET_DIR/release`, or `<root>/target/release`.
 fn release_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")

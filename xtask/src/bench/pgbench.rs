@@ -73,8 +73,8 @@ pub async fn run(
     let file = dir.path().join("features.sql");
     std::fs::write(&file, script)?;
     let prefix = dir.path().join("pgb");
-    let out = tokio::process::Command::new(pgbench_bin())
-        .args(["-n", "-M", "prepared", "-l"])
+    let mut cmd = tokio::process::Command::new(pgbench_bin());
+    cmd.args(["-n", "-M", "prepared", "-l"])
         .args(["-c", &clients.to_string()])
         .args(["-j", &clients.clamp(1, 2).to_string()])
         .args(["-T", &duration.as_secs().max(1).to_string()])
@@ -84,19 +84,8 @@ pub async fn run(
         .arg(&prefix)
         .args(["-h", &server.host, "-p", &server.port.to_string()])
         .args(["-U", &creds.username, &server.dbname])
-        .env("PGPASSWORD", &creds.password)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .context("run pgbench")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "pgbench failed ({}): {stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+        .env("PGPASSWORD", &creds.password);
+    let stdout = super::client_output(cmd, "pgbench").await?;
     let tps = stdout
         .lines()
         .find_map(|l| {

@@ -3,7 +3,7 @@
 //! user per request and prints the client-side latency percentiles, the
 //! request count and the errors in a line this module parses.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use std::path::Path;
 use std::time::Duration;
 
@@ -94,18 +94,8 @@ pub async fn run(
     let dir = tempfile::tempdir()?;
     let script = dir.path().join("features.lua");
     std::fs::write(&script, LUA)?;
-    let out = command(&script, base, users, connections, duration)
-        .output()
-        .await
-        .context("run wrk")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "wrk failed ({}): {stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let stdout =
+        super::client_output(command(&script, base, users, connections, duration), "wrk").await?;
     WrkResult::parse(&stdout).with_context(|| format!("no RESULT line in wrk's output: {stdout}"))
 }
 
@@ -123,8 +113,7 @@ fn command(
         .args(["--timeout", "30s", "-s"])
         .arg(script)
         .arg(format!("{base}/v1/features/1"))
-        .env("BENCH_USERS", users.to_string())
-        .kill_on_drop(true);
+        .env("BENCH_USERS", users.to_string());
     cmd
 }
 
