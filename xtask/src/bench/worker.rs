@@ -117,6 +117,8 @@ struct Measured {
     non_2xx: u64,
     socket_errors: u64,
     cpu: Option<CpuUse>,
+    /// The worker's own histogram over the measurement (HTTP only).
+    own: Option<OwnHistogram>,
 }
 
 impl From<WrkResult> for Measured {
@@ -131,6 +133,7 @@ impl From<WrkResult> for Measured {
             non_2xx: w.non_2xx,
             socket_errors: w.socket_errors,
             cpu: None,
+            own: None,
         }
     }
 }
@@ -146,6 +149,59 @@ impl From<PgbenchResult> for Measured {
             max_us: p.max_us,
             ..Measured::default()
         }
+    }
+}
+
+/// The features route's series of the worker's request-duration histogram.
+const OWN_BUCKET: &str =
+    "riskfeat_worker_http_request_duration_seconds_bucket{route=\"/v1/features/{user_id}\",status=\"200\",le=\"";
+
+/// `(le seconds, cumulative count)` of the features route from `/metrics`
+/// (empty when unreachable).
+async fn own_buckets(worker: &Worker) -> Vec<(f64, u64)> {
+    let page = worker.metrics().await.unwrap_or_default();
+    page.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(OWN_BUCKET)?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse::<f64>().ok()? as u64))
+        })
+        .collect()
+}
+
+/// What the worker's own histogram (time inside the handler) saw during a
+/// measurement: the bucket bounds its p99 and p99.9 fall under.
+#[derive(Debug, Clone, Copy)]
+struct OwnHistogram {
+    p99_le_s: f64,
+    p999_le_s: f64,
+}
+
+impl OwnHistogram {
+    fn between(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<OwnHistogram> {
+        let delta: Vec<(f64, u64)> = after
+            .iter()
+            .map(|&(le, n)| {
+                let was = before.iter().find(|b| b.0 == le).map_or(0, |b| b.1);
+                (le, n.saturating_sub(was))
+            })
+            .collect();
+        let total = delta.last()?.1;
+        let under = |q: f64| {
+            delta
+                .iter()
+                .find(|(_, n)| *n as f64 >= q * total as f64)
+                .map_or(f64::INFINITY, |b| b.0)
+        };
+        (total > 0).then(|| OwnHistogram {
+            p99_le_s: under(0.99),
+            p999_le_s: under(0.999),
+        })
     }
 }
 
@@ -255,7 +311,10 @@ async fn bench(args: &Args, release: &Path) -> anyhow::Result<String> {
                     row.pg = r.into();
                     ("pgbench", &mut row.pg)
                 } else {
+                    let before = own_buckets(&worker).await;
                     row.http = wrk::run(&base, args.users, c, duration).await?.into();
+                    let after = own_buckets(&worker).await;
+                    row.http.own = OwnHistogram::between(&before, &after);
                     ("worker", &mut row.http)
                 };
                 m.cpu = before.and_then(|b| b.until_now(worker.pid(), m.count));
@@ -406,7 +465,9 @@ fn render(args: &Args, rows: &[Row], rotation: Option<Rotation>) -> String {
         "Machine: {}. Command: `cargo xtask bench worker --seconds {} --rounds {}` (users {}, \
          per_user {}, concurrency {:?}, pool_size {}, worker_threads {}). Data: {} transactions. \
          worker = release build over HTTP/1.1 keep-alive, load from `wrk` (one connection per \
-         client, a random user per request, latencies measured by wrk); pgbench = the worker's \
+         client, a random user per request, latencies measured by wrk; \"own\" = the bucket \
+         bounds of the worker's p99 and p99.9 in its request-duration histogram, time inside \
+         the handler, over the same requests); pgbench = the worker's \
          own single-user statement, `-M prepared`, same credential, same replica, same \
          concurrency, latencies from its per-transaction log (`-l`). Worker and pgbench \
          alternate at each concurrency (odd rounds the worker first). PostgreSQL, worker and \
@@ -423,8 +484,8 @@ fn render(args: &Args, rows: &[Row], rotation: Option<Rotation>) -> String {
     ));
     s.push_str(
         "| C | round | worker req/s | worker p50 / p99 / p99.9 / max ms | worker non-2xx | \
-         pgbench tps | pgbench p50 / p99 / p99.9 / max ms | worker / pgbench |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         worker's own p99 / p99.9 | pgbench tps | pgbench p50 / p99 / p99.9 / max ms | worker / pgbench |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let ratio = if r.pg.rate > 0.0 {
@@ -436,8 +497,12 @@ fn render(args: &Args, rows: &[Row], rotation: Option<Rotation>) -> String {
             0 => r.http.non_2xx.to_string(),
             n => format!("{} (+{n} socket errors)", r.http.non_2xx),
         };
+        let own = r.http.own.map_or("-".into(), |o| {
+            let ms = |s: f64| format!("<= {} ms", s * 1000.0);
+            format!("{} / {}", ms(o.p99_le_s), ms(o.p999_le_s))
+        });
         s.push_str(&format!(
-            "| {} | {} | {:.0} | {} | {errors} | {:.0} | {} | {ratio} |\n",
+            "| {} | {} | {:.0} | {} | {errors} | {own} | {:.0} | {} | {ratio} |\n",
             r.c,
             r.round,
             r.http.rate,
@@ -490,4 +555,18 @@ fn render(args: &Args, rows: &[Row], rotation: Option<Rotation>) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_histogram_quantiles_come_from_the_bucket_deltas() {
+        let before = [(0.001, 10), (0.01, 10), (f64::INFINITY, 10)];
+        let after = [(0.001, 990), (0.01, 1008), (f64::INFINITY, 1010)];
+        let h = OwnHistogram::between(&before, &after).unwrap();
+        assert_eq!((h.p99_le_s, h.p999_le_s), (0.01, f64::INFINITY));
+        assert!(OwnHistogram::between(&after, &after).is_none());
+    }
 }
