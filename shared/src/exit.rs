@@ -1,6 +1,8 @@
 //! How every riskfeat binary ends on an error: one [`Fatal`] type whose
 //! variant is the documented exit code (sysexits): 64 bad flags or config
-//! (EX_USAGE), 66 missing or unreadable input file (EX_NOINPUT), 77
+//! (EX_USAGE), 65 data that does not fit (EX_DATAERR: a table that does not
+//! match the worker's `[source]`), 66 missing or unreadable input file
+//! (EX_NOINPUT), 69 a service that cannot be reached (EX_UNAVAILABLE), 77
 //! permission denied (EX_NOPERM), 78 shared dir on disk (EX_CONFIG), 1
 //! anything else; and [`parse_args`], the same flag parsing (bad flags exit
 //! 64, `--help`/`--version` exit 0) for all three.
@@ -13,9 +15,15 @@ pub enum Fatal {
     /// Bad flags or config: exit 64.
     #[error("{0}")]
     Config(String),
+    /// Data that does not fit what the config says: exit 65.
+    #[error("{0}")]
+    Data(String),
     /// A missing, unreadable or empty input file: exit 66.
     #[error("{0}")]
     Input(String),
+    /// A service (a database) that cannot be reached or used: exit 69.
+    #[error("{0}")]
+    Unavailable(String),
     /// Permission denied (by Vault): exit 77.
     #[error("{0}")]
     Permission(String),
@@ -32,7 +40,9 @@ impl Fatal {
     pub fn exit_code(&self) -> u8 {
         match self {
             Fatal::Config(_) => 64,
+            Fatal::Data(_) => 65,
             Fatal::Input(_) => 66,
+            Fatal::Unavailable(_) => 69,
             Fatal::Permission(_) => 77,
             Fatal::SharedDir(_) => 78,
             Fatal::Runtime(_) => 1,
@@ -64,7 +74,9 @@ mod tests {
     fn each_kind_has_its_documented_code() {
         for (f, code) in [
             (Fatal::Config("c".into()), 64),
+            (Fatal::Data("d".into()), 65),
             (Fatal::Input("i".into()), 66),
+            (Fatal::Unavailable("u".into()), 69),
             (Fatal::Permission("p".into()), 77),
             (Fatal::SharedDir("s".into()), 78),
             (Fatal::Runtime("r".into()), 1),

@@ -118,7 +118,7 @@ pub async fn load(
     rows: impl Iterator<Item = Txn>,
 ) -> anyhow::Result<u64> {
     let sink = client
-        .copy_in("COPY transactions (user_id, amount, ts, merchant, category) FROM STDIN")
+        .copy_in("COPY transactions (user_id, transaction_amount, transaction_time, merchant, category) FROM STDIN")
         .await?;
     futures::pin_mut!(sink);
     let mut buf = String::with_capacity(1 << 20);

@@ -357,6 +357,9 @@ async fn bootstrap_vault(
     .await?;
     let mut role = json!({
         "token_policies": [bootstrap::AGENT_POLICY],
+        // Not Vault's `default` policy: it grants sys/leases/renew (body
+        // form, any lease) to every token.
+        "token_no_default_policy": true,
         "token_ttl": secs(opts.token_ttl),
     });
     if let Some(max) = opts.token_max_ttl {

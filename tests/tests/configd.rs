@@ -343,7 +343,7 @@ async fn a_publish_changes_the_features_the_worker_returns() {
         };
         let ts = (now - chrono::Duration::minutes(10 + i * 90)).to_rfc3339();
         db.execute(
-            "INSERT INTO transactions (user_id, amount, ts, merchant, category) VALUES (7, $1::text::numeric, $2::text::timestamptz, 'm', 'c')",
+            "INSERT INTO transactions (user_id, transaction_amount, transaction_time, merchant, category) VALUES (7, $1::text::numeric, $2::text::timestamptz, 'm', 'c')",
             &[&amount, &ts],
         )
         .await

@@ -105,7 +105,7 @@ async fn stack_starts_and_issues_a_credential_usable_on_the_replica() {
         .unwrap();
     let err = primary
         .batch_execute(
-            "INSERT INTO transactions (user_id, amount, ts, merchant, category) \
+            "INSERT INTO transactions (user_id, transaction_amount, transaction_time, merchant, category) \
              VALUES (1, 1, now(), 'm', 'c')",
         )
         .await
@@ -523,6 +523,7 @@ async fn the_harness_applies_exactly_the_k8s_bootstrap_files() {
         .await
         .unwrap();
     assert_eq!(approle["data"]["token_policies"], json!(["riskfeat-agent"]));
+    assert_eq!(approle["data"]["token_no_default_policy"], json!(true));
     assert_eq!(approle["data"]["token_ttl"], 300);
     assert_eq!(approle["data"]["token_period"], 300);
 
@@ -554,7 +555,7 @@ async fn the_harness_applies_exactly_the_k8s_bootstrap_files() {
                       WHERE roleid = 'feature_reader'::regrole AND member = 'vault_admin'::regrole),
                     has_table_privilege('feature_reader', 'transactions', 'SELECT'),
                     has_table_privilege('feature_reader', 'transactions', 'INSERT'),
-                    (SELECT indexdef FROM pg_indexes WHERE indexname = 'transactions_user_id_ts_idx')",
+                    (SELECT indexdef FROM pg_indexes WHERE indexname = 'transactions_user_id_time_idx')",
             &[],
         )
         .await
@@ -571,7 +572,9 @@ async fn the_harness_applies_exactly_the_k8s_bootstrap_files() {
     );
     assert!(row.get::<_, bool>(4));
     assert!(!row.get::<_, bool>(5));
-    assert!(row.get::<_, String>(6).contains("(user_id, ts DESC)"));
+    assert!(row
+        .get::<_, String>(6)
+        .contains("(user_id, transaction_time DESC)"));
 
     // The policy: the agent's token issues credentials and nothing else.
     let token = stack.approle_login().await.unwrap();
@@ -600,8 +603,8 @@ async fn the_harness_applies_exactly_the_k8s_bootstrap_files() {
     bao.request(
         Some(&token),
         Method::PUT,
-        "sys/leases/revoke",
-        Some(json!({"lease_id": creds.lease_id})),
+        &format!("sys/leases/revoke/{}", creds.lease_id),
+        None,
     )
     .await
     .unwrap();
@@ -798,7 +801,7 @@ async fn a_server_stops_and_starts_on_the_same_port_with_its_data() {
     assert!(su.simple_query("SELECT 1").await.is_err());
     pg.primary.start().unwrap();
     let su = pg.primary.connect_superuser().await.unwrap();
-    su.batch_execute("INSERT INTO transactions (user_id, amount, ts, merchant, category) VALUES (9, 1.5, now(), 'm', 'c')")
+    su.batch_execute("INSERT INTO transactions (user_id, transaction_amount, transaction_time, merchant, category) VALUES (9, 1.5, now(), 'm', 'c')")
         .await
         .unwrap();
     // Streaming resumes after both restarts.
@@ -836,7 +839,7 @@ async fn generated_data_is_deterministic_and_loads_with_copy() {
     // Read back exactly (amount as float8, like the workers).
     let rows = su
         .query(
-            "SELECT user_id, amount::float8, ts, merchant, category FROM transactions ORDER BY id",
+            "SELECT user_id, transaction_amount::float8, transaction_time, merchant, category FROM transactions ORDER BY id",
             &[],
         )
         .await

@@ -52,6 +52,9 @@ pub struct App {
     pub lag_error: Mutex<Option<LastError>>,
     pub credential_error: Mutex<Option<LastError>>,
     pub config_error: Mutex<Option<LastError>>,
+    /// The `[source]` mapping did not match what the last new credential
+    /// saw (cleared by the next successful swap).
+    pub source_error: Mutex<Option<LastError>>,
     pub db_json_seen: AtomicBool,
     pub shutting_down: AtomicBool,
     /// Milliseconds since `started` at the reload loop's last turn (liveness).
@@ -75,6 +78,8 @@ impl App {
             wait_timeout: Config::ms(cfg.pool_wait_timeout_ms),
             connect_timeout: Config::ms(cfg.connect_timeout_ms),
             statement_timeout: Config::ms(cfg.statement_timeout_ms),
+            source: cfg.source.clone(),
+            sql: std::sync::Arc::new(cfg.source.sql()),
         };
         let metrics = Metrics::new();
         metrics.pool_max_size.set(cfg.pool_size as i64);
@@ -91,6 +96,7 @@ impl App {
             lag_error: Mutex::new(None),
             credential_error: Mutex::new(None),
             config_error: Mutex::new(None),
+            source_error: Mutex::new(None),
             db_json_seen: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             heartbeat_ms: AtomicU64::new(0),

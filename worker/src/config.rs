@@ -55,6 +55,8 @@ pub struct Config {
     pub worker_threads: usize,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// `[source]`: the transactions table and its columns.
+    pub source: crate::source::Source,
 }
 
 impl Default for Config {
@@ -81,6 +83,7 @@ impl Default for Config {
             worker_threads: 0,
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            source: crate::source::Source::default(),
         }
     }
 }
@@ -173,6 +176,7 @@ impl Config {
         if self.shared_dir.as_os_str().is_empty() {
             out.push("shared_dir is empty".into());
         }
+        out.extend(self.source.problems());
         if tracing_subscriber_filter_invalid(&self.log_level) {
             out.push(format!(
                 "log_level = {:?}: not a valid filter",

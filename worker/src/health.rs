@@ -63,6 +63,13 @@ impl HealthSource for Health {
             "credential": credential,
             "credential_error": App::get_error(&app.credential_error),
             "pools_draining": app.metrics.pools_draining.get(),
+            "source": {
+                "table": app.cfg.source.table,
+                "user_column": app.cfg.source.user_column,
+                "amount_column": app.cfg.source.amount_column,
+                "time_column": app.cfg.source.time_column,
+                "error": App::get_error(&app.source_error),
+            },
             "config": {
                 "namespace": app.cfg.namespace,
                 "version": params.version,

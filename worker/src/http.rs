@@ -3,8 +3,9 @@
 //! JSON `{"error":{"code":"...","message":"..."}}` with a stable `code`.
 
 use crate::app::{App, QueryFailure, ReadContext};
-use crate::features::{compute, Features, Row};
-use crate::pool::{DbError, SQL_BATCH, SQL_ONE};
+use crate::features::{compute, Features, Row, Windows};
+use crate::params::FeatureParams;
+use crate::pool::DbError;
 use axum::body::Bytes;
 use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{header, StatusCode};
@@ -83,9 +84,12 @@ impl From<QueryFailure> for ApiError {
                 "pool_exhausted",
                 format!("no free database connection within {d:?}"),
             ),
-            QueryFailure::Db(e @ (DbError::Connect { .. } | DbError::Closed | DbError::Tls(_))) => {
-                ApiError::new(unavailable, "database_unavailable", e.to_string())
-            }
+            QueryFailure::Db(
+                e @ (DbError::Connect { .. }
+                | DbError::Closed
+                | DbError::Tls(_)
+                | DbError::Source(_)),
+            ) => ApiError::new(unavailable, "database_unavailable", e.to_string()),
             QueryFailure::Db(e @ DbError::Query(_)) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "database_error",
@@ -159,27 +163,62 @@ fn parse_user_id(raw: &str) -> Result<i64, ApiError> {
     }
 }
 
-/// Rows from the (amounts, timestamps) arrays of `SQL_ONE`.
-fn decode_arrays(r: &tokio_postgres::Row) -> Vec<Row> {
-    decode_arrays_at(r, 0)
-}
-
-/// Rows from the arrays in columns `at` and `at + 1` (NULL = no rows).
-fn decode_arrays_at(r: &tokio_postgres::Row, at: usize) -> Vec<Row> {
-    let amounts: Option<Vec<f64>> = r.get(at);
+/// One user's part of a feature query's answer, from column `at` on:
+/// the newest rows (amounts, times; NULL arrays = no rows) and the window
+/// aggregates. NULL amounts (NULL, NaN, infinite in the table) are skipped
+/// and counted.
+fn decode_user(app: &App, r: &tokio_postgres::Row, at: usize) -> (Vec<Row>, Windows) {
+    let amounts: Option<Vec<Option<f64>>> = r.get(at);
     let ts: Option<Vec<i64>> = r.get(at + 1);
-    match (amounts, ts) {
+    let mut skipped = 0u64;
+    let rows = match (amounts, ts) {
         (Some(a), Some(t)) => a
             .into_iter()
             .zip(t)
-            .map(|(amount, ts_us)| Row { amount, ts_us })
+            .filter_map(|(amount, ts_us)| match amount {
+                Some(amount) if amount.is_finite() => Some(Row { amount, ts_us }),
+                _ => {
+                    skipped += 1;
+                    None
+                }
+            })
             .collect(),
         _ => Vec::new(),
-    }
+    };
+    let count = |i: usize| r.get::<_, i64>(at + i).max(0) as u64;
+    let amount = |i: usize| {
+        let v: f64 = r.get(at + i);
+        if v.is_finite() {
+            v
+        } else {
+            0.0
+        }
+    };
+    let windows = Windows {
+        count_short: count(2),
+        amount_short: amount(3),
+        count_long: count(4),
+        amount_long: amount(5),
+    };
+    let skipped_in_windows = count(6);
+    app.metrics.skipped_amounts(skipped, skipped_in_windows);
+    (rows, windows)
 }
 
-fn now_us() -> i64 {
-    chrono::Utc::now().timestamp_micros()
+/// The clock the windows are measured on, and their starts (µs).
+struct Clock {
+    now: i64,
+    short_start: i64,
+    long_start: i64,
+}
+
+fn clock(p: &FeatureParams) -> Clock {
+    let now = chrono::Utc::now().timestamp_micros();
+    Clock {
+        now,
+        short_start: now - p.short_window_s as i64 * 1_000_000,
+        long_start: now - p.long_window_s as i64 * 1_000_000,
+    }
 }
 
 async fn one(State(app): State<Arc<App>>, Path(raw): Path<String>) -> Result<Response, ApiError> {
@@ -187,9 +226,20 @@ async fn one(State(app): State<Arc<App>>, Path(raw): Path<String>) -> Result<Res
     let params = app.params.load_full();
     let ctx = app.read_context();
     let lookback = params.lookback as i64;
-    let (rows, generation) = app.query(ctx, SQL_ONE, &[&user_id, &lookback]).await?;
-    let rows = rows.first().map(decode_arrays).unwrap_or_default();
-    let features = compute(&rows, &params, now_us());
+    let c = clock(&params);
+    let sql = &app.pool_settings.sql.one;
+    let (rows, generation) = app
+        .query(
+            ctx,
+            sql,
+            &[&user_id, &lookback, &c.now, &c.short_start, &c.long_start],
+        )
+        .await?;
+    let (rows, windows) = rows
+        .first()
+        .map(|r| decode_user(&app, r, 0))
+        .unwrap_or_default();
+    let features = compute(&rows, &windows, &params, c.now);
     Ok(Json(OneResponse {
         user_id,
         features,
@@ -230,25 +280,32 @@ async fn batch(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, Api
     ids.sort_unstable();
     ids.dedup();
     let lookback = params.lookback as i64;
+    let c = clock(&params);
     let (generation, mut by_user) = if ids.is_empty() {
         let g = app.pools.load().as_ref().map(|p| p.generation);
         (g.ok_or(QueryFailure::NoCredential)?, HashMap::new())
     } else {
-        let (rows, generation) = app.query(ctx, SQL_BATCH, &[&ids, &lookback]).await?;
-        let mut by_user: HashMap<i64, Vec<Row>> = HashMap::with_capacity(ids.len());
+        let sql = &app.pool_settings.sql.batch;
+        let (rows, generation) = app
+            .query(
+                ctx,
+                sql,
+                &[&ids, &lookback, &c.now, &c.short_start, &c.long_start],
+            )
+            .await?;
+        let mut by_user: HashMap<i64, (Vec<Row>, Windows)> = HashMap::with_capacity(ids.len());
         for r in &rows {
-            by_user.insert(r.get(0), decode_arrays_at(r, 1));
+            by_user.insert(r.get(0), decode_user(&app, r, 1));
         }
         (generation, by_user)
     };
-    let now = now_us();
     let mut results = Vec::with_capacity(req.user_ids.len());
     for id in &req.user_ids {
-        let rows = by_user.entry(*id).or_default();
+        let (rows, windows) = by_user.entry(*id).or_default();
         rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.ts_us));
         results.push(UserFeatures {
             user_id: *id,
-            features: compute(rows, &params, now),
+            features: compute(rows, windows, &params, c.now),
         });
     }
     Ok(Json(BatchResponse {

@@ -19,4 +19,5 @@ pub mod params;
 pub mod pool;
 pub mod reload;
 pub mod run;
+pub mod source;
 pub mod watch;

@@ -7,12 +7,11 @@
 //! codes (docs/worker.md): 0 ok, 1 runtime failure, 64 bad flags/config,
 //! 66 shared dir missing, 78 shared dir not tmpfs/ramfs without `allow_disk`.
 
-
 use clap::{Parser, Subcommand};
-use riskfeat_worker::{config, run};
 use riskfeat_shared::exit::Fatal;
 use riskfeat_shared::health::ProbeKind;
 use riskfeat_shared::telemetry::LogFormat;
+use riskfeat_worker::{config, run, source};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -54,8 +53,14 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
-    /// Validate the config file and exit (0 valid, 64 invalid).
-    CheckConfig,
+    /// Validate the config file and exit (0 valid, 64 invalid); with
+    /// `--database`, also check `[source]` against the database with the
+    /// shared dir's credential (65 mismatch, 66 no credential, 69 database
+    /// unreachable).
+    CheckConfig {
+        #[arg(long)]
+        database: bool,
+    },
 }
 
 /// The config; a config that cannot be used or read exits 64.
@@ -93,13 +98,28 @@ fn main() -> ExitCode {
             });
             riskfeat_shared::health::probe_command(&socket, kind)
         }
-        Some(Command::CheckConfig) => match load(&cli) {
-            Ok(_) => {
-                println!("config ok");
-                ExitCode::SUCCESS
+        Some(Command::CheckConfig { database }) => {
+            let cfg = match load(&cli) {
+                Ok(c) => c,
+                Err(e) => return e.exit("riskfeat-worker: "),
+            };
+            println!("config ok");
+            if !database {
+                return ExitCode::SUCCESS;
             }
-            Err(e) => e.exit("riskfeat-worker: "),
-        },
+            let checked = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Fatal::Runtime(format!("cannot start the runtime: {e}")))
+                .and_then(|rt| rt.block_on(source::check_database(&cfg)));
+            match checked {
+                Ok(msg) => {
+                    println!("{msg}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => e.exit("riskfeat-worker: "),
+            }
+        }
         None | Some(Command::Run) => {
             let cfg = match load(&cli) {
                 Ok(c) => c,

@@ -27,9 +27,23 @@ pub struct Metrics {
     pub db_retries: IntCounter,
     pub reads_replica: IntCounter,
     pub reads_primary: IntCounter,
+    /// Amounts skipped (NULL, NaN, infinite) among the newest rows read.
+    pub skipped_latest: IntCounter,
+    /// Rows the window aggregates skipped for the same reason.
+    pub skipped_windows: IntCounter,
 }
 
 impl Metrics {
+    /// Counts skipped amounts of one answer (no-op for zeros).
+    pub fn skipped_amounts(&self, latest: u64, windows: u64) {
+        if latest > 0 {
+            self.skipped_latest.inc_by(latest);
+        }
+        if windows > 0 {
+            self.skipped_windows.inc_by(windows);
+        }
+    }
+
     pub fn new() -> Self {
         let registry = Registry::new();
         macro_rules! reg {
@@ -52,7 +66,18 @@ impl Metrics {
             ),
             &["source"]
         ));
+        let skipped = reg!(IntCounterVec::new(
+            Opts::new(
+                "riskfeat_worker_amounts_skipped_total",
+                "Transactions whose amount was NULL or not a finite number, skipped \
+                 (part: latest = among the newest lookback rows, windows = in the window \
+                 aggregates)."
+            ),
+            &["part"]
+        ));
         Metrics {
+            skipped_latest: skipped.with_label_values(&["latest"]),
+            skipped_windows: skipped.with_label_values(&["windows"]),
             reads_replica: reads.with_label_values(&["replica"]),
             reads_primary: reads.with_label_values(&["primary"]),
             request_duration: reg!(HistogramVec::new(

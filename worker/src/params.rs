@@ -16,6 +16,14 @@ pub struct FeatureParams {
     pub zscore_above: f64,
     pub count_1h_above: u64,
     pub amount_24h_above: f64,
+    /// Fewer usable transactions than this: `insufficient_history`.
+    pub min_history: usize,
+    /// A standard deviation below this gives z-score 0.
+    pub std_epsilon: f64,
+    /// The short window (`count_1h`, `amount_1h`), seconds.
+    pub short_window_s: u64,
+    /// The long window (`count_24h`, `amount_24h`), seconds.
+    pub long_window_s: u64,
 }
 
 impl Default for FeatureParams {
@@ -27,18 +35,30 @@ impl Default for FeatureParams {
             zscore_above: 3.0,
             count_1h_above: 20,
             amount_24h_above: 10_000.0,
+            min_history: 1,
+            std_epsilon: 1e-6,
+            short_window_s: 3_600,
+            long_window_s: 86_400,
         }
     }
 }
 
 /// The keys this worker reads.
-pub const KNOWN_KEYS: [&str; 5] = [
+pub const KNOWN_KEYS: [&str; 9] = [
     "lookback",
     "ma_window",
     "zscore_above",
     "count_1h_above",
     "amount_24h_above",
+    "min_history",
+    "std_epsilon",
+    "short_window_s",
+    "long_window_s",
 ];
+
+/// The longest window accepted: a year (and what `statement_timeout` must
+/// cover for the heaviest user).
+pub const MAX_WINDOW_S: u64 = 366 * 86_400;
 
 /// A rejected config: every problem at once.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +138,41 @@ impl FeatureParams {
                 problems.push(format!("amount_24h_above = {x}: expected >= 0"));
             }
         }
+        if let Some(n) = int("min_history", &mut problems) {
+            if (0..=p.lookback as i64).contains(&n) {
+                p.min_history = n as usize;
+            } else {
+                problems.push(format!(
+                    "min_history = {n}: expected 0..=lookback ({})",
+                    p.lookback
+                ));
+            }
+        }
+        if let Some(x) = float("std_epsilon", &mut problems) {
+            if x >= 0.0 {
+                p.std_epsilon = x;
+            } else {
+                problems.push(format!("std_epsilon = {x}: expected >= 0"));
+            }
+        }
+        for (key, slot) in [
+            ("short_window_s", &mut p.short_window_s),
+            ("long_window_s", &mut p.long_window_s),
+        ] {
+            if let Some(n) = int(key, &mut problems) {
+                if (1..=MAX_WINDOW_S as i64).contains(&n) {
+                    *slot = n as u64;
+                } else {
+                    problems.push(format!("{key} = {n}: expected 1..={MAX_WINDOW_S}"));
+                }
+            }
+        }
+        if p.short_window_s > p.long_window_s {
+            problems.push(format!(
+                "short_window_s = {} is longer than long_window_s = {}",
+                p.short_window_s, p.long_window_s
+            ));
+        }
         if !problems.is_empty() {
             return Err(ParamsError {
                 version: snap.version,
@@ -179,5 +234,35 @@ mod tests {
         assert!(FeatureParams::from_snapshot(&snap(json!({"lookback": 1001}))).is_err());
         assert!(FeatureParams::from_snapshot(&snap(json!({"lookback": 1.5}))).is_err());
         assert!(FeatureParams::from_snapshot(&snap(json!({"lookback": 1000}))).is_ok());
+    }
+
+    #[test]
+    fn seed_semantics_and_windows() {
+        let (p, unknown) = FeatureParams::from_snapshot(&snap(json!({
+            "min_history": 10, "std_epsilon": 0.0, "short_window_s": 600, "long_window_s": 7200
+        })))
+        .unwrap();
+        assert!(unknown.is_empty());
+        assert_eq!((p.min_history, p.std_epsilon), (10, 0.0));
+        assert_eq!((p.short_window_s, p.long_window_s), (600, 7200));
+        let err = FeatureParams::from_snapshot(&snap(json!({
+            "min_history": 51, "std_epsilon": -1, "short_window_s": 0, "long_window_s": 1e12
+        })))
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "min_history = 51",
+            "std_epsilon",
+            "short_window_s = 0",
+            "long_window_s",
+        ] {
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        let err = FeatureParams::from_snapshot(&snap(json!({
+            "short_window_s": 7200, "long_window_s": 3600
+        })))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("longer than long_window_s"), "{err}");
     }
 }

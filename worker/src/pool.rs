@@ -14,30 +14,16 @@
 //! fails because its connection died (SQLSTATE 57P01/57P02/57P03, 28P01,
 //! class 08, closed socket) is retried once on a fresh connection.
 
+use crate::source::{FeatureSql, Source, SourceMismatch};
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use riskfeat_shared::creds::{DbCredential, Endpoint};
 use riskfeat_shared::pg_tls::{PgTls, PgTlsError};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-
-/// The last `$2` transactions of user `$1`, newest first, as ONE row of two
-/// arrays (amounts, timestamps in µs): one protocol message instead of 50
-/// rows, which is what the worker's CPU pays for per row. NULLs for a user
-/// without transactions.
-pub const SQL_ONE: &str =
-    "SELECT array_agg(s.a ORDER BY s.t DESC), array_agg(s.t ORDER BY s.t DESC) \
-     FROM (SELECT amount::float8 AS a, (extract(epoch FROM ts) * 1000000)::int8 AS t \
-     FROM transactions WHERE user_id = $1 ORDER BY ts DESC LIMIT $2) s";
-
-/// The same for each user in `$1`, in one round trip: one row per user.
-pub const SQL_BATCH: &str =
-    "SELECT u.id, x.a, x.t FROM unnest($1::int8[]) AS u(id) CROSS JOIN LATERAL \
-     (SELECT array_agg(s.a ORDER BY s.t DESC) AS a, array_agg(s.t ORDER BY s.t DESC) AS t \
-     FROM (SELECT amount::float8 AS a, (extract(epoch FROM ts) * 1000000)::int8 AS t \
-     FROM transactions WHERE user_id = u.id ORDER BY ts DESC LIMIT $2) s) x";
 
 /// Replica lag in milliseconds: 0 on a primary or when everything received
 /// has been replayed, else the age of the last replayed transaction.
@@ -48,13 +34,18 @@ pub const SQL_LAG: &str = "SELECT CASE \
        ELSE COALESCE(GREATEST(0, EXTRACT(EPOCH FROM (clock_timestamp() - pg_last_xact_replay_timestamp())) * 1000), 0)::float8 \
      END";
 
-/// Pool tuning from the worker config.
+/// Pool tuning from the worker config, and what a pool must be able to
+/// read before it serves.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub size: usize,
     pub wait_timeout: Duration,
     pub connect_timeout: Duration,
     pub statement_timeout: Duration,
+    /// The `[source]` mapping, checked on every new pool.
+    pub source: Source,
+    /// The feature statements built from it.
+    pub sql: Arc<FeatureSql>,
 }
 
 /// Why a pool could not be built, validated or used.
@@ -74,6 +65,8 @@ pub enum DbError {
     Query(String),
     #[error("{0}")]
     Tls(#[from] PgTlsError),
+    #[error("{0}")]
+    Source(#[from] SourceMismatch),
 }
 
 impl DbError {
@@ -124,8 +117,10 @@ fn pg_config(
         .application_name("riskfeat-worker")
         .connect_timeout(s.connect_timeout)
         .keepalives(true)
+        // UTC: a `timestamp without time zone` column is read as UTC, the
+        // same instant the window bounds are computed in.
         .options(format!(
-            "-c statement_timeout={}",
+            "-c statement_timeout={} -c TimeZone=UTC",
             s.statement_timeout.as_millis().max(1)
         ));
     tls.configure(ep, &mut c)?;
@@ -175,9 +170,11 @@ impl DbPools {
         })
     }
 
-    /// Opens `warm` replica connections at once, and on each prepares the
-    /// feature statements and runs one, so that the pool is known to work
-    /// (login on the replica, SELECT granted) and is warm before it serves.
+    /// Opens `warm` replica connections at once, checks the `[source]`
+    /// mapping on the first, and on each prepares the feature statements
+    /// and runs one, so that the pool is known to work (login on the
+    /// replica, the table and columns there, SELECT granted) and is warm
+    /// before it serves.
     pub async fn validate(&self, warm: usize) -> Result<(), DbError> {
         let mut conns = Vec::with_capacity(warm);
         let results = futures::future::join_all((0..warm.max(1)).map(|_| self.replica.get())).await;
@@ -185,10 +182,20 @@ impl DbPools {
             let conn = r.map_err(|e| self.pool_error(e, &self.replica_endpoint))?;
             conns.push(conn);
         }
+        if let Some(first) = conns.first() {
+            crate::source::check(first, &self.settings.source)
+                .await
+                .map_err(|e| match e {
+                    Ok(mismatch) => DbError::Source(mismatch),
+                    Err(e) => query_err(e),
+                })?;
+        }
+        let sql = &self.settings.sql;
         for conn in &conns {
-            let one = conn.prepare_cached(SQL_ONE).await.map_err(query_err)?;
-            conn.prepare_cached(SQL_BATCH).await.map_err(query_err)?;
-            conn.query(&one, &[&-1i64, &1i64])
+            let one = conn.prepare_cached(&sql.one).await.map_err(query_err)?;
+            conn.prepare_cached(&sql.batch).await.map_err(query_err)?;
+            let now = chrono::Utc::now().timestamp_micros();
+            conn.query(&one, &[&-1i64, &1i64, &now, &now, &now])
                 .await
                 .map_err(query_err)?;
         }

@@ -185,11 +185,22 @@ async fn reconcile_credential(app: &Arc<App>, seen: &mut Seen) {
     let pools = build_and_validate(app, &cred).await;
     let pools = match pools {
         Ok(p) => p,
-        Err(msg) => {
+        Err((reason, msg)) => {
             app.metrics
                 .credential_failures
-                .with_label_values(&["connect"])
+                .with_label_values(&[reason])
                 .inc();
+            if reason == "source" {
+                tracing::error!(
+                    generation = cred.generation,
+                    error = %msg,
+                    "the [source] mapping does not match what this credential sees"
+                );
+                App::set_error(
+                    &app.source_error,
+                    Some(LastError::now(msg.clone(), Some(cred.generation))),
+                );
+            }
             let keeping = app
                 .pools
                 .load()
@@ -224,6 +235,7 @@ async fn reconcile_credential(app: &Arc<App>, seen: &mut Seen) {
     app.metrics.credential_generation.set(generation as i64);
     app.metrics.credential_swaps.inc();
     App::set_error(&app.credential_error, None);
+    App::set_error(&app.source_error, None);
     tracing::info!(
         generation,
         old_generation = old.as_ref().map(|o| o.generation),
@@ -237,11 +249,17 @@ async fn reconcile_credential(app: &Arc<App>, seen: &mut Seen) {
     write_ack(app);
 }
 
-/// Builds the pools of `cred` and proves they work (`warm` connections, a
-/// bounded wait) before anything is swapped; on failure nothing is kept.
-async fn build_and_validate(app: &Arc<App>, cred: &DbCredential) -> Result<DbPools, String> {
+/// Builds the pools of `cred` and proves they work (`warm` connections, the
+/// `[source]` mapping, a bounded wait) before anything is swapped; on
+/// failure nothing is kept. The error comes with its metric reason
+/// (`connect`, or `source` for a mapping that does not fit).
+async fn build_and_validate(
+    app: &Arc<App>,
+    cred: &DbCredential,
+) -> Result<DbPools, (&'static str, String)> {
     let tls = app.pg_tls.load_full();
-    let pools = DbPools::new(cred, &app.pool_settings, &tls).map_err(|e| e.to_string())?;
+    let pools =
+        DbPools::new(cred, &app.pool_settings, &tls).map_err(|e| ("connect", e.to_string()))?;
     let warm = app.cfg.pool_size.min(8);
     let validated = tokio::time::timeout(
         app.pool_settings.connect_timeout * 2 + app.pool_settings.statement_timeout,
@@ -250,8 +268,9 @@ async fn build_and_validate(app: &Arc<App>, cred: &DbCredential) -> Result<DbPoo
     .await;
     let err = match validated {
         Ok(Ok(())) => return Ok(pools),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "validation timed out".to_string(),
+        Ok(Err(e @ crate::pool::DbError::Source(_))) => ("source", e.to_string()),
+        Ok(Err(e)) => ("connect", e.to_string()),
+        Err(_) => ("connect", "validation timed out".to_string()),
     };
     pools.close();
     Err(err)

@@ -35,32 +35,33 @@ pub fn check_shared_dir(cfg: &Config) -> Result<(), Fatal> {
     }
 }
 
+/// `database_ca_file` as the pools use it, read once (later changes load
+/// through [`CaFile`]): missing file 66, no certificate in it 64.
+pub fn load_ca(cfg: &Config) -> Result<(PgTls, Option<CaFile<PgTls>>), Fatal> {
+    let Some(path) = cfg.database_ca_file.as_deref() else {
+        let tls = PgTls::new("database_ca_file", None).map_err(|e| Fatal::Config(e.to_string()))?;
+        return Ok((tls, None));
+    };
+    let bytes = std::fs::read(path).map_err(|source| {
+        let e = PgTlsError::Read {
+            setting: "database_ca_file",
+            path: path.display().to_string(),
+            source,
+        };
+        Fatal::Input(e.to_string())
+    })?;
+    let tls = PgTls::from_pem("database_ca_file", path, &bytes)
+        .map_err(|e| Fatal::Config(e.to_string()))?;
+    let file = CaFile::new("database_ca_file", path, bytes, tls.clone());
+    Ok((tls, Some(file)))
+}
+
 /// Runs the worker until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> Result<(), Fatal> {
     check_shared_dir(&cfg)?;
     let addr = cfg.listen_addr();
     let shutdown_timeout = Duration::from_secs(cfg.shutdown_timeout_s);
-    // The CA file is read once here; later changes load through CaFile.
-    let (tls, ca_file) = match cfg.database_ca_file.as_deref() {
-        None => (
-            PgTls::new("database_ca_file", None).map_err(|e| Fatal::Config(e.to_string()))?,
-            None,
-        ),
-        Some(path) => {
-            let bytes = std::fs::read(path).map_err(|source| {
-                let e = PgTlsError::Read {
-                    setting: "database_ca_file",
-                    path: path.display().to_string(),
-                    source,
-                };
-                Fatal::Input(e.to_string())
-            })?;
-            let tls = PgTls::from_pem("database_ca_file", path, &bytes)
-                .map_err(|e| Fatal::Config(e.to_string()))?;
-            let file = CaFile::new("database_ca_file", path, bytes, tls.clone());
-            (tls, Some(file))
-        }
-    };
+    let (tls, ca_file) = load_ca(&cfg)?;
     let app = Arc::new(App::new(cfg, tls));
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -102,7 +102,7 @@ async fn run_stack(args: &Args, stack: &Stack, dir: &Path) -> anyhow::Result<()>
     // data so its latest day is today and the 1 h / 24 h velocity features
     // have something to count.
     db.execute(
-        "UPDATE transactions SET ts = ts + (now() - $1::text::timestamptz)",
+        "UPDATE transactions SET transaction_time = transaction_time + (now() - $1::text::timestamptz)",
         &[&data::anchor().to_rfc3339()],
     )
     .await?;

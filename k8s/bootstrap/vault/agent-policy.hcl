@@ -34,6 +34,14 @@ path "auth/token/lookup-self" {
   capabilities = ["read"]
 }
 
+# Revoke it (and the leases it created) when the pod goes away. The AppRole
+# role sets token_no_default_policy, so Vault's `default` policy (which
+# would grant this, and the unscoped body form of sys/leases/renew) is not
+# attached: everything the agent may do is in this file.
+path "auth/token/revoke-self" {
+  capabilities = ["update"]
+}
+
 # Unwrap a response-wrapped secret_id.
 path "sys/wrapping/unwrap" {
   capabilities = ["update"]

@@ -64,8 +64,11 @@ if [ -n "${TOKEN_PERIOD:-}" ]; then
 else
     token_lifetime="token_max_ttl=${TOKEN_MAX_TTL:-24h}"
 fi
+# token_no_default_policy: Vault's `default` policy grants the body form of
+# sys/leases/renew (any lease) to every token; the agent gets only its own.
 "$cli" write auth/approle/role/riskfeat-agent \
     token_policies=riskfeat-agent \
+    token_no_default_policy=true \
     token_ttl="${TOKEN_TTL:-1h}" \
     "$token_lifetime" \
     secret_id_ttl="${SECRET_ID_TTL:-720h}"

@@ -12,12 +12,14 @@
 //! - [`outage`]: Vault cut off or sealed, the database engine failing, the
 //!   fallback credential;
 //! - [`inputs`]: bad input and exit codes, a response-wrapped secret_id;
+//! - [`policy`]: the agent's token renews and revokes only its own leases;
 //! - [`tls`]: Vault over HTTPS with a private CA;
 //! - [`telemetry`]: no secret in logs, `/status` or `/metrics`; promtool;
 //! - [`support`]: what they share.
 
 mod inputs;
 mod outage;
+mod policy;
 mod rotation;
 mod support;
 mod telemetry;

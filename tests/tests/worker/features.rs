@@ -12,7 +12,7 @@ use riskfeat_tests::wait_until;
 use serde_json::{json, Value};
 
 /// What the worker should answer for one user.
-struct Reference {
+pub struct Reference {
     count: usize,
     sum: f64,
     mean: Option<f64>,
@@ -27,15 +27,34 @@ struct Reference {
     count_24h: u64,
     amount_24h: f64,
     since_prev: Option<f64>,
+    since_latest: Option<f64>,
+    insufficient: bool,
+    /// The newest row is in the future, so the gaps hang on `now`.
+    clamped: bool,
 }
 
-/// Plain loops, no shared code with the worker.
-fn reference(rows: &[(f64, DateTime<Utc>)], lookback: usize, ma_window: usize) -> Reference {
-    let mut sorted: Vec<(f64, DateTime<Utc>)> = rows.to_vec();
-    sorted.sort_by_key(|r| std::cmp::Reverse(r.1));
+/// Plain loops over ALL the user's rows, no shared code with the worker
+/// (which aggregates the windows in SQL): the newest `lookback` rows with a
+/// finite amount for the statistics, every row with a finite amount for the
+/// windows (`now - time < window`), a future time counted as `now`, z-score
+/// 0 below the default `std_epsilon` (1e-6), `min_history` 1.
+pub fn reference(rows: &[(f64, DateTime<Utc>)], lookback: usize, ma_window: usize) -> Reference {
+    reference_at(rows, lookback, ma_window, Utc::now())
+}
+
+/// [`reference`] at a given `now`.
+pub fn reference_at(
+    rows: &[(f64, DateTime<Utc>)],
+    lookback: usize,
+    ma_window: usize,
+    now: DateTime<Utc>,
+) -> Reference {
+    let mut all: Vec<(f64, DateTime<Utc>)> = rows.to_vec();
+    all.sort_by_key(|r| std::cmp::Reverse(r.1));
+    let mut sorted = all.clone();
     sorted.truncate(lookback);
+    sorted.retain(|r| r.0.is_finite());
     let n = sorted.len();
-    let now = Utc::now();
     let amounts: Vec<f64> = sorted.iter().map(|r| r.0).collect();
     let sum: f64 = amounts.iter().sum();
     let mean = (n > 0).then(|| sum / n as f64);
@@ -47,7 +66,7 @@ fn reference(rows: &[(f64, DateTime<Utc>)], lookback: usize, ma_window: usize) -
     };
     let latest = amounts.first().copied();
     let z = match (latest, mean) {
-        (Some(l), Some(m)) if std > 0.0 => (l - m) / std,
+        (Some(l), Some(m)) if std >= 1e-6 => (l - m) / std,
         _ => 0.0,
     };
     let w = ma_window.min(n);
@@ -55,8 +74,8 @@ fn reference(rows: &[(f64, DateTime<Utc>)], lookback: usize, ma_window: usize) -
     let within = |h: i64| -> (u64, f64) {
         let mut c = 0;
         let mut s = 0.0;
-        for (a, ts) in &sorted {
-            if now - *ts < ChronoDuration::hours(h) {
+        for (a, ts) in &all {
+            if a.is_finite() && now - *ts < ChronoDuration::hours(h) {
                 c += 1;
                 s += a;
             }
@@ -65,6 +84,8 @@ fn reference(rows: &[(f64, DateTime<Utc>)], lookback: usize, ma_window: usize) -
     };
     let (count_1h, amount_1h) = within(1);
     let (count_24h, amount_24h) = within(24);
+    let at = |i: usize| sorted[i].1.min(now);
+    let secs = |d: ChronoDuration| d.num_microseconds().unwrap() as f64 / 1e6;
     Reference {
         count: n,
         sum,
@@ -79,12 +100,14 @@ fn reference(rows: &[(f64, DateTime<Utc>)], lookback: usize, ma_window: usize) -
         amount_1h,
         count_24h,
         amount_24h,
-        since_prev: (n > 1)
-            .then(|| (sorted[0].1 - sorted[1].1).num_microseconds().unwrap() as f64 / 1e6),
+        since_prev: (n > 1).then(|| secs(at(0) - at(1))),
+        since_latest: (n > 0).then(|| secs(now - at(0))),
+        insufficient: n < 1,
+        clamped: n > 0 && sorted[0].1 > now,
     }
 }
 
-fn close(got: &Value, want: Option<f64>, what: &str, user: i64) {
+pub fn close(got: &Value, want: Option<f64>, what: &str, user: i64) {
     match want {
         None => assert!(got.is_null(), "user {user} {what}: got {got}, want null"),
         Some(w) => {
@@ -99,7 +122,7 @@ fn close(got: &Value, want: Option<f64>, what: &str, user: i64) {
     }
 }
 
-fn check_features(user: i64, f: &Value, r: &Reference) {
+pub fn check_features(user: i64, f: &Value, r: &Reference) {
     assert_eq!(
         f["count"].as_u64(),
         Some(r.count as u64),
@@ -125,11 +148,36 @@ fn check_features(user: i64, f: &Value, r: &Reference) {
         "user {user} count_24h"
     );
     close(&f["amount_24h"], Some(r.amount_24h), "amount_24h", user);
-    close(
-        &f["seconds_since_prev"],
-        r.since_prev,
-        "seconds_since_prev",
-        user,
+    if r.clamped {
+        // Clamped to the worker's `now`, which is not the reference's.
+        let g = f["seconds_since_prev"].as_f64();
+        let w = r.since_prev;
+        assert!(
+            g.zip(w)
+                .is_some_and(|(g, w)| g >= 0.0 && (g - w).abs() < 5.0),
+            "user {user} seconds_since_prev: got {g:?}, want ~{w:?}"
+        );
+    } else {
+        close(
+            &f["seconds_since_prev"],
+            r.since_prev,
+            "seconds_since_prev",
+            user,
+        );
+    }
+    // The worker's clock and the reference's differ by the request's time.
+    match (f["seconds_since_latest"].as_f64(), r.since_latest) {
+        (None, None) => {}
+        (Some(g), Some(w)) => assert!(
+            g >= 0.0 && (g - w).abs() < 5.0,
+            "user {user} seconds_since_latest: got {g}, want ~{w}"
+        ),
+        (g, w) => panic!("user {user} seconds_since_latest: got {g:?}, want {w:?}"),
+    }
+    assert_eq!(
+        f["insufficient_history"].as_bool(),
+        Some(r.insufficient),
+        "user {user} insufficient_history"
     );
 }
 

@@ -71,7 +71,7 @@ async fn replica_lag_is_measured_and_the_policy_applied() {
             i += 1;
             primary_su
                 .execute(
-                    "INSERT INTO transactions (user_id, amount, ts, merchant, category) \
+                    "INSERT INTO transactions (user_id, transaction_amount, transaction_time, merchant, category) \
                      VALUES (8, 2.0, now(), 'm', 'c')",
                     &[],
                 )

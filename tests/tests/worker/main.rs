@@ -16,6 +16,8 @@
 //!   agent), a broken `db.json`;
 //! - [`features`]: features against a reference, config hot reload;
 //! - [`lag`]: the replica lag policy;
+//! - [`source`]: the team's own table (`[source]`), exact windows, edge
+//!   cases against the reference, a mapping that does not fit;
 //! - [`api`]: the API's errors, probes, SIGTERM drain, exit codes, OpenAPI;
 //! - [`support`]: what they share (the worker's test config, publishing
 //!   credentials and config, a request load).
@@ -24,4 +26,5 @@ mod api;
 mod features;
 mod lag;
 mod rotation;
+mod source;
 mod support;

@@ -129,12 +129,13 @@ pub async fn wait_only_role(stack: &Stack, w: &Worker, user: &str) {
     .unwrap_or_else(|e| panic!("{e}\nworker:\n{}", w.logs()));
 }
 
-/// Worker connections on the replica, by role.
+/// Worker connections on the replica, by role (a backend still
+/// authenticating has no role yet and is left out).
 async fn worker_roles(stack: &Stack) -> Vec<String> {
     let su = stack.pg.replica().connect_superuser().await.unwrap();
     su.query(
         "SELECT usename::text FROM pg_stat_activity WHERE application_name = 'riskfeat-worker' \
-         AND backend_type = 'client backend'",
+         AND backend_type = 'client backend' AND usename IS NOT NULL",
         &[],
     )
     .await
@@ -150,7 +151,7 @@ pub async fn insert_rows(stack: &Stack, user: i64, rows: &[(f64, DateTime<Utc>)]
     for (amount, ts) in rows {
         let text_ts = ts.to_rfc3339();
         su.execute(
-            "INSERT INTO transactions (user_id, amount, ts, merchant, category) \
+            "INSERT INTO transactions (user_id, transaction_amount, transaction_time, merchant, category) \
              VALUES ($1, $2::text::numeric, $3::text::timestamptz, 'm', 'c')",
             &[&user, &format!("{amount:.2}"), &text_ts],
         )
