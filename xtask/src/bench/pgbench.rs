@@ -153,9 +153,12 @@ mod tests {
 
     #[test]
     fn the_worker_statement_makes_a_complete_script() {
-        let s = super::super::worker::pgbench_script(1000).unwrap();
+        let s = super::super::worker::pgbench_script(1000, 7_200_000_000).unwrap();
         assert!(!s.contains('$'), "{s}");
-        assert!(s.contains("random(1, 1000)"), "{s}");
+        assert!(s.contains("\\set uid random(1, 1000)\n"), "{s}");
+        assert!(s.contains("\\set short_start 3600000000\n"), "{s}");
+        assert!(s.contains("\\set long_start -79200000000\n"), "{s}");
+        assert!(s.contains(":now_us"), "{s}");
     }
 
     #[test]

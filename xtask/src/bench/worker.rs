@@ -92,15 +92,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// The pgbench script: the worker's own single-user statement
-/// (`riskfeat_worker::pool::SQL_ONE`) with `$1` a random user in
-/// `1..=users` and `$2` the default lookback.
-pub(super) fn pgbench_script(users: u64) -> anyhow::Result<String> {
-    let lookback = riskfeat_worker::params::FeatureParams::default().lookback;
+/// (`Source::default().sql().one`, the seed's table) with the parameters
+/// the worker passes: `$1` a random user in `1..=users`, `$2` the default
+/// lookback, `$3` "now" (`now_us`, fixed by the bench, µs since the epoch),
+/// `$4` and `$5` the starts of the default short and long windows before it.
+pub(super) fn pgbench_script(users: u64, now_us: i64) -> anyhow::Result<String> {
+    let p = riskfeat_worker::params::FeatureParams::default();
+    let start = |window_s: u64| (now_us - window_s as i64 * 1_000_000).to_string();
     pgbench::script(
-        riskfeat_worker::pool::SQL_ONE,
+        &riskfeat_worker::source::Source::default().sql().one,
         &[
             ("uid", format!("random(1, {users})")),
-            ("lookback", lookback.to_string()),
+            ("lookback", p.lookback.to_string()),
+            ("now_us", now_us.to_string()),
+            ("short_start", start(p.short_window_s)),
+            ("long_start", start(p.long_window_s)),
         ],
     )
 }
@@ -289,7 +295,7 @@ async fn bench(args: &Args, release: &Path) -> anyhow::Result<String> {
     let worker = spawn_worker(args, release, &stack)?;
     worker.wait_generation(1, WORKER_WAIT).await?;
     let base = worker.http().base().to_string();
-    let script = pgbench_script(args.users)?;
+    let script = pgbench_script(args.users, chrono::Utc::now().timestamp_micros())?;
     let replica = stack.pg.replica();
     let duration = Duration::from_secs(args.seconds);
 
