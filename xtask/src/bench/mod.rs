@@ -241,3 +241,80 @@ impl CpuSample {
         })
     }
 }
+
+/// TCP counters of this network namespace (`/proc/net/snmp` and
+/// `/proc/net/netstat`): retransmissions and their causes, so a latency
+/// tail can be told apart from lost segments (other work on the machine
+/// counts too).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct TcpCounters {
+    /// Segments retransmitted (`Tcp: RetransSegs`).
+    retrans: u64,
+    /// Retransmission timeouts (`TcpExt: TCPTimeouts`).
+    timeouts: u64,
+    /// Tail loss probes (`TcpExt: TCPLossProbes`).
+    loss_probes: u64,
+    /// SYNs dropped at a full accept queue (`TcpExt: ListenDrops`).
+    listen_drops: u64,
+}
+
+impl TcpCounters {
+    fn take() -> TcpCounters {
+        let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+        let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+        TcpCounters {
+            retrans: proc_net_field(&snmp, "Tcp:", "RetransSegs"),
+            timeouts: proc_net_field(&netstat, "TcpExt:", "TCPTimeouts"),
+            loss_probes: proc_net_field(&netstat, "TcpExt:", "TCPLossProbes"),
+            listen_drops: proc_net_field(&netstat, "TcpExt:", "ListenDrops"),
+        }
+    }
+
+    /// The counts from `self` until now.
+    fn until_now(&self) -> TcpCounters {
+        let b = TcpCounters::take();
+        TcpCounters {
+            retrans: b.retrans.saturating_sub(self.retrans),
+            timeouts: b.timeouts.saturating_sub(self.timeouts),
+            loss_probes: b.loss_probes.saturating_sub(self.loss_probes),
+            listen_drops: b.listen_drops.saturating_sub(self.listen_drops),
+        }
+    }
+}
+
+/// `field` of the `prefix` table in a `/proc/net/snmp`-style text (a header
+/// line of names, then a line of values); 0 when absent.
+fn proc_net_field(text: &str, prefix: &str, field: &str) -> u64 {
+    let mut rows = text.lines().filter(|l| l.starts_with(prefix));
+    let (Some(names), Some(values)) = (rows.next(), rows.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .position(|n| n == field)
+        .and_then(|i| values.split_whitespace().nth(i))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_fields_are_found_by_name() {
+        let text = "Ip: Forwarding\nIp: 1\nTcp: RtoMin RetransSegs\nTcp: 200 42\n";
+        assert_eq!(proc_net_field(text, "Tcp:", "RetransSegs"), 42);
+        assert_eq!(proc_net_field(text, "Tcp:", "Nothing"), 0);
+        assert_eq!(proc_net_field(text, "Udp:", "RetransSegs"), 0);
+    }
+
+    #[test]
+    fn quantiles_are_nearest_rank() {
+        let v: Vec<u64> = (1..=1000).collect();
+        assert_eq!(quantile(&v, 0.5), 500);
+        assert_eq!(quantile(&v, 0.999), 999);
+        assert_eq!(quantile(&v, 1.0), 1000);
+        assert_eq!(quantile::<u64>(&[], 0.5), 0);
+    }
+}

@@ -29,7 +29,7 @@
 
 use super::pgbench::{self, PgbenchResult};
 use super::wrk::{self, WrkResult};
-use super::{cpu_s, machine, memory, CpuOf, CpuSample, CpuUse};
+use super::{cpu_s, machine, memory, CpuOf, CpuSample, CpuUse, TcpCounters};
 use anyhow::Context;
 use riskfeat_shared::atomic::{write_json_atomic, WriteOptions};
 use riskfeat_shared::creds::DbCredential;
@@ -125,6 +125,8 @@ struct Measured {
     cpu: Option<CpuUse>,
     /// The worker's own histogram over the measurement (HTTP only).
     own: Option<OwnHistogram>,
+    /// TCP retransmissions on the machine during the measurement.
+    tcp: TcpCounters,
 }
 
 impl From<WrkResult> for Measured {
@@ -140,6 +142,7 @@ impl From<WrkResult> for Measured {
             socket_errors: w.socket_errors,
             cpu: None,
             own: None,
+            tcp: TcpCounters::default(),
         }
     }
 }
@@ -312,6 +315,7 @@ async fn bench(args: &Args, release: &Path) -> anyhow::Result<String> {
             };
             for pg_turn in [round % 2 == 0, round % 2 == 1] {
                 let before = CpuSample::take(worker.pid());
+                let tcp = TcpCounters::take();
                 let (what, m) = if pg_turn {
                     let r = pgbench::run(replica, &issued, &script, c, duration).await?;
                     row.pg = r.into();
@@ -324,6 +328,7 @@ async fn bench(args: &Args, release: &Path) -> anyhow::Result<String> {
                     ("worker", &mut row.http)
                 };
                 m.cpu = before.and_then(|b| b.until_now(worker.pid(), m.count));
+                m.tcp = tcp.until_now();
                 eprintln!(
                     "bench worker: round {round} c={c} {what}: {:.0}/s, p99 {:.2} ms",
                     m.rate,
@@ -542,6 +547,28 @@ fn render(args: &Args, rows: &[Row], rotation: Option<Rotation>) -> String {
                 ));
             }
         }
+    }
+    s.push_str(
+        "\nTCP on the machine during each measurement (`/proc/net/snmp`, `/proc/net/netstat`; \
+         everything in this network namespace counts, other work included): segments \
+         retransmitted, retransmission timeouts, tail loss probes, SYNs dropped at a full \
+         accept queue.\n\n| C | round | HTTP retrans / RTO / TLP / listen drops | pgbench \
+         retrans / RTO / TLP / listen drops |\n|---|---|---|---|\n",
+    );
+    let tcp = |t: &TcpCounters| {
+        format!(
+            "{} / {} / {} / {}",
+            t.retrans, t.timeouts, t.loss_probes, t.listen_drops
+        )
+    };
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            r.c,
+            r.round,
+            tcp(&r.http.tcp),
+            tcp(&r.pg.tcp)
+        ));
     }
     if let Some(r) = rotation {
         s.push_str(&format!(
