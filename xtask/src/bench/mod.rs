@@ -185,6 +185,22 @@ fn clock_ticks() -> f64 {
         .map_or(100.0, |t| t as f64)
 }
 
+/// Sum over the threads of `pid` of the time they waited on a run queue
+/// (the second field of `/proc/<pid>/task/<tid>/schedstat`, ns), seconds.
+/// Threads that ended before the sample do not count.
+fn run_queue_wait_s(pid: u32) -> Option<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).unwrap_or_default();
+        ns += stat
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(ns as f64 / 1e9)
+}
+
 /// (busy, total) jiffies of all CPUs from the first line of /proc/stat.
 fn machine_jiffies() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
@@ -205,8 +221,11 @@ fn machine_jiffies() -> Option<(u64, u64)> {
 /// processes' (wrk, pgbench) and the machine's.
 struct CpuSample {
     server_s: f64,
+    /// The server's threads' time runnable but waiting for a CPU.
+    server_wait_s: f64,
     clients_s: f64,
     machine: (u64, u64),
+    at: std::time::Instant,
 }
 
 /// CPU use over a measurement.
@@ -218,14 +237,20 @@ struct CpuUse {
     client_us_per_req: f64,
     /// Busy share of all cores, 0..=1.
     machine_busy: f64,
+    /// The server's threads' run-queue wait per second of wall time, ms
+    /// (from `/proc/<pid>/task/*/schedstat`): time they could have run
+    /// but had no CPU.
+    server_wait_ms_per_s: f64,
 }
 
 impl CpuSample {
     fn take(server_pid: u32) -> Option<CpuSample> {
         Some(CpuSample {
             server_s: cpu_s(Some(server_pid), CpuOf::Own)?,
+            server_wait_s: run_queue_wait_s(server_pid).unwrap_or(0.0),
             clients_s: cpu_s(None, CpuOf::WaitedChildren)?,
             machine: machine_jiffies()?,
+            at: std::time::Instant::now(),
         })
     }
 
@@ -238,6 +263,8 @@ impl CpuSample {
             server_us_per_req: (b.server_s - self.server_s) * 1e6 / n,
             client_us_per_req: (b.clients_s - self.clients_s) * 1e6 / n,
             machine_busy: b.machine.0.saturating_sub(self.machine.0) as f64 / total,
+            server_wait_ms_per_s: (b.server_wait_s - self.server_wait_s) * 1e3
+                / b.at.duration_since(self.at).as_secs_f64().max(1e-9),
         })
     }
 }

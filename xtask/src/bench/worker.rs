@@ -529,17 +529,21 @@ fn render(args: &Args, rows: &[Row], rotation: Option<Rotation>) -> String {
         s.push_str(
             "\nWhere the CPU went (from /proc, during each measurement): CPU time per request \
              of the worker and of the client (wrk for HTTP, pgbench for SQL), and how busy all \
-             cores were. PostgreSQL's share is the rest.\n\n\
-             | C | round | worker CPU µs/req | wrk CPU µs/req | machine busy (HTTP) | pgbench CPU \
-             µs/tx | machine busy (pgbench) |\n|---|---|---|---|---|---|---|\n",
+             cores were. PostgreSQL's share is the rest. \"Worker waits\": how long the \
+             worker's threads were runnable but had no CPU, ms per second (summed over its \
+             threads, `/proc/<pid>/task/*/schedstat`).\n\n\
+             | C | round | worker CPU µs/req | worker waits ms/s | wrk CPU µs/req | machine busy \
+             (HTTP) | pgbench CPU µs/tx | machine busy (pgbench) |\n\
+             |---|---|---|---|---|---|---|---|\n",
         );
         for r in rows {
             if let (Some(h), Some(p)) = (r.http.cpu, r.pg.cpu) {
                 s.push_str(&format!(
-                    "| {} | {} | {:.0} | {:.0} | {:.0}% | {:.0} | {:.0}% |\n",
+                    "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.0} | {:.0}% |\n",
                     r.c,
                     r.round,
                     h.server_us_per_req,
+                    h.server_wait_ms_per_s,
                     h.client_us_per_req,
                     100.0 * h.machine_busy,
                     p.client_us_per_req,
