@@ -49,6 +49,9 @@ pub struct PgbenchResult {
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
+    /// p99 and p99.9 of the log as it is, without [`wrk_corrected`].
+    pub raw_p99_us: u64,
+    pub raw_p999_us: u64,
 }
 
 fn pgbench_bin() -> String {
@@ -106,14 +109,62 @@ pub async fn run(
         }
     }
     lat.sort_unstable();
+    let runtime_us = duration.as_micros() as u64;
+    let corrected = wrk_corrected(&lat, runtime_us, clients);
     Ok(PgbenchResult {
         tps,
         transactions: lat.len() as u64,
-        p50_us: quantile(&lat, 0.50),
-        p99_us: quantile(&lat, 0.99),
-        p999_us: quantile(&lat, 0.999),
+        p50_us: weighted_quantile(&corrected, 0.50),
+        p99_us: weighted_quantile(&corrected, 0.99),
+        p999_us: weighted_quantile(&corrected, 0.999),
         max_us: lat.last().copied().unwrap_or(0),
+        raw_p99_us: quantile(&lat, 0.99),
+        raw_p999_us: quantile(&lat, 0.999),
     })
+}
+
+/// `sorted` latencies (µs) as wrk reports its own: corrected for
+/// coordinated omission like wrk's `stats_correct` (which runs before the
+/// script's `done()`). With `i` = runtime / (requests per connection), each
+/// latency `L >= 2i` adds samples `L - i`, `L - 2i`, ... down to above `i`:
+/// the requests a client sending at a steady pace would have seen waiting
+/// behind the stall. So a few stalls weigh on the percentiles in proportion
+/// to their length. Returns `(value, count)` in ascending order.
+pub fn wrk_corrected(sorted: &[u64], runtime_us: u64, clients: usize) -> Vec<(u64, u64)> {
+    let mut hist = std::collections::BTreeMap::<u64, u64>::new();
+    for &v in sorted {
+        *hist.entry(v).or_default() += 1;
+    }
+    let per_connection = sorted.len() as u64 / clients.max(1) as u64;
+    if let Some(interval) = runtime_us.checked_div(per_connection) {
+        let interval = interval.max(1);
+        let originals: Vec<(u64, u64)> = hist
+            .range(interval.saturating_mul(2)..)
+            .map(|(v, n)| (*v, *n))
+            .collect();
+        for (v, n) in originals {
+            let mut m = v - interval;
+            while m > interval {
+                *hist.entry(m).or_default() += n;
+                m -= interval;
+            }
+        }
+    }
+    hist.into_iter().collect()
+}
+
+/// The `p` quantile of a `(value, count)` histogram in ascending order.
+fn weighted_quantile(hist: &[(u64, u64)], p: f64) -> u64 {
+    let total: u64 = hist.iter().map(|(_, n)| n).sum();
+    let rank = ((total as f64 * p).ceil() as u64).max(1);
+    let mut seen = 0;
+    for &(v, n) in hist {
+        seen += n;
+        if seen >= rank {
+            return v;
+        }
+    }
+    0
 }
 
 /// The latencies (µs) of a `-l` log: `client_id transaction_no time
@@ -159,6 +210,22 @@ mod tests {
         assert!(s.contains("\\set short_start 3600000000\n"), "{s}");
         assert!(s.contains("\\set long_start -79200000000\n"), "{s}");
         assert!(s.contains(":now_us"), "{s}");
+    }
+
+    #[test]
+    fn one_stall_weighs_like_wrk_weighs_it() {
+        // 1,000 requests of 1 ms on one connection in 1.1 s, and one of 100 ms.
+        let mut lat = vec![1_000u64; 1000];
+        lat.push(100_000);
+        let runtime_us = 1_100_000;
+        let raw_p99 = quantile(&lat, 0.99);
+        let hist = wrk_corrected(&lat, runtime_us, 1);
+        // interval = 1.1 s / 1001 ~ 1,098 µs: 100 ms adds 90 samples below it.
+        let total: u64 = hist.iter().map(|(_, n)| n).sum();
+        assert_eq!(total, 1001 + 90);
+        assert_eq!(raw_p99, 1_000);
+        assert!(weighted_quantile(&hist, 0.99) > 80_000);
+        assert_eq!(weighted_quantile(&hist, 0.5), 1_000);
     }
 
     #[test]

@@ -127,6 +127,8 @@ struct Measured {
     own: Option<OwnHistogram>,
     /// TCP retransmissions on the machine during the measurement.
     tcp: TcpCounters,
+    /// p99 and p99.9 without wrk's correction (pgbench only).
+    raw_p99_p999_us: Option<(u64, u64)>,
 }
 
 impl From<WrkResult> for Measured {
@@ -143,6 +145,7 @@ impl From<WrkResult> for Measured {
             cpu: None,
             own: None,
             tcp: TcpCounters::default(),
+            raw_p99_p999_us: None,
         }
     }
 }
@@ -156,6 +159,7 @@ impl From<PgbenchResult> for Measured {
             p99_us: p.p99_us,
             p999_us: p.p999_us,
             max_us: p.max_us,
+            raw_p99_p999_us: Some((p.raw_p99_us, p.raw_p999_us)),
             ..Measured::default()
         }
     }
@@ -480,7 +484,11 @@ fn render(args: &Args, rows: &[Row], rotation: Option<Rotation>) -> String {
          bounds of the worker's p99 and p99.9 in its request-duration histogram, time inside \
          the handler, over the same requests); pgbench = the worker's \
          own single-user statement, `-M prepared`, same credential, same replica, same \
-         concurrency, latencies from its per-transaction log (`-l`). Worker and pgbench \
+         concurrency, latencies from its per-transaction log (`-l`). wrk corrects its \
+         latencies for coordinated omission before reporting them (each latency L of at least \
+         twice the mean interval i adds samples L-i, L-2i, ...: what a client at a steady \
+         pace would have seen behind a stall), so pgbench's percentiles get the same \
+         correction; its uncorrected ones are beside them. Maxima are real samples. Worker and pgbench \
          alternate at each concurrency (odd rounds the worker first). PostgreSQL, worker and \
          load generator share the cores.\n\n",
         machine(),
@@ -495,8 +503,9 @@ fn render(args: &Args, rows: &[Row], rotation: Option<Rotation>) -> String {
     ));
     s.push_str(
         "| C | round | worker req/s | worker p50 / p99 / p99.9 / max ms | worker non-2xx | \
-         worker's own p99 / p99.9 | pgbench tps | pgbench p50 / p99 / p99.9 / max ms | worker / pgbench |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+         worker's own p99 / p99.9 | pgbench tps | pgbench p50 / p99 / p99.9 / max ms | pgbench \
+         uncorrected p99 / p99.9 ms | worker / pgbench |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let ratio = if r.pg.rate > 0.0 {
@@ -508,12 +517,15 @@ fn render(args: &Args, rows: &[Row], rotation: Option<Rotation>) -> String {
             0 => r.http.non_2xx.to_string(),
             n => format!("{} (+{n} socket errors)", r.http.non_2xx),
         };
+        let raw = r.pg.raw_p99_p999_us.map_or("-".into(), |(a, b)| {
+            format!("{:.2} / {:.2}", a as f64 / 1000.0, b as f64 / 1000.0)
+        });
         let own = r.http.own.map_or("-".into(), |o| {
             let ms = |s: f64| format!("<= {} ms", s * 1000.0);
             format!("{} / {}", ms(o.p99_le_s), ms(o.p999_le_s))
         });
         s.push_str(&format!(
-            "| {} | {} | {:.0} | {} | {errors} | {own} | {:.0} | {} | {ratio} |\n",
+            "| {} | {} | {:.0} | {} | {errors} | {own} | {:.0} | {} | {raw} | {ratio} |\n",
             r.c,
             r.round,
             r.http.rate,
