@@ -88,6 +88,16 @@ async fn client_output(mut cmd: tokio::process::Command, what: &str) -> anyhow::
     Ok(stdout)
 }
 
+/// A temp dir holding one file `name` with `text` (a load generator's
+/// script; its log files may go beside it): the dir (removed on drop) and
+/// the file's path.
+fn script_in_temp_dir(name: &str, text: &str) -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join(name);
+    std::fs::write(&file, text).with_context(|| format!("write {}", file.display()))?;
+    Ok((dir, file))
+}
+
 /// `$CARGO_TARGET_DIR/release`, or `<root>/target/release`.
 fn release_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")

@@ -72,9 +72,7 @@ pub async fn run(
     clients: usize,
     duration: Duration,
 ) -> anyhow::Result<PgbenchResult> {
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("features.sql");
-    std::fs::write(&file, script)?;
+    let (dir, file) = super::script_in_temp_dir("features.sql", script)?;
     let prefix = dir.path().join("pgb");
     let mut cmd = tokio::process::Command::new(pgbench_bin());
     cmd.args(["-n", "-M", "prepared", "-l"])

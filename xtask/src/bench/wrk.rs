@@ -91,9 +91,7 @@ pub async fn run(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<WrkResult> {
-    let dir = tempfile::tempdir()?;
-    let script = dir.path().join("features.lua");
-    std::fs::write(&script, LUA)?;
+    let (_dir, script) = super::script_in_temp_dir("features.lua", LUA)?;
     let stdout =
         super::client_output(command(&script, base, users, connections, duration), "wrk").await?;
     WrkResult::parse(&stdout).with_context(|| format!("no RESULT line in wrk's output: {stdout}"))
