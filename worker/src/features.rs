@@ -47,6 +47,26 @@ pub struct Windows {
     pub amount_long: f64,
 }
 
+impl Windows {
+    /// The windows of `rows` (finite amounts), counting rows whose time is
+    /// after each start (µs; a future time is inside both): exact when
+    /// `rows` holds every row of the long window.
+    pub fn from_rows(rows: &[Row], short_start_us: i64, long_start_us: i64) -> Windows {
+        let mut w = Windows::default();
+        for r in rows {
+            if r.ts_us > short_start_us {
+                w.count_short += 1;
+                w.amount_short += r.amount;
+            }
+            if r.ts_us > long_start_us {
+                w.count_long += 1;
+                w.amount_long += r.amount;
+            }
+        }
+        w
+    }
+}
+
 /// The computed features of one user.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Features {
@@ -154,21 +174,9 @@ mod tests {
         }
     }
 
-    /// What the query's window part returns for `rows` (all of them).
+    /// The windows of all of `rows` (what the query aggregates).
     fn windows(rows: &[Row]) -> Windows {
-        let mut w = Windows::default();
-        for r in rows {
-            let age = NOW - r.ts_us;
-            if age < 3_600_000_000 {
-                w.count_short += 1;
-                w.amount_short += r.amount;
-            }
-            if age < 86_400_000_000 {
-                w.count_long += 1;
-                w.amount_long += r.amount;
-            }
-        }
-        w
+        Windows::from_rows(rows, NOW - 3_600_000_000, NOW - 86_400_000_000)
     }
 
     fn run(rows: &[Row], p: &FeatureParams) -> Features {

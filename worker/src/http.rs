@@ -163,15 +163,16 @@ fn parse_user_id(raw: &str) -> Result<i64, ApiError> {
     }
 }
 
-/// One user's part of a feature query's answer, from column `at` on:
-/// the newest rows (amounts, times; NULL arrays = no rows) and the window
-/// aggregates. NULL amounts (NULL, NaN, infinite in the table) are skipped
-/// and counted.
-fn decode_user(app: &App, r: &tokio_postgres::Row, at: usize) -> (Vec<Row>, Windows) {
+/// One user's part of a feature query's answer, from column `at` on: the
+/// newest rows (amounts, times; NULL arrays = no rows) and, when the query
+/// had to aggregate them, the windows. Non-finite amounts (NULL, NaN,
+/// infinite in the table) are skipped and counted.
+fn decode_user(app: &App, r: &tokio_postgres::Row, at: usize, c: &Clock) -> (Vec<Row>, Windows) {
     let amounts: Option<Vec<Option<f64>>> = r.get(at);
     let ts: Option<Vec<i64>> = r.get(at + 1);
+    let aggregated: Option<Vec<f64>> = r.get(at + 2);
     let mut skipped = 0u64;
-    let rows = match (amounts, ts) {
+    let rows: Vec<Row> = match (amounts, ts) {
         (Some(a), Some(t)) => a
             .into_iter()
             .zip(t)
@@ -185,22 +186,21 @@ fn decode_user(app: &App, r: &tokio_postgres::Row, at: usize) -> (Vec<Row>, Wind
             .collect(),
         _ => Vec::new(),
     };
-    let count = |i: usize| r.get::<_, i64>(at + i).max(0) as u64;
-    let amount = |i: usize| {
-        let v: f64 = r.get(at + i);
-        if v.is_finite() {
-            v
-        } else {
-            0.0
+    let (windows, skipped_in_windows) = match aggregated.as_deref() {
+        Some(&[count_short, amount_short, count_long, amount_long, skipped]) => {
+            let count = |v: f64| if v.is_finite() { v.max(0.0) as u64 } else { 0 };
+            let amount = |v: f64| if v.is_finite() { v } else { 0.0 };
+            let w = Windows {
+                count_short: count(count_short),
+                amount_short: amount(amount_short),
+                count_long: count(count_long),
+                amount_long: amount(amount_long),
+            };
+            (w, count(skipped))
         }
+        // Every row of the windows is among the newest rows.
+        _ => (Windows::from_rows(&rows, c.short_start, c.long_start), 0),
     };
-    let windows = Windows {
-        count_short: count(2),
-        amount_short: amount(3),
-        count_long: count(4),
-        amount_long: amount(5),
-    };
-    let skipped_in_windows = count(6);
     app.metrics.skipped_amounts(skipped, skipped_in_windows);
     (rows, windows)
 }
@@ -232,12 +232,12 @@ async fn one(State(app): State<Arc<App>>, Path(raw): Path<String>) -> Result<Res
         .query(
             ctx,
             sql,
-            &[&user_id, &lookback, &c.now, &c.short_start, &c.long_start],
+            &[&user_id, &lookback, &c.short_start, &c.long_start],
         )
         .await?;
     let (rows, windows) = rows
         .first()
-        .map(|r| decode_user(&app, r, 0))
+        .map(|r| decode_user(&app, r, 0, &c))
         .unwrap_or_default();
     let features = compute(&rows, &windows, &params, c.now);
     Ok(Json(OneResponse {
@@ -287,15 +287,11 @@ async fn batch(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, Api
     } else {
         let sql = &app.pool_settings.sql.batch;
         let (rows, generation) = app
-            .query(
-                ctx,
-                sql,
-                &[&ids, &lookback, &c.now, &c.short_start, &c.long_start],
-            )
+            .query(ctx, sql, &[&ids, &lookback, &c.short_start, &c.long_start])
             .await?;
         let mut by_user: HashMap<i64, (Vec<Row>, Windows)> = HashMap::with_capacity(ids.len());
         for r in &rows {
-            by_user.insert(r.get(0), decode_user(&app, r, 1));
+            by_user.insert(r.get(0), decode_user(&app, r, 1, &c));
         }
         (generation, by_user)
     };

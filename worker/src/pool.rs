@@ -118,9 +118,14 @@ fn pg_config(
         .connect_timeout(s.connect_timeout)
         .keepalives(true)
         // UTC: a `timestamp without time zone` column is read as UTC, the
-        // same instant the window bounds are computed in.
+        // same instant the window bounds are computed in. Generic plans: the
+        // feature statement's custom plans are estimated so much cheaper
+        // than its generic one that PostgreSQL would re-plan it on every
+        // execution (about 1 ms, half the throughput, measured with pgbench
+        // in docs/benchmarks.md); its one good plan is the (user, time)
+        // index either way.
         .options(format!(
-            "-c statement_timeout={} -c TimeZone=UTC",
+            "-c statement_timeout={} -c TimeZone=UTC -c plan_cache_mode=force_generic_plan",
             s.statement_timeout.as_millis().max(1)
         ));
     tls.configure(ep, &mut c)?;
@@ -195,7 +200,7 @@ impl DbPools {
             let one = conn.prepare_cached(&sql.one).await.map_err(query_err)?;
             conn.prepare_cached(&sql.batch).await.map_err(query_err)?;
             let now = chrono::Utc::now().timestamp_micros();
-            conn.query(&one, &[&-1i64, &1i64, &now, &now, &now])
+            conn.query(&one, &[&-1i64, &1i64, &now, &now])
                 .await
                 .map_err(query_err)?;
         }

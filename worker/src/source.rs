@@ -14,18 +14,24 @@
 //! integer, the time column a timestamp (with or without time zone). Every
 //! mismatch is reported at once, by name.
 //!
-//! One statement per request reads both the newest `lookback` rows (as two
-//! arrays) and the exact window aggregates (count and sum of every
-//! transaction of the user in the short and the long window), so the windows
-//! do not depend on `lookback` and cost one round trip. Parameters:
-//! `$1` user id (int8; `$1` is an int8 array in the batch form), `$2` the
-//! lookback, `$3` now, `$4` the short window's start, `$5` the long window's
-//! start, all three in microseconds since the Unix epoch.
+//! One statement per request reads the newest `lookback` rows (as two
+//! arrays) and, in the same round trip, the exact window aggregates (count
+//! and sum of every transaction of the user in the short and the long
+//! window), so the windows do not depend on `lookback`. When the newest rows
+//! already reach back past the long window's start (fewer than `lookback`
+//! rows, or the oldest of them outside the window: the usual case), every
+//! row of both windows is among them and the worker sums them itself; only
+//! a user with a full page inside the long window costs the aggregate, an
+//! index range scan of `(user, time)` within the window. Parameters: `$1`
+//! user id (int8; an int8 array in the batch form), `$2` the lookback, `$3`
+//! the short window's start and `$4` the long window's start, both in
+//! microseconds since the Unix epoch.
 //!
-//! Rows with a NULL time are ignored. Amounts that are NULL, NaN, infinite,
-//! or beyond the range of float8 come back as NULL and are skipped by the
-//! worker (and counted: the window part returns how many it skipped). A
-//! time in the future counts as now.
+//! Rows with a NULL time are ignored. Amounts that are NULL, NaN or infinite
+//! are skipped by the worker and counted (the aggregate part returns how
+//! many it skipped); a numeric amount beyond float8's range (only possible
+//! in an unconstrained `numeric` column) fails that user's query with a
+//! `database_error`. A time in the future counts as now.
 
 use riskfeat_shared::exit::Fatal;
 use serde::Deserialize;
@@ -136,8 +142,8 @@ impl Source {
 /// The statements the request path runs, built once from the mapping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeatureSql {
-    /// One user: one row `(amounts, times, count_short, amount_short,
-    /// count_long, amount_long, skipped)`.
+    /// One user: one row `(amounts, times, windows)`, `windows` NULL or
+    /// `[count_short, amount_short, count_long, amount_long, skipped]`.
     pub one: String,
     /// Users `$1::int8[]`: one row per user, the user id first.
     pub batch: String,
@@ -152,45 +158,49 @@ impl FeatureSql {
     fn new(s: &Source) -> FeatureSql {
         let table = s.quoted_table();
         let user = quote(&s.user_column);
-        let amount = quote(&s.amount_column);
+        // The newest rows are read as float8; the aggregate sums the column's
+        // own type (a numeric is not converted row by row, which costs more
+        // than the sum) and skips NULL, NaN and infinities (NaN sorts above
+        // every number in PostgreSQL, so BETWEEN excludes it).
+        let raw = quote(&s.amount_column);
+        let amount = format!("{raw}::float8");
         let time = quote(&s.time_column);
-        // NULL for NaN, infinities and numerics float8 cannot hold (NaN
-        // sorts above every number in PostgreSQL, so BETWEEN excludes it).
-        let amount = format!(
-            "CASE WHEN {amount} BETWEEN -1.7976931348623157e308 AND 1.7976931348623157e308 \
-             THEN {amount}::float8 END"
-        );
-        let (now, short_start, long_start) = (at(3), at(4), at(5));
+        let (short_start, long_start) = (at(3), at(4));
         let latest = |uid: &str| {
             format!(
-                "(SELECT array_agg(s.a ORDER BY s.t DESC) AS a, array_agg(s.t ORDER BY s.t DESC) AS t \
-                 FROM (SELECT {amount} AS a, \
-                 (extract(epoch FROM LEAST({time}, {now})) * 1000000)::int8 AS t \
+                "(SELECT array_agg(s.a ORDER BY s.t DESC) AS a, \
+                 array_agg(s.t ORDER BY s.t DESC) AS t, count(*) AS n, min(s.t) AS oldest \
+                 FROM (SELECT {amount} AS a, (extract(epoch FROM {time}) * 1000000)::int8 AS t \
                  FROM {table} WHERE {user} = {uid} AND {time} IS NOT NULL \
                  ORDER BY {time} DESC LIMIT $2) s)"
             )
         };
+        // Only when the newest rows do not reach back past the long window
+        // (a full page, its oldest row inside the window): PostgreSQL runs a
+        // sub-select in a CASE branch only when the branch is taken.
         let windows = |uid: &str| {
             format!(
-                "(SELECT count(w.a) FILTER (WHERE w.t > {short_start}) AS c_short, \
-                 COALESCE(sum(w.a) FILTER (WHERE w.t > {short_start}), 0)::float8 AS s_short, \
-                 count(w.a) AS c_long, COALESCE(sum(w.a), 0)::float8 AS s_long, \
-                 count(*) - count(w.a) AS skipped \
-                 FROM (SELECT {amount} AS a, {time} AS t FROM {table} \
-                 WHERE {user} = {uid} AND {time} > {long_start}) w)"
+                "CASE WHEN l.n = $2 AND l.oldest > $4 THEN \
+                 (SELECT ARRAY[count(*) FILTER (WHERE w.ok AND w.t > {short_start}), \
+                 COALESCE(sum(w.a) FILTER (WHERE w.ok AND w.t > {short_start}), 0), \
+                 count(*) FILTER (WHERE w.ok), COALESCE(sum(w.a) FILTER (WHERE w.ok), 0), \
+                 count(*) FILTER (WHERE NOT w.ok)]::float8[] \
+                 FROM (SELECT {raw} AS a, {time} AS t, \
+                 COALESCE({raw} BETWEEN -1.7976931348623157e308 AND 1.7976931348623157e308, \
+                 false) AS ok \
+                 FROM {table} WHERE {user} = {uid} AND {time} > {long_start}) w) END"
             )
         };
-        let cols = "l.a, l.t, w.c_short, w.s_short, w.c_long, w.s_long, w.skipped";
         let one = format!(
-            "SELECT {cols} FROM {} AS l, {} AS w",
-            latest("$1::int8"),
-            windows("$1::int8")
+            "SELECT l.a, l.t, {} FROM {} AS l",
+            windows("$1::int8"),
+            latest("$1::int8")
         );
         let batch = format!(
-            "SELECT u.id, {cols} FROM unnest($1::int8[]) AS u(id) \
-             CROSS JOIN LATERAL {} AS l CROSS JOIN LATERAL {} AS w",
-            latest("u.id"),
-            windows("u.id")
+            "SELECT u.id, l.a, l.t, {} FROM unnest($1::int8[]) AS u(id) \
+             CROSS JOIN LATERAL {} AS l",
+            windows("u.id"),
+            latest("u.id")
         );
         FeatureSql { one, batch }
     }
@@ -426,11 +436,12 @@ mod tests {
     #[test]
     fn batch_and_one_share_the_parts() {
         let sql = Source::default().sql();
-        assert!(sql.batch.starts_with("SELECT u.id, l.a, l.t,"));
-        assert!(sql.one.starts_with("SELECT l.a, l.t,"));
+        assert!(sql.batch.starts_with("SELECT u.id, l.a, l.t, CASE"));
+        assert!(sql.one.starts_with("SELECT l.a, l.t, CASE"));
         for s in [&sql.one, &sql.batch] {
             assert!(s.contains("ORDER BY \"transaction_time\" DESC LIMIT $2"));
-            assert!(s.contains("\"transaction_time\" > ('epoch'::timestamptz + $5::int8"));
+            assert!(s.contains("\"transaction_time\" > ('epoch'::timestamptz + $4::int8"));
+            assert!(s.contains("CASE WHEN l.n = $2 AND l.oldest > $4 THEN"));
         }
     }
 }

@@ -133,6 +133,21 @@ fn users(now: DateTime<Utc>, non_finite: bool) -> Vec<(i64, Rows)> {
                 (Some(2.5), ago(7200.0)),
             ],
         ));
+        // A full page in the window, one amount in six not finite: the
+        // window aggregate skips them too.
+        users.push((
+            209,
+            (0..90)
+                .map(|i| {
+                    let a = match i % 6 {
+                        0 => None,
+                        3 => Some(f64::NAN),
+                        _ => amount(i),
+                    };
+                    (a, ago(30.0 * i as f64))
+                })
+                .collect(),
+        ));
     }
     users
 }
