@@ -207,7 +207,7 @@ mod tests {
         assert!(s.contains("\\set uid random(1, 1000)\n"), "{s}");
         assert!(s.contains("\\set short_start 3600000000\n"), "{s}");
         assert!(s.contains("\\set long_start -79200000000\n"), "{s}");
-        assert!(s.contains(":now_us"), "{s}");
+        assert!(s.contains(":long_start"), "{s}");
     }
 
     #[test]

@@ -94,8 +94,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// The pgbench script: the worker's own single-user statement
 /// (`Source::default().sql().one`, the seed's table) with the parameters
 /// the worker passes: `$1` a random user in `1..=users`, `$2` the default
-/// lookback, `$3` "now" (`now_us`, fixed by the bench, µs since the epoch),
-/// `$4` and `$5` the starts of the default short and long windows before it.
+/// lookback, `$3` and `$4` the starts of the default short and long windows
+/// before "now" (`now_us`, fixed by the bench, µs since the epoch).
 pub(super) fn pgbench_script(users: u64, now_us: i64) -> anyhow::Result<String> {
     let p = riskfeat_worker::params::FeatureParams::default();
     let start = |window_s: u64| (now_us - window_s as i64 * 1_000_000).to_string();
@@ -104,7 +104,6 @@ pub(super) fn pgbench_script(users: u64, now_us: i64) -> anyhow::Result<String> 
         &[
             ("uid", format!("random(1, {users})")),
             ("lookback", p.lookback.to_string()),
-            ("now_us", now_us.to_string()),
             ("short_start", start(p.short_window_s)),
             ("long_start", start(p.long_window_s)),
         ],
