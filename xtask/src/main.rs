@@ -1,8 +1,7 @@
 //! `cargo xtask`: the project's developer commands. Thin dispatch; each
 //! command lives in the module named after it.
 
-mod bench_configd;
-mod bench_worker;
+mod bench;
 mod demo;
 mod seed;
 mod test;
@@ -26,18 +25,8 @@ enum Command {
     /// Load deterministic transactions into a database.
     SeedData(seed::Args),
     /// Benchmarks; results go to docs/benchmarks.md.
-    Bench {
-        #[command(subcommand)]
-        which: Bench,
-    },
-}
-
-#[derive(Subcommand)]
-enum Bench {
-    /// Worker over HTTP against pgbench running the worker's own SQL.
-    Worker(bench_worker::Args),
-    /// configd: 10,000 long-poll watchers, incremental vs snapshot bytes.
-    Configd(bench_configd::Args),
+    #[command(subcommand)]
+    Bench(bench::Which),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,10 +34,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(a) => demo::run(a),
         Command::Test(a) => test::run(a),
         Command::SeedData(a) => seed::run(a),
-        Command::Bench { which } => match which {
-            Bench::Worker(a) => bench_worker::run(a),
-            Bench::Configd(a) => bench_configd::run(a),
-        },
+        Command::Bench(which) => bench::run(which),
     }
 }
 

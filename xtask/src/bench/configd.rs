@@ -17,8 +17,9 @@
 //!
 //! Prints a markdown section and appends it to docs/benchmarks.md.
 
-use anyhow::{bail, Context};
-use riskfeat_tests::{ChildProc, PgCluster};
+use super::{machine, quantile, vm_kb};
+use anyhow::bail;
+use riskfeat_tests::{Configd, ConfigdToken, PgCluster};
 use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
@@ -52,42 +53,13 @@ const ADMIN: &str = "bench-admin-token-0123456789";
 const READER: &str = "bench-reader-token-0123456789";
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let root = crate::workspace_root();
-    eprintln!("bench configd: building the release configd");
-    let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "riskfeat-configd",
-            "--bin",
-            "riskfeat-configd",
-        ])
-        .current_dir(&root)
-        .status()
-        .context("run cargo build --release")?;
-    if !status.success() {
-        bail!("cargo build --release -p riskfeat-configd failed");
-    }
     raise_nofile();
-    let bin = root.join("target/release/riskfeat-configd");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let report = rt.block_on(bench(&args, &bin))?;
-    println!("{report}");
-    if !args.no_record {
-        let path = root.join("docs/benchmarks.md");
-        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
-        if !text.ends_with('\n') {
-            text.push('\n');
-        }
-        text.push('\n');
-        text.push_str(&report);
-        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
-        eprintln!("bench configd: appended to {}", path.display());
-    }
-    Ok(())
+    super::run_bench(
+        "configd",
+        &["riskfeat-configd"],
+        args.no_record,
+        |release| async move { bench(&args, &release.join("riskfeat-configd")).await },
+    )
 }
 
 fn raise_nofile() {
@@ -97,96 +69,52 @@ fn raise_nofile() {
     }
 }
 
+/// How long configd may take to become ready (a cold start loads nothing,
+/// but the machine is shared).
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The release configd ([`Configd`] fixture) and the bench's requests to it.
 struct Server {
-    proc: Option<ChildProc>,
-    port: u16,
-    dir: tempfile::TempDir,
-    bin: std::path::PathBuf,
+    configd: Configd,
 }
 
 impl Server {
     fn new(pg: &PgCluster, bin: &Path) -> anyhow::Result<Server> {
-        let dir = tempfile::tempdir()?;
-        std::fs::write(dir.path().join("db.dsn"), pg.primary.superuser_dsn())?;
-        std::fs::write(
-            dir.path().join("tokens.toml"),
-            format!(
-                "[[tokens]]\nname='admin'\ntoken='{ADMIN}'\nrole='admin'\nnamespaces=['*']\n\
-                 [[tokens]]\nname='reader'\ntoken='{READER}'\nrole='read'\nnamespaces=['*']\n"
-            ),
-        )?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        Ok(Server {
-            proc: None,
-            port,
-            dir,
-            bin: bin.to_path_buf(),
-        })
+        let tokens = [
+            ConfigdToken::admin("admin", ADMIN),
+            ConfigdToken::read("reader", READER, &["*"]),
+        ];
+        let configd = Configd::new(&pg.primary.superuser_dsn(), &tokens)?
+            .with_binary(bin)
+            .with_env("RISKFEAT_LOG", "warn");
+        Ok(Server { configd })
     }
 
+    /// (Re)starts configd with `warm_up` and waits until it is ready.
     async fn start(&mut self, warm_up: bool) -> anyhow::Result<()> {
-        self.proc = None;
-        std::fs::write(
-            self.dir.path().join("configd.toml"),
-            format!(
-                "listen='127.0.0.1:{}'\ndatabase_url_file='db.dsn'\ntokens_file='tokens.toml'\n\
-                 max_value_bytes=16384\nmax_body_bytes=134217728\nwarm_up={warm_up}\nmax_poll_timeout_s=600\n",
-                self.port
-            ),
-        )?;
-        let cfg = self.dir.path().join("configd.toml");
-        let p = ChildProc::spawn(
-            &self.bin,
-            &["--config", cfg.to_str().unwrap()],
-            &[("RISKFEAT_LOG", "warn")],
-        )?;
-        self.proc = Some(p);
-        let url = format!("{}/readyz", self.base());
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(r) = reqwest::get(&url).await {
-                if r.status().is_success() {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("configd not ready: {}", self.proc.as_ref().unwrap().logs());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.configd.spawn(&format!(
+            "max_value_bytes = 16384\nmax_body_bytes = 134217728\nwarm_up = {warm_up}\n\
+             max_poll_timeout_s = 600"
+        ))?;
+        self.configd.wait_ready(READY_TIMEOUT).await
     }
 
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+    fn port(&self) -> u16 {
+        self.configd.http().port()
     }
 
     fn pid(&self) -> u32 {
-        self.proc.as_ref().map(|p| p.pid()).unwrap_or(0)
+        self.configd.pid()
     }
 
-    fn vm(&self, key: &str) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with(key))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
-    }
-
+    /// One sample of `/metrics` (0 when absent or unreachable).
     async fn metric(&self, name: &str) -> f64 {
-        let text = match reqwest::get(format!("{}/metrics", self.base())).await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        self.configd
+            .http()
+            .metric(name)
+            .await
+            .ok()
+            .flatten()
             .unwrap_or(0.0)
     }
 
@@ -197,7 +125,7 @@ impl Server {
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<serde_json::Value> {
         let mut r = reqwest::Client::new()
-            .request(method, format!("{}{path}", self.base()))
+            .request(method, self.configd.url(path))
             .bearer_auth(ADMIN)
             .timeout(Duration::from_secs(300));
         if let Some(b) = body {
@@ -210,6 +138,14 @@ impl Server {
             bail!("{path}: {s} {v}");
         }
         Ok(v)
+    }
+
+    /// Publishes `changes` to `ns` (by the bench); the new version.
+    async fn publish(&self, ns: &str, changes: serde_json::Value) -> anyhow::Result<u64> {
+        let path = format!("/v1/admin/namespaces/{ns}/publish");
+        let body = json!({"author": "bench", "changes": changes});
+        let v = self.admin(reqwest::Method::POST, &path, Some(body)).await?;
+        Ok(v["version"].as_u64().unwrap_or(0))
     }
 }
 
@@ -294,14 +230,6 @@ fn value(ns: usize, i: usize, size: usize) -> serde_json::Value {
     json!({"rule": format!("rule-{ns}-{i}"), "enabled": next() % 7 != 0, "priority": next() % 100, "action": "review", "window_s": 3600, "conditions": conditions})
 }
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[idx]
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
@@ -330,14 +258,7 @@ async fn load_namespace(
         let changes: Vec<_> = (start..(start + chunk).min(items))
             .map(|i| json!({"op": "upsert", "key": format!("rule-{i:06}"), "value": value(idx, i, size)}))
             .collect();
-        let v = server
-            .admin(
-                reqwest::Method::POST,
-                &format!("/v1/admin/namespaces/{ns}/publish"),
-                Some(json!({"author": "bench", "changes": changes})),
-            )
-            .await?;
-        version = v["version"].as_u64().unwrap_or(0);
+        version = server.publish(ns, json!(changes)).await?;
     }
     Ok(version)
 }
@@ -364,13 +285,9 @@ async fn bench(args: &Args, bin: &Path) -> anyhow::Result<String> {
         .admin(reqwest::Method::PUT, "/v1/admin/namespaces/watched", None)
         .await?;
     server
-        .admin(
-            reqwest::Method::POST,
-            "/v1/admin/namespaces/watched/publish",
-            Some(json!({"changes": [{"op": "upsert", "key": "k", "value": 0}]})),
-        )
+        .publish("watched", json!([{"op": "upsert", "key": "k", "value": 0}]))
         .await?;
-    let port = server.port;
+    let port = server.port();
     let sem = Arc::new(tokio::sync::Semaphore::new(200));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Result<(u16, Instant)>>();
     for _ in 0..args.watchers {
@@ -403,14 +320,10 @@ async fn bench(args: &Args, bin: &Path) -> anyhow::Result<String> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let rss_watch = server.vm("VmRSS:");
+    let rss_watch = vm_kb(server.pid(), "VmRSS:");
     let t0 = Instant::now();
     server
-        .admin(
-            reqwest::Method::POST,
-            "/v1/admin/namespaces/watched/publish",
-            Some(json!({"changes": [{"op": "upsert", "key": "k", "value": 1}]})),
-        )
+        .publish("watched", json!([{"op": "upsert", "key": "k", "value": 1}]))
         .await?;
     let publish_rtt = t0.elapsed();
     let mut lat = Vec::with_capacity(args.watchers);
@@ -429,9 +342,9 @@ async fn bench(args: &Args, bin: &Path) -> anyhow::Result<String> {
          | etcd 3.4 watch via JSON gateway, 10,000 watchers (REFERENCE.md) | ~460 ms | ~800 ms | - | - |\n\n\
          Publish round trip (commit + NOTIFY + cache refresh) {}; configd RSS holding {} watchers: {:.0} MB.\n\n",
         args.watchers,
-        ms(pct(&lat, 0.5)),
-        ms(pct(&lat, 0.99)),
-        ms(pct(&lat, 1.0)),
+        ms(quantile(&lat, 0.5)),
+        ms(quantile(&lat, 0.99)),
+        ms(quantile(&lat, 1.0)),
         errors,
         ms(publish_rtt),
         args.watchers,
@@ -439,9 +352,9 @@ async fn bench(args: &Args, bin: &Path) -> anyhow::Result<String> {
     ));
     eprintln!(
         "bench configd: watchers done: p50 {} p99 {} max {}",
-        ms(pct(&lat, 0.5)),
-        ms(pct(&lat, 0.99)),
-        ms(pct(&lat, 1.0))
+        ms(quantile(&lat, 0.5)),
+        ms(quantile(&lat, 0.99)),
+        ms(quantile(&lat, 1.0))
     );
 
     // 2 + 3. Big namespaces.
@@ -456,9 +369,9 @@ async fn bench(args: &Args, bin: &Path) -> anyhow::Result<String> {
     }
     let load_time = load_start.elapsed();
     let v = versions[0];
-    server
-        .admin(reqwest::Method::POST, "/v1/admin/namespaces/big0/publish", Some(json!({"changes": [{"op": "upsert", "key": "rule-000007", "value": value(9, 9, args.value_bytes)}]})))
-        .await?;
+    let change =
+        json!([{"op": "upsert", "key": "rule-000007", "value": value(9, 9, args.value_bytes)}]);
+    server.publish("big0", change).await?;
     let (_, inc) = raw_get(
         port,
         &format!("/v1/namespaces/big0/changes?from={v}"),
@@ -484,8 +397,8 @@ async fn bench(args: &Args, bin: &Path) -> anyhow::Result<String> {
         .await;
     let (mut done, wire, failed) = storm(port, &names, args.clients).await?;
     done.sort();
-    let all = pct(&done, 1.0);
-    let hwm = server.vm("VmHWM:");
+    let all = quantile(&done, 1.0);
+    let hwm = vm_kb(server.pid(), "VmHWM:");
     let queries = server
         .metric("riskfeat_configd_db_snapshot_queries_total")
         .await
@@ -496,10 +409,10 @@ async fn bench(args: &Args, bin: &Path) -> anyhow::Result<String> {
     // The same storm again on a warm cache, with the peak reset: what it
     // adds to the resident set is what 1,000 clients cost (connections,
     // buffers in flight), the shared snapshots being built already.
-    let rss_before = server.vm("VmRSS:");
+    let rss_before = vm_kb(server.pid(), "VmRSS:");
     let reset = std::fs::write(format!("/proc/{}/clear_refs", server.pid()), "5").is_ok();
     let (_, _, warm_failed) = storm(port, &names, args.clients).await?;
-    let warm_peak = server.vm("VmHWM:");
+    let warm_peak = vm_kb(server.pid(), "VmHWM:");
     let per_client = if reset {
         format!(
             "{:.0} MB before, peak {:.0} MB: {:.0} KB per client ({} failed)",
@@ -520,7 +433,7 @@ async fn bench(args: &Args, bin: &Path) -> anyhow::Result<String> {
          | bytes on the wire | {} ({} per client) |\n| configd peak RSS (VmHWM) | {:.0} MB ({:.1}x the config) |\n\
          | the same storm again, warm (RSS before, peak) | {} |\n\n\
          Loading the namespaces through the admin API (chunks of 10,000 items) took {:.0} s. Bench total {:.0} s.\n",
-        args.namespaces, args.items, args.value_bytes, args.clients, mb(config_bytes), ms(all), ms(pct(&done, 0.5)), failed,
+        args.namespaces, args.items, args.value_bytes, args.clients, mb(config_bytes), ms(all), ms(quantile(&done, 0.5)), failed,
         queries, builds, mb(wire as f64), mb(wire as f64 / args.clients.max(1) as f64),
         hwm as f64 / 1024.0, hwm as f64 * 1024.0 / config_bytes.max(1.0), per_client, load_time.as_secs_f64(), total.elapsed().as_secs_f64()
     ));
@@ -560,24 +473,4 @@ async fn storm(
         }
     }
     Ok((done, wire, failed))
-}
-
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into());
-    format!("{cpus} CPUs, {model}, 1-min load {load} at the end")
 }
