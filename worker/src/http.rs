@@ -70,32 +70,40 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What a caller is told of a failed query: a stable code and a message
+/// that helps it (retry, or not) without the database's host, the dynamic
+/// username or PostgreSQL's own text, which go to the log instead.
 impl From<QueryFailure> for ApiError {
     fn from(f: QueryFailure) -> Self {
         let unavailable = StatusCode::SERVICE_UNAVAILABLE;
-        match f {
-            QueryFailure::NoCredential => ApiError::new(
+        let (status, code, message) = match &f {
+            QueryFailure::NoCredential => (
                 unavailable,
                 "no_credential",
-                "no usable database credential yet",
+                "no usable database credential yet; retry later",
             ),
-            QueryFailure::Db(DbError::PoolTimeout(d)) => ApiError::new(
+            QueryFailure::Db(DbError::PoolTimeout(_)) => (
                 unavailable,
                 "pool_exhausted",
-                format!("no free database connection within {d:?}"),
+                "no free database connection in time; retry later",
             ),
             QueryFailure::Db(
-                e @ (DbError::Connect { .. }
-                | DbError::Closed
-                | DbError::Tls(_)
-                | DbError::Source(_)),
-            ) => ApiError::new(unavailable, "database_unavailable", e.to_string()),
-            QueryFailure::Db(e @ DbError::Query(_)) => ApiError::new(
+                DbError::Connect { .. } | DbError::Closed | DbError::Tls(_) | DbError::Source(_),
+            ) => (
+                unavailable,
+                "database_unavailable",
+                "the database cannot be reached; retry later",
+            ),
+            QueryFailure::Db(DbError::Query(_)) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "database_error",
-                e.to_string(),
+                "the feature query failed",
             ),
+        };
+        if let QueryFailure::Db(e) = &f {
+            tracing::warn!(code, error = %e, "feature query failed");
         }
+        ApiError::new(status, code, message)
     }
 }
 
@@ -340,5 +348,36 @@ mod tests {
             parse_user_id("99999999999999999999").unwrap_err().code,
             "bad_user_id"
         );
+    }
+
+    /// Checked to fail: with the error's own text as the message (as
+    /// before), the host, the dynamic user and PostgreSQL's words are in
+    /// the body.
+    #[test]
+    fn error_bodies_tell_callers_no_internals() {
+        for (f, status, code) in [
+            (
+                QueryFailure::Db(DbError::Connect {
+                    target: "replica.internal:5432/riskfeat".into(),
+                    user: "v-approle-feature-r-XyZ".into(),
+                    message: "password authentication failed for user".into(),
+                }),
+                503,
+                "database_unavailable",
+            ),
+            (
+                QueryFailure::Db(DbError::Query(
+                    "relation \"secret_table\" does not exist (SQLSTATE 42P01)".into(),
+                )),
+                500,
+                "database_error",
+            ),
+        ] {
+            let e = ApiError::from(f);
+            assert_eq!((e.status.as_u16(), e.code), (status, code));
+            for leak in ["replica.internal", "v-approle", "password", "secret_table", "SQLSTATE"] {
+                assert!(!e.message.contains(leak), "{leak} in {:?}", e.message);
+            }
+        }
     }
 }
