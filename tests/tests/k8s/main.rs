@@ -23,10 +23,12 @@
 //! - [`prometheus`]: a real Prometheus scraping the three programs, with
 //!   the shipped rules (the one test here that starts PostgreSQL and
 //!   OpenBao);
+//! - [`network`]: the NetworkPolicies and HTTPS configd in prod;
 //! - [`shipped`]: the shipped configs and the Dockerfile;
 //! - [`support`]: rendering, lookups, the tools.
 
 mod monitoring;
+mod network;
 mod pods;
 mod prometheus;
 mod secrets;

@@ -58,6 +58,22 @@ fn shipped_configs_are_accepted_by_the_binaries() {
             );
             cfg.insert(key.into(), path.display().to_string().into());
         }
+        // HTTPS (prod): a stand-in pair from a throwaway CA, so configd
+        // loads a real certificate and key as it would from the Secret.
+        if cfg.contains_key("tls_cert_file") || cfg.contains_key("tls_key_file") {
+            let ca = riskfeat_tests::tls::TestCa::new("k8s-test configd CA").unwrap();
+            let pair = ca.issue_server(&["riskfeat-configd"]).unwrap();
+            let cert = tmp.path().join(format!("{overlay}-tls.crt"));
+            let key = tmp.path().join(format!("{overlay}-tls.key"));
+            std::fs::write(&cert, &pair.cert_pem).unwrap();
+            std::fs::write(&key, &pair.key_pem).unwrap();
+            for (k, path) in [("tls_cert_file", &cert), ("tls_key_file", &key)] {
+                assert!(cfg.contains_key(k), "{overlay}: configd.toml has no {k}");
+                cfg.insert(k.into(), path.display().to_string().into());
+            }
+        } else {
+            assert_ne!(*overlay, "prod", "prod: configd.toml has no tls_cert_file");
+        }
         cfg.insert("listen".into(), "127.0.0.1:0".into());
         let path = tmp.path().join(format!("{overlay}-configd.toml"));
         std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();

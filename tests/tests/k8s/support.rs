@@ -30,10 +30,12 @@ pub const OUT_OF_BAND_SECRETS: &[&str] = &[
     "riskfeat-configd-db",
     "riskfeat-configd-tokens",
     "riskfeat-db-fallback-password",
+    "riskfeat-configd-tls",
 ];
 /// ConfigMaps the pods mount that come from outside this repository
 /// (public material, e.g. a CA certificate from the operator's PKI).
-pub const OUT_OF_BAND_CONFIGMAPS: &[&str] = &["riskfeat-vault-ca", "riskfeat-pg-ca"];
+pub const OUT_OF_BAND_CONFIGMAPS: &[&str] =
+    &["riskfeat-vault-ca", "riskfeat-pg-ca", "riskfeat-configd-ca"];
 /// Kinds kubernetes-validate has schemas for, as used here.
 pub const CORE_KINDS: &[&str] = &[
     "Namespace",
@@ -43,6 +45,7 @@ pub const CORE_KINDS: &[&str] = &[
     "Service",
     "Deployment",
     "PodDisruptionBudget",
+    "NetworkPolicy",
 ];
 
 /// Runs a command; returns (success, stdout + stderr).
