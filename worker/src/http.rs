@@ -375,7 +375,13 @@ mod tests {
         ] {
             let e = ApiError::from(f);
             assert_eq!((e.status.as_u16(), e.code), (status, code));
-            for leak in ["replica.internal", "v-approle", "password", "secret_table", "SQLSTATE"] {
+            for leak in [
+                "replica.internal",
+                "v-approle",
+                "password",
+                "secret_table",
+                "SQLSTATE",
+            ] {
                 assert!(!e.message.contains(leak), "{leak} in {:?}", e.message);
             }
         }
