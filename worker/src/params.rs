@@ -97,19 +97,26 @@ impl FeatureParams {
                 }
             }
         };
-        if let Some(n) = int("lookback", &mut problems) {
-            if (1..=1000).contains(&n) {
-                p.lookback = n as usize;
+        // An integer key within `range`; out of it, "<key> = <n>: expected
+        // <expected>".
+        let ranged = |key: &str,
+                      range: std::ops::RangeInclusive<i64>,
+                      expected: &str,
+                      problems: &mut Vec<String>|
+         -> Option<i64> {
+            let n = int(key, problems)?;
+            if range.contains(&n) {
+                Some(n)
             } else {
-                problems.push(format!("lookback = {n}: expected 1..=1000"));
+                problems.push(format!("{key} = {n}: expected {expected}"));
+                None
             }
+        };
+        if let Some(n) = ranged("lookback", 1..=1000, "1..=1000", &mut problems) {
+            p.lookback = n as usize;
         }
-        if let Some(n) = int("ma_window", &mut problems) {
-            if n >= 1 {
-                p.ma_window = n as usize;
-            } else {
-                problems.push(format!("ma_window = {n}: expected at least 1"));
-            }
+        if let Some(n) = ranged("ma_window", 1..=i64::MAX, "at least 1", &mut problems) {
+            p.ma_window = n as usize;
         }
         if p.ma_window > p.lookback {
             problems.push(format!(
@@ -124,12 +131,8 @@ impl FeatureParams {
                 problems.push(format!("zscore_above = {x}: expected >= 0"));
             }
         }
-        if let Some(n) = int("count_1h_above", &mut problems) {
-            if n >= 0 {
-                p.count_1h_above = n as u64;
-            } else {
-                problems.push(format!("count_1h_above = {n}: expected >= 0"));
-            }
+        if let Some(n) = ranged("count_1h_above", 0..=i64::MAX, ">= 0", &mut problems) {
+            p.count_1h_above = n as u64;
         }
         if let Some(x) = float("amount_24h_above", &mut problems) {
             if x >= 0.0 {
@@ -138,15 +141,14 @@ impl FeatureParams {
                 problems.push(format!("amount_24h_above = {x}: expected >= 0"));
             }
         }
-        if let Some(n) = int("min_history", &mut problems) {
-            if (0..=p.lookback as i64).contains(&n) {
-                p.min_history = n as usize;
-            } else {
-                problems.push(format!(
-                    "min_history = {n}: expected 0..=lookback ({})",
-                    p.lookback
-                ));
-            }
+        let lookback = format!("0..=lookback ({})", p.lookback);
+        if let Some(n) = ranged(
+            "min_history",
+            0..=p.lookback as i64,
+            &lookback,
+            &mut problems,
+        ) {
+            p.min_history = n as usize;
         }
         if let Some(x) = float("std_epsilon", &mut problems) {
             if x >= 0.0 {
@@ -159,12 +161,9 @@ impl FeatureParams {
             ("short_window_s", &mut p.short_window_s),
             ("long_window_s", &mut p.long_window_s),
         ] {
-            if let Some(n) = int(key, &mut problems) {
-                if (1..=MAX_WINDOW_S as i64).contains(&n) {
-                    *slot = n as u64;
-                } else {
-                    problems.push(format!("{key} = {n}: expected 1..={MAX_WINDOW_S}"));
-                }
+            let expected = format!("1..={MAX_WINDOW_S}");
+            if let Some(n) = ranged(key, 1..=MAX_WINDOW_S as i64, &expected, &mut problems) {
+                *slot = n as u64;
             }
         }
         if p.short_window_s > p.long_window_s {
