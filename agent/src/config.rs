@@ -407,7 +407,7 @@ fn tracing_filter_invalid(level: &str) -> bool {
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    pub(super) const MINIMAL: &str = r#"
         [vault]
         addr = "http://127.0.0.1:8200"
         role_id_file = "/etc/riskfeat/role_id"
@@ -424,7 +424,7 @@ mod tests {
     }
 
     /// `msg` names every one of `wants`.
-    fn assert_names(msg: &str, wants: &[&str]) {
+    pub(super) fn assert_names(msg: &str, wants: &[&str]) {
         for want in wants {
             assert!(msg.contains(want), "missing {want:?} in {msg}");
         }

@@ -125,7 +125,11 @@ mod tests {
         for (what, edit, want) in [
             ("extra field", json!({"colour": 1}), "colour"),
             ("generation 0", json!({"generation": 0}), "generation"),
-            ("sslmode", json!({"replica": {"host": "pg", "port": 5433, "dbname": "r", "sslmode": "require"}}), "sslmode"),
+            (
+                "sslmode",
+                json!({"replica": {"host": "pg", "port": 5433, "dbname": "r", "sslmode": "require"}}),
+                "sslmode",
+            ),
             ("dynamic without lease", json!({"lease_id": ""}), "lease_id"),
             ("not a time", json!({"expires_at": "soon"}), "expires_at"),
         ] {

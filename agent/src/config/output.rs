@@ -277,25 +277,16 @@ fn path_problems(cfg: &Config, name: &str, path: &Path, out: &mut Vec<String>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{assert_names, MINIMAL};
     use super::super::Overrides;
     use super::*;
-
-    const BASE: &str = r#"
-        shared_dir = "/run/riskfeat"
-        [vault]
-        addr = "http://127.0.0.1:8200"
-        secret_id_file = "/s"
-        [database]
-        primary = { host = "p", port = 5432, dbname = "riskfeat" }
-        replica = { host = "r", port = 5432, dbname = "riskfeat" }
-    "#;
 
     fn parse(outputs: &str) -> Result<Config, String> {
         parse_with("output_allowed_dirs = [\"/run/app\"]", outputs)
     }
 
     fn parse_with(top: &str, outputs: &str) -> Result<Config, String> {
-        let text = format!("{top}\n{BASE}\n{outputs}");
+        let text = format!("{top}\nshared_dir = \"/run/riskfeat\"\n{MINIMAL}\n{outputs}");
         Config::parse("a.toml", &text, &Overrides::default()).map_err(|e| e.to_string())
     }
 
@@ -362,22 +353,23 @@ mod tests {
             "#,
         )
         .unwrap_err();
-        for want in [
-            "output_allowed_dirs[0]",
-            "output[0].path: /run/riskfeat/db.json is the agent's",
-            "output[0].endpoint: not used by kind \"pgpass\"",
-            "output[0].sslrootcert",
-            "output[1].path: /etc/passwd is neither in shared_dir",
-            "output[1].mode: 0o644",
-            "output[1].format: only kind \"dsn\"",
-            "output[2].path: \"../x\"",
-            "output[2].notify_signal is set but output[2].notify_pid_file is not",
-            "output[3].notify_signal: \"SIGNOPE\"",
-            "output[4].path: /run/riskfeat/a.dsn is already the path",
-            "output[4].notify_pid_file: \"app.pid\" must be an absolute path",
-        ] {
-            assert!(msg.contains(want), "missing {want:?} in {msg}");
-        }
+        assert_names(
+            &msg,
+            &[
+                "output_allowed_dirs[0]",
+                "output[0].path: /run/riskfeat/db.json is the agent's",
+                "output[0].endpoint: not used by kind \"pgpass\"",
+                "output[0].sslrootcert",
+                "output[1].path: /etc/passwd is neither in shared_dir",
+                "output[1].mode: 0o644",
+                "output[1].format: only kind \"dsn\"",
+                "output[2].path: \"../x\"",
+                "output[2].notify_signal is set but output[2].notify_pid_file is not",
+                "output[3].notify_signal: \"SIGNOPE\"",
+                "output[4].path: /run/riskfeat/a.dsn is already the path",
+                "output[4].notify_pid_file: \"app.pid\" must be an absolute path",
+            ],
+        );
     }
 
     #[test]
@@ -395,12 +387,13 @@ mod tests {
             "#,
         )
         .unwrap_err();
-        for want in [
-            "output[0].kind: unknown variant `yaml`",
-            "output[1].colour: unknown key",
-            "output[1].mode: invalid type: string",
-        ] {
-            assert!(msg.contains(want), "missing {want:?} in {msg}");
-        }
+        assert_names(
+            &msg,
+            &[
+                "output[0].kind: unknown variant `yaml`",
+                "output[1].colour: unknown key",
+                "output[1].mode: invalid type: string",
+            ],
+        );
     }
 }

@@ -72,7 +72,9 @@ fn pgpass(cred: &DbCredential) -> Result<String, String> {
         .iter()
         .any(|s| s.contains(['\n', '\r']))
     {
-        return Err("the username or password holds a line break, which a pgpass file cannot".into());
+        return Err(
+            "the username or password holds a line break, which a pgpass file cannot".into(),
+        );
     }
     let mut out = header(cred);
     let mut seen = Vec::new();
@@ -328,7 +330,10 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("password=p\\=q\\:r\\#s\\!\\u00e9\n"), "{text}");
+        assert!(
+            text.contains("password=p\\=q\\:r\\#s\\!\\u00e9\n"),
+            "{text}"
+        );
         assert!(text.ends_with("riskfeat.generation=7\n"), "{text}");
     }
 }

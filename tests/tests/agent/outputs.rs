@@ -5,7 +5,9 @@
 //! generation in `worker.json`, and the agent retires the old lease on that
 //! ack; the files match `docs/schemas/`.
 
-use crate::support::{db_json, dynamic_roles, opts, spawn_agent, wait_published, write_config, SECS};
+use crate::support::{
+    db_json, dynamic_roles, opts, spawn_agent, wait_published, write_config, SECS,
+};
 use riskfeat_shared::ack::WorkerAck;
 use riskfeat_shared::creds::DbCredential;
 use riskfeat_tests::fixtures::sample;
@@ -102,7 +104,16 @@ fn assert_outputs_hold(dir: &Path, c: &DbCredential) {
     let passfile = pgpass.display().to_string();
     let port = r.port.to_string();
     let via_pgpass = psql_user(
-        &["-h", &r.host, "-p", &port, "-d", &r.dbname, "-U", &c.username],
+        &[
+            "-h",
+            &r.host,
+            "-p",
+            &port,
+            "-d",
+            &r.dbname,
+            "-U",
+            &c.username,
+        ],
         &[("PGPASSFILE", &passfile)],
     );
     assert_eq!(via_pgpass.as_deref(), Ok(c.username.as_str()), "pgpass");
@@ -195,11 +206,17 @@ async fn outputs_follow_rotation_and_the_python_reader_acks_them() {
         let pid = reader.pid();
         move || async move { ack().is_some_and(|a| a.generation == g && a.pid == pid) }
     };
-    wait_until(SECS(30), "the reader acks generation 1", acked(first.generation))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\nreader:\n{}", reader.logs()));
+    wait_until(
+        SECS(30),
+        "the reader acks generation 1",
+        acked(first.generation),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nreader:\n{}", reader.logs()));
     assert!(
-        reader.logs().contains("acked generation 1 (checked with SELECT 1)"),
+        reader
+            .logs()
+            .contains("acked generation 1 (checked with SELECT 1)"),
         "{}",
         reader.logs()
     );
@@ -215,23 +232,41 @@ async fn outputs_follow_rotation_and_the_python_reader_acks_them() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\nreader:\n{}\nagent:\n{}", reader.logs(), agent.logs()));
-    assert!(reader.logs().contains("SIGHUP received"), "{}", reader.logs());
+    assert!(
+        reader.logs().contains("SIGHUP received"),
+        "{}",
+        reader.logs()
+    );
     assert_outputs_hold(&shared, &second);
     // The agent saw the ack: the old lease is retired on it, before its
     // deadline, and its role is gone.
     wait_until(SECS(30), "generation 1's role dropped", || async {
-        !dynamic_roles(&stack).await.unwrap().contains(&first.username)
+        !dynamic_roles(&stack)
+            .await
+            .unwrap()
+            .contains(&first.username)
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
     let m = agent.metrics().await.unwrap();
-    let retired = |r: &str| sample(&m, &format!("riskfeat_agent_lease_retirements_total{{result=\"{r}\"}}"));
+    let retired = |r: &str| {
+        sample(
+            &m,
+            &format!("riskfeat_agent_lease_retirements_total{{result=\"{r}\"}}"),
+        )
+    };
     assert_eq!(retired("acked"), Some(1.0), "{m}");
     assert_eq!(retired("grace"), Some(0.0), "{m}");
     let notified = |r: &str| {
-        sample(&m, &format!("riskfeat_agent_output_notifications_total{{result=\"{r}\"}}"))
+        sample(
+            &m,
+            &format!("riskfeat_agent_output_notifications_total{{result=\"{r}\"}}"),
+        )
     };
-    assert!(notified("ok") >= Some(1.0) && notified("error") >= Some(1.0), "{m}");
+    assert!(
+        notified("ok") >= Some(1.0) && notified("error") >= Some(1.0),
+        "{m}"
+    );
     riskfeat_tests::schemas::check_shared_dir(&shared).unwrap();
     assert_eq!(db_json(&stack).unwrap().generation, second.generation);
 
