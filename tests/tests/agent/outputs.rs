@@ -144,12 +144,14 @@ fn assert_outputs_hold(dir: &Path, c: &DbCredential) {
 /// The acceptance of issue 21 item 3: the Python example reads the pgpass
 /// output and the ack protocol works for it.
 ///
-/// Checked: with the notify call in `agent/src/outputs/mod.rs` removed,
-/// this test fails waiting for "the reader acks generation 2 after SIGHUP"
-/// (the reader re-reads only on the signal: --interval 3600); with
-/// `write_ack(...)` removed from docs/examples/reader.py it fails at "the
-/// reader acks generation 1"; with `acked` ignored in `retire()` (revoking
-/// only at the grace end) it fails at the retirements metric.
+/// Checked (each reverted, run, restored): with the `notify::send` call in
+/// `agent/src/outputs/mod.rs` replaced by an error, this test fails with
+/// "timed out after 30s waiting for the reader acks generation 2 after
+/// SIGHUP" (the reader re-reads only on the signal: --interval 3600); with
+/// `write_ack(...)` removed from docs/examples/reader.py it fails with
+/// "timed out after 30s waiting for the reader acks generation 1"; with the
+/// ack ignored in `retire()` (`acked` always false: revoked at the old
+/// lease's deadline) it fails at `retired("acked") == Some(1.0)`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outputs_follow_rotation_and_the_python_reader_acks_them() {
     // Rotation at 15 s (max_ttl 30 / 2); the old lease's deadline another
