@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod auth;
+mod output;
 pub use auth::{AuthMethod, AuthSettings};
+pub use output::{DsnFormat, EndpointChoice, OutputKind, OutputSettings};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -49,6 +51,13 @@ pub struct Config {
     pub lifecycle: LifecycleSettings,
     pub fallback: Option<FallbackSettings>,
     pub configd: Option<ConfigdSettings>,
+    /// `[[output]]`: the credential again, in formats for programs other
+    /// than riskfeat-worker ([`crate::outputs`]).
+    #[serde(default, deserialize_with = "output::deserialize_blocks")]
+    pub output: Vec<OutputSettings>,
+    /// Directories outside `shared_dir` an `[[output]]` may be written in.
+    #[serde(default)]
+    pub output_allowed_dirs: Vec<PathBuf>,
 }
 
 /// `[vault]`: where Vault is and how to log in.
@@ -366,6 +375,7 @@ impl Validate for Config {
         if let Some(c) = &self.configd {
             out.extend(c.problems());
         }
+        output::problems(self, &mut out);
         out
     }
 }
@@ -397,7 +407,7 @@ fn tracing_filter_invalid(level: &str) -> bool {
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    pub(super) const MINIMAL: &str = r#"
         [vault]
         addr = "http://127.0.0.1:8200"
         role_id_file = "/etc/riskfeat/role_id"
@@ -414,7 +424,7 @@ mod tests {
     }
 
     /// `msg` names every one of `wants`.
-    fn assert_names(msg: &str, wants: &[&str]) {
+    pub(super) fn assert_names(msg: &str, wants: &[&str]) {
         for want in wants {
             assert!(msg.contains(want), "missing {want:?} in {msg}");
         }

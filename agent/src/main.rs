@@ -11,6 +11,7 @@ mod fatal;
 mod inputs;
 mod lifecycle;
 mod metrics;
+mod outputs;
 mod replica;
 mod run;
 mod state;

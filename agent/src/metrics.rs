@@ -15,6 +15,13 @@ pub struct AgentMetrics {
     pub issuances: IntCounterVec,
     pub revocations: IntCounterVec,
     pub replica_checks: IntCounterVec,
+    /// Superseded leases revoked: `acked` (the worker moved past them) or
+    /// `grace` (ack_grace_s or their deadline came first).
+    pub lease_retirements: IntCounterVec,
+    /// `[[output]]` files: `ok` written, `unchanged`, `error`.
+    pub output_writes: IntCounterVec,
+    /// Reload signals sent after outputs changed.
+    pub output_notifications: IntCounterVec,
     pub vault_request_duration: HistogramVec,
     pub credential_expiry: IntGauge,
     pub token_expiry: IntGauge,
@@ -80,7 +87,34 @@ impl AgentMetrics {
             "riskfeat_agent_replica_checks_total",
             "Login checks of a new credential on the replica, by result.",
         );
+        let output_writes = counter(
+            r,
+            "riskfeat_agent_output_writes_total",
+            "[[output]] files (pgpass, dsn, env, jdbc) per publish, by result (ok = written, unchanged = same bytes, not rewritten).",
+        );
+        output_writes.with_label_values(&["unchanged"]);
+        let lease_retirements = IntCounterVec::new(
+            Opts::new(
+                "riskfeat_agent_lease_retirements_total",
+                "Superseded leases revoked, by result: acked = after the worker's ack of a newer generation, grace = without it (ack_grace_s or the lease's deadline came first).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(lease_retirements.clone()))
+            .expect("unique metric");
+        for r in ["acked", "grace"] {
+            lease_retirements.with_label_values(&[r]);
+        }
         Self {
+            lease_retirements,
+            output_writes,
+            output_notifications: counter(
+                r,
+                "riskfeat_agent_output_notifications_total",
+                "Reload signals sent to the notify_pid_file program after its outputs changed, by result.",
+            ),
             logins: counter(
                 r,
                 "riskfeat_agent_vault_logins_total",

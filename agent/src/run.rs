@@ -89,6 +89,7 @@ fn approle_inputs(cfg: &Config, state: &AgentState) -> Result<LoginInputs, Fatal
 
 async fn run_async(cfg: Config) -> Result<(), Fatal> {
     check_shared_dir(&cfg)?;
+    crate::outputs::prepare(&cfg)?;
     let shared = SharedDir::new(cfg.shared_dir.clone());
     let state = match AgentState::load(&shared.agent_state()) {
         Ok(Some(s)) => s,

@@ -13,6 +13,7 @@
 //! - [`tls`]: a private CA and server certificates (PostgreSQL TLS);
 //! - [`hostile`]: stalled request heads, unread bodies, peak memory;
 //! - [`openapi`]: real answers checked against `docs/openapi/`;
+//! - [`schemas`]: shared-dir files checked against `docs/schemas/`;
 //! - [`pytools`]: Python tools installed on first use.
 
 pub mod bao;
@@ -26,6 +27,7 @@ pub mod process;
 pub mod promtool;
 pub mod proxy;
 pub mod pytools;
+pub mod schemas;
 pub mod stack;
 pub mod tls;
 

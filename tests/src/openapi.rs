@@ -10,7 +10,7 @@ use crate::process::workspace_root;
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The pinned openapi-spec-validator (OpenAPI 2.0 to 3.2), pip-installed on
 /// first use.
@@ -167,29 +167,7 @@ impl OpenApi {
         for (k, v) in schema.as_object().into_iter().flatten() {
             root[k] = v.clone();
         }
-        let validator = jsonschema::draft202012::new(&root)
-            .map_err(|e| anyhow!("{what}: the schema does not compile: {e}"))?;
-        let errors: Vec<String> = validator
-            .iter_errors(body)
-            .map(|e| format!("{} at {}", e, e.instance_path()))
-            .collect();
-        if errors.is_empty() {
-            return Ok(());
-        }
-        let mut answer = body.to_string();
-        if answer.len() > 2000 {
-            answer.truncate(answer.floor_char_boundary(2000));
-            answer.push_str("...");
-        }
-        bail!(
-            "{what}: the answer does not match {}:\n  {}{}\nanswer: {answer}",
-            self.path.display(),
-            errors[..errors.len().min(10)].join("\n  "),
-            match errors.len() {
-                n if n > 10 => format!("\n  ({} more)", n - 10),
-                _ => String::new(),
-            }
-        )
+        validate_json(&root, body, what, &self.path, false)
     }
 
     /// Checks a JSON answer of `method path` (a path template as in the
@@ -208,6 +186,44 @@ impl OpenApi {
         let schema = self.content_schema(response)?;
         self.validate(schema, body, &format!("response {name}"))
     }
+}
+
+/// Checks `body` against the JSON Schema 2020-12 `root` (with `formats`,
+/// `format` is asserted, not only annotated); the error names `what` and
+/// `source` (the document the schema comes from), lists the first ten
+/// mismatches and shows the value.
+pub fn validate_json(
+    root: &Value,
+    body: &Value,
+    what: &str,
+    source: &Path,
+    formats: bool,
+) -> anyhow::Result<()> {
+    let validator = jsonschema::draft202012::options()
+        .should_validate_formats(formats)
+        .build(root)
+        .map_err(|e| anyhow!("{what}: the schema does not compile: {e}"))?;
+    let errors: Vec<String> = validator
+        .iter_errors(body)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let mut answer = body.to_string();
+    if answer.len() > 2000 {
+        answer.truncate(answer.floor_char_boundary(2000));
+        answer.push_str("...");
+    }
+    bail!(
+        "{what}: the answer does not match {}:\n  {}{}\nanswer: {answer}",
+        source.display(),
+        errors[..errors.len().min(10)].join("\n  "),
+        match errors.len() {
+            n if n > 10 => format!("\n  ({} more)", n - 10),
+            _ => String::new(),
+        }
+    )
 }
 
 /// The (METHOD, path) pairs an axum router registers in `source`, read from

@@ -394,6 +394,11 @@ async fn a_publish_changes_the_features_the_worker_returns() {
         "same data, new threshold"
     );
     assert_eq!(worker.pid(), worker_pid);
+    // The files the agent (db.json, config/features.json) and the worker
+    // (worker.json) wrote match docs/schemas/.
+    let checked = riskfeat_tests::schemas::check_shared_dir(stack.shared_dir.path())
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(checked, ["db", "worker", "config"]);
     // The real /metrics pages of worker and configd, after real traffic,
     // pass Prometheus's own lint (the agent's is linted in tests/agent/).
     for page in [worker.url("/metrics"), configd.url("/metrics")] {

@@ -1,7 +1,8 @@
 //! A new credential: when one is needed (the rotation lead before the
 //! current one's deadline, or close to expiry), issue it within the
 //! per-minute cap, wait until it logs in on the replica, publish `db.json`
-//! with the next generation, and move the superseded lease to retirement.
+//! with the next generation (then the `[[output]]` files,
+//! [`crate::outputs`]), and move the superseded lease to retirement.
 //! When no dynamic credential is valid and Vault cannot issue one, the
 //! static fallback is published.
 
@@ -302,12 +303,23 @@ impl Lifecycle {
     fn write_db_json(&mut self, cred: &DbCredential) -> bool {
         let opts = WriteOptions::SHARED.with_gid(self.cfg.file_group);
         match write_json_atomic(&self.shared.db_json(), cred, opts) {
-            Ok(WriteOutcome::Written) => true,
-            Ok(WriteOutcome::Unchanged) => true,
+            Ok(WriteOutcome::Written) | Ok(WriteOutcome::Unchanged) => {
+                self.publish_outputs(Some(cred));
+                true
+            }
             Err(e) => {
                 self.error(e.to_string());
                 false
             }
+        }
+    }
+
+    /// The `[[output]]` files of `cred`, right after its `db.json` (`None`:
+    /// those a failure left unwritten); an error is reported and retried
+    /// at the next step, `db.json` stays published.
+    pub(super) fn publish_outputs(&mut self, cred: Option<&DbCredential>) {
+        for e in self.outputs.publish(cred, &self.m) {
+            self.error(e);
         }
     }
 

@@ -263,6 +263,8 @@ impl Lifecycle {
                     match r {
                         Ok(()) => {
                             self.revoke_retry.ok();
+                            let how = if acked { "acked" } else { "grace" };
+                            self.m.lease_retirements.with_label_values(&[how]).inc();
                             tracing::info!(
                                 generation = lease.generation,
                                 acked,
@@ -317,6 +319,7 @@ impl Lifecycle {
                         tracing::info!(generation = l.generation, "shutdown: revoked lease");
                         if Some(l.generation) == current_gen {
                             let _ = std::fs::remove_file(self.shared.db_json());
+                            self.outputs.remove_all();
                         }
                     }
                     Err(_) => left.push(l),

@@ -46,6 +46,7 @@ use crate::config::Config;
 use crate::fatal::Fatal;
 use crate::inputs::{FallbackCredential, LoginInputs, SecretIdSource};
 use crate::metrics::AgentMetrics;
+use crate::outputs::Outputs;
 use crate::state::{AgentState, LeaseState, TokenState};
 use crate::status::{Counts, StatusBoard, VaultView};
 use crate::vault::VaultClient;
@@ -128,6 +129,8 @@ pub struct Lifecycle {
     /// `database.ca_file`, read again before each check login.
     pg_ca: Option<CaFile<PgTls>>,
     st: AgentState,
+    /// `[[output]]`: written with `db.json` ([`crate::outputs`]).
+    outputs: Outputs,
     shutdown: watch::Receiver<bool>,
     login_retry: Retry,
     issue_retry: Retry,
@@ -183,6 +186,7 @@ impl Lifecycle {
         }
         Self {
             shared: SharedDir::new(cfg.shared_dir.clone()),
+            outputs: Outputs::new(&cfg),
             cfg,
             vault,
             m,
@@ -291,6 +295,7 @@ impl Lifecycle {
         }
         self.renew_leases().await;
         self.ensure_credential().await?;
+        self.publish_outputs(None);
         self.retire().await;
         Ok(())
     }
@@ -315,7 +320,7 @@ impl Lifecycle {
                 .iter()
                 .filter_map(|o| o.next_renewal(now)),
         );
-        if !self.leases_verified {
+        if !self.leases_verified || self.outputs.pending() {
             t.push(now + Duration::seconds(1));
         }
         for l in self.st.current.iter().chain(self.st.retiring.iter()) {

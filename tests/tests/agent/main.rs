@@ -14,6 +14,8 @@
 //! - [`inputs`]: bad input and exit codes, a response-wrapped secret_id;
 //! - [`login`]: JWT login with a rotating token file, a Vault namespace;
 //! - [`tls`]: Vault over HTTPS with a private CA;
+//! - [`outputs`]: `[[output]]` files (pgpass, DSN, env, JDBC), the Python
+//!   example reader acking through `notify_pid_file`, the JSON Schemas;
 //! - [`policy`]: the agent's token cannot renew or revoke another role's lease;
 //! - [`telemetry`]: no secret in logs, `/status` or `/metrics`; promtool;
 //! - [`support`]: what they share.
@@ -21,6 +23,7 @@
 mod inputs;
 mod login;
 mod outage;
+mod outputs;
 mod policy;
 mod rotation;
 mod support;
