@@ -12,10 +12,10 @@ use std::time::Duration;
 /// config, stops by itself, every program exits 0, no lease or role is
 /// left, and the command exits 0.
 ///
-/// Checked: with the demo's config publish removed (the worker never gets
-/// a `config_version`), this test fails: the command exits 1 with "the
-/// stack did not come up"; with `--exit-after-s` ignored (waiting for
-/// Ctrl-C) it fails: "the demo did not stop by itself".
+/// Checked: with the demo's config publish sent to another namespace
+/// (the worker serves its defaults, `config_version` 0), this test fails
+/// on `config_version`. A demo that ignores `--exit-after-s` fails it with
+/// "the demo did not stop by itself".
 #[test]
 fn the_demo_comes_up_answers_and_stops_by_itself_leaving_nothing() {
     let xtask = Path::new(env!("CARGO_BIN_EXE_xtask"));

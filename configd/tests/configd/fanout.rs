@@ -84,7 +84,7 @@ async fn notify_alone_carries_a_publish_to_another_instance() {
 /// is `watch::tests::a_publish_wakes_every_waiter_in_paced_batches`.
 ///
 /// Checked: with the pacer waking everyone at once (`chunks(usize::MAX)`
-/// in `Hubs::new`), this test fails: 6 wake-ups, not 2.
+/// in `Hubs::with_pause`), this test fails: `wakeups_total` is 6, not 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_wakes_the_watchers_wake_batch_at_a_time() {
     let pg = PgCluster::start(false).await.unwrap();
@@ -139,8 +139,9 @@ const ITEMS_WAITERS: &str = "SELECT pid FROM pg_locks WHERE NOT granted \
 /// loading).
 /// Once the table is free both finish and become ready.
 ///
-/// Checked: with the advisory lock taken out of `Cache::warm_up`, this test
-/// fails: both instances wait on `configd_items` and nobody holds the lock.
+/// Checked: with the mutual exclusion taken out of `Cache::warm_up` (each
+/// instance locking a key of its own, `WARMUP_LOCK + pid`), this test
+/// fails: "0 session(s) on the warm-up lock, 2 loading".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_warming_up_together_take_turns() {
     let pg = PgCluster::start(false).await.unwrap();

@@ -76,8 +76,7 @@ async fn unauthenticated_bodies_get_401_unread_and_cost_no_memory() {
 ///
 /// Checked: with `stopping.send(true)` removed from `riskfeat_configd::run`
 /// (held long-polls not ended at SIGTERM), this test fails: the held
-/// watches get no 304 (their connections are cut when configd gives up
-/// at the drain bound).
+/// watches get no 304 but `IncompleteMessage` (their connections are cut).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_request_heads_are_closed_and_long_polls_end_on_sigterm() {
     let pg = PgCluster::start(false).await.unwrap();
@@ -150,9 +149,9 @@ async fn stalled_request_heads_are_closed_and_long_polls_end_on_sigterm() {
 /// value. Two admin tokens, so the name is the caller's, not a constant.
 ///
 /// Checked: with `who` recorded as the fixed "admin" instead of the
-/// caller's author in `http/admin.rs`'s publish, this test fails on
-/// `someone-else`; with the token's name replaced by a constant, it fails
-/// on `ops`.
+/// caller's author in `http/admin.rs`'s publish, this test fails (version
+/// 1 `who` is "admin", not "someone-else"; version 3 is "admin", not
+/// "ops").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_records_the_publishing_token_name() {
     let pg = PgCluster::start(false).await.unwrap();

@@ -46,8 +46,9 @@ async fn worker_logs_in_until(stack: &Stack, agent: &Agent, what: &str, done: im
 /// that same credential is published as generation 2 and logs in.
 ///
 /// Checked: with `replica::wait_for_login` returning `Ok(0)` at once (the
-/// check removed), this test fails: "published generation 2 cannot log in
-/// on the replica: ... password authentication failed".
+/// check removed), this test fails: "published generation 1 cannot log in
+/// on the replica: db error" (even before the pause, replication lag
+/// alone is enough to publish a role the replica does not have yet).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_credential_is_published_only_once_the_paused_replica_has_it() {
     // 40 s credentials with a 20 s lead: rotation 20 s after the first
@@ -129,8 +130,8 @@ async fn a_credential_is_published_only_once_the_paused_replica_has_it() {
 /// started minute of the agent's life.
 ///
 /// Checked: with the cap check removed from `ensure_credential`
-/// (`cap_free_at` ignored), this test fails: "issued 4 > 3 allowed after
-/// ...".
+/// (`cap_free_at(now).filter(|_| false)`), this test fails: "issued 4
+/// (generation 4) > 3 allowed after 6.4s".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_issuance_cap_holds_under_a_re_issue_flood() {
     let stack = Stack::start(opts(4, 4)).await.unwrap();
