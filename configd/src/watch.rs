@@ -39,8 +39,25 @@ pub enum Registered {
 }
 
 impl Hubs {
-    /// Starts the pacer task.
+    /// Starts the pacer task: `batch` waiters, then `interval`, and so on.
     pub fn new(batch: usize, interval: Duration, metrics: Metrics) -> Arc<Hubs> {
+        Hubs::with_pause(batch, metrics, move || {
+            let sleep = (!interval.is_zero()).then(|| tokio::time::sleep(interval));
+            async move {
+                if let Some(s) = sleep {
+                    s.await;
+                }
+            }
+        })
+    }
+
+    /// [`Hubs::new`] with `pause` awaited between two batches (a test
+    /// steps the pacer through its batches with it).
+    fn with_pause<P, F>(batch: usize, metrics: Metrics, mut pause: P) -> Arc<Hubs>
+    where
+        P: FnMut() -> F + Send + 'static,
+        F: std::future::Future<Output = ()> + Send,
+    {
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Signal>>();
         tokio::spawn(async move {
             while let Some(batch_list) = rx.recv().await {
@@ -51,8 +68,8 @@ impl Hubs {
                             metrics.wakeups.inc();
                         }
                     }
-                    if iter.peek().is_some() && !interval.is_zero() {
-                        tokio::time::sleep(interval).await;
+                    if iter.peek().is_some() {
+                        pause().await;
                     }
                 }
             }
@@ -121,29 +138,59 @@ impl Hubs {
 mod tests {
     use super::*;
 
+    /// A publish wakes every waiter, `wake_batch` (3) at a time in the
+    /// order they registered, with the pause between two batches: the test
+    /// holds the pacer in each pause (a rendezvous instead of a sleep) and
+    /// looks at who has been woken.
+    ///
+    /// Checked: with every waiter woken at once (`chunks(usize::MAX)`),
+    /// this test fails: "the pacer did not pause after batch 0" (all ten
+    /// were woken without a pause).
     #[tokio::test]
     async fn a_publish_wakes_every_waiter_in_paced_batches() {
-        let hubs = Hubs::new(3, Duration::from_millis(1), Metrics::new());
+        let paused = Arc::new(tokio::sync::Barrier::new(2));
+        let go = Arc::new(tokio::sync::Barrier::new(2));
+        let (p, g) = (paused.clone(), go.clone());
+        let hubs = Hubs::with_pause(3, Metrics::new(), move || {
+            let (p, g) = (p.clone(), g.clone());
+            async move {
+                p.wait().await;
+                g.wait().await;
+            }
+        });
         hubs.set_version("ns", 1);
         let mut rxs = Vec::new();
         for _ in 0..10 {
             let (tx, rx) = mpsc::channel(1);
             assert_eq!(hubs.register("ns", 1, &tx), Registered::Waiting);
-            rxs.push(rx);
+            rxs.push((tx, rx));
         }
         let (tx, _rx) = mpsc::channel(1);
         assert_eq!(hubs.register("ns", 0, &tx), Registered::Changed(1));
         assert_eq!(hubs.register("other", 0, &tx), Registered::Unknown);
         hubs.set_version("ns", 1);
-        for rx in &mut rxs {
+        for (_, rx) in &mut rxs {
             assert!(rx.try_recv().is_err(), "same version must not wake");
         }
         hubs.set_version("ns", 2);
-        for rx in &mut rxs {
-            tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        // Who has been woken since the last look.
+        let newly_woken = |rxs: &mut [(Signal, mpsc::Receiver<()>)]| -> Vec<usize> {
+            (0..rxs.len())
+                .filter(|i| rxs[*i].1.try_recv().is_ok())
+                .collect()
+        };
+        for (n, batch) in [[0, 1, 2], [3, 4, 5], [6, 7, 8]].iter().enumerate() {
+            tokio::time::timeout(Duration::from_secs(5), paused.wait())
                 .await
-                .unwrap()
-                .unwrap();
+                .unwrap_or_else(|_| panic!("the pacer did not pause after batch {n}"));
+            assert_eq!(&newly_woken(&mut rxs), batch, "batch {n}");
+            go.wait().await;
         }
+        // The last one, with no pause after it.
+        tokio::time::timeout(Duration::from_secs(5), rxs[9].1.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(newly_woken(&mut rxs), Vec::<usize>::new());
     }
 }

@@ -6,10 +6,12 @@
 //! from `k8s/bootstrap/`, loads deterministic transactions, starts
 //! riskfeat-configd with a `features` namespace, riskfeat-agent (which logs in
 //! with AppRole and publishes a credential) and riskfeat-worker, prints the
-//! URLs and one real response, then runs until Ctrl-C. On Ctrl-C it sends
-//! SIGTERM to worker, agent and configd (the agent revokes its leases),
-//! checks that no lease is left, and the harness removes every process and
-//! temp dir.
+//! URLs and one real response, then runs until Ctrl-C (or for
+//! `--exit-after-s`). Then it sends SIGTERM to worker, agent and configd
+//! (the agent revokes its leases), checks that each exited 0 and that no
+//! lease or role is left, and the harness removes every process and temp
+//! dir. It builds the debug binaries first, unless `RISKFEAT_NO_BUILD=1`
+//! (the test suite, `xtask/tests/demo.rs`, which built them already).
 
 use anyhow::{bail, Context};
 use riskfeat_tests::process::write_private;
@@ -44,24 +46,28 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let root = crate::workspace_root();
     std::env::set_current_dir(&root)?;
-    eprintln!("==> building riskfeat-agent, riskfeat-worker, riskfeat-configd");
-    let status = std::process::Command::new("cargo")
-        .args([
-            "build",
-            "--bins",
-            "-p",
-            "riskfeat-agent",
-            "-p",
-            "riskfeat-worker",
-            "-p",
-            "riskfeat-configd",
-        ])
-        .status()?;
-    if !status.success() {
-        bail!("cargo build failed");
+    // RISKFEAT_NO_BUILD=1 (the test suite, which built them): the binaries
+    // are used as they are, like the harness does.
+    if std::env::var("RISKFEAT_NO_BUILD").as_deref() != Ok("1") {
+        eprintln!("==> building riskfeat-agent, riskfeat-worker, riskfeat-configd");
+        let status = std::process::Command::new("cargo")
+            .args([
+                "build",
+                "--bins",
+                "-p",
+                "riskfeat-agent",
+                "-p",
+                "riskfeat-worker",
+                "-p",
+                "riskfeat-configd",
+            ])
+            .status()?;
+        if !status.success() {
+            bail!("cargo build failed");
+        }
+        // The binaries are fresh: the harness must not rebuild them.
+        std::env::set_var("RISKFEAT_NO_BUILD", "1");
     }
-    // The binaries are fresh: the harness must not rebuild them.
-    std::env::set_var("RISKFEAT_NO_BUILD", "1");
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -264,6 +270,11 @@ async fn run_stack(args: &Args, stack: &Stack, dir: &Path) -> anyhow::Result<()>
             "the agent left {leases} lease(s) and {roles} role(s) behind; its log:\n{}",
             agent.logs()
         );
+    }
+    for (name, status) in [("worker", w), ("agent", a), ("configd", c)] {
+        if !status.is_some_and(|s| s.success()) {
+            bail!("riskfeat-{name} did not exit cleanly on SIGTERM: {status:?}");
+        }
     }
     Ok(())
 }

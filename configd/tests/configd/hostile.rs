@@ -2,7 +2,7 @@
 //! head and never buffered; stalled request heads are closed; long-polls
 //! are capped per token and end on SIGTERM.
 
-use crate::support::{create, http, req, start, ADMIN, READER, SCOPED};
+use crate::support::{create, http, req, start, ADMIN, OPS, READER, SCOPED};
 use reqwest::StatusCode;
 use riskfeat_tests::hostile::{head_only_post, peak_rss, push_body, stalled_heads_closed_while};
 use riskfeat_tests::{wait_until, PgCluster};
@@ -70,11 +70,22 @@ async fn unauthenticated_bodies_get_401_unread_and_cost_no_memory() {
     assert_eq!(s, StatusCode::OK);
 }
 
+/// Stalled heads are closed while requests are served; long-polls are
+/// capped per token; on SIGTERM the held long-polls answer 304 at once and
+/// configd exits 0 having drained, inside its `shutdown_timeout_s`.
+///
+/// Checked: with `stopping.send(true)` removed from `riskfeat_configd::run`
+/// (held long-polls not ended at SIGTERM), this test fails: the held
+/// watches get no 304 but `IncompleteMessage` (their connections are cut).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_request_heads_are_closed_and_long_polls_end_on_sigterm() {
     let pg = PgCluster::start(false).await.unwrap();
     // The [http] defaults; only the watcher cap is lowered.
-    let mut c = start(&pg.primary, "max_watchers_per_token=2\n").await;
+    let mut c = start(
+        &pg.primary,
+        "max_watchers_per_token=2\nshutdown_timeout_s=20\n",
+    )
+    .await;
     create(&c, "features").await;
     let port = c.http().port();
     // Requests keep being served meanwhile.
@@ -116,38 +127,60 @@ async fn stalled_request_heads_are_closed_and_long_polls_end_on_sigterm() {
     assert_eq!(watch(READER, 1).await.status(), StatusCode::NOT_MODIFIED);
 
     // SIGTERM: the held long-polls answer 304 at once and configd exits
-    // well inside its shutdown budget.
+    // well inside its shutdown budget (20 s), with nothing left in flight.
     let t0 = std::time::Instant::now();
     let exited = tokio::task::block_in_place(|| c.stop(Duration::from_secs(15)));
     for h in held {
         assert_eq!(h.await.unwrap().status(), StatusCode::NOT_MODIFIED);
     }
-    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+    assert_eq!(exited.and_then(|s| s.code()), Some(0), "{}", c.logs());
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    let logs = c.logs();
+    assert!(logs.contains("SIGTERM: shutting down"), "{logs}");
+    assert!(
+        !logs.contains("requests still in flight"),
+        "configd drained instead of giving up at the bound: {logs}"
+    );
 }
 
-/// Each version records the name of the token that published it; `author`
-/// (`who`) is whatever the client says.
+/// Each version records the name of the token that published it (`token`)
+/// and `who`, the author the client gave (default: the token's name), in
+/// the history API and in `configd_audits` itself; never the token's
+/// value. Two admin tokens, so the name is the caller's, not a constant.
+///
+/// Checked: with `who` recorded as the fixed "admin" instead of the
+/// caller's author in `http/admin.rs`'s publish, this test fails (version
+/// 1 `who` is "admin", not "someone-else"; version 3 is "admin", not
+/// "ops").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_records_the_publishing_token_name() {
     let pg = PgCluster::start(false).await.unwrap();
     let c = start(&pg.primary, "").await;
     create(&c, "features").await;
-    let url = c.url("/v1/admin/namespaces/features/publish");
     let changes = serde_json::json!([{"op": "upsert", "key": "k", "value": 1}]);
-    let (s, b) = req(
-        reqwest::Method::POST,
-        url.clone(),
-        Some(ADMIN),
-        Some(serde_json::json!({"author": "someone-else", "changes": changes})),
+    let send = |token: &'static str, path: &str, body: serde_json::Value| {
+        req(
+            reqwest::Method::POST,
+            c.url(&format!("/v1/admin/namespaces/features/{path}")),
+            Some(token),
+            Some(body),
+        )
+    };
+    let (s, b) = send(
+        ADMIN,
+        "publish",
+        serde_json::json!({"author": "someone-else", "changes": changes}),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    let (s, b) = req(
-        reqwest::Method::POST,
-        c.url("/v1/admin/namespaces/features/rollback"),
-        Some(ADMIN),
-        Some(serde_json::json!({"to_version": 0})),
+    let (s, b) = send(ADMIN, "rollback", serde_json::json!({"to_version": 0})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = send(OPS, "publish", serde_json::json!({"changes": changes})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = send(
+        OPS,
+        "rollback",
+        serde_json::json!({"to_version": 2, "author": "alice"}),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{b}");
@@ -159,16 +192,44 @@ async fn history_records_the_publishing_token_name() {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    let h = b["history"].as_array().unwrap();
-    assert_eq!(h.len(), 2, "{b}");
-    // Newest first: the rollback (author defaults to the token's name).
-    assert_eq!(
-        (h[0]["who"].as_str(), h[0]["token"].as_str()),
-        (Some("admin"), Some("admin"))
-    );
-    assert_eq!(
-        (h[1]["who"].as_str(), h[1]["token"].as_str()),
-        (Some("someone-else"), Some("admin")),
-        "{b}"
-    );
+    let h: Vec<(u64, &str, &str)> = b["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let field = |k: &str| e[k].as_str().unwrap_or("<none>");
+            (e["version"].as_u64().unwrap(), field("who"), field("token"))
+        })
+        .collect();
+    // Newest first.
+    let want = [
+        (4, "alice", "ops"),
+        (3, "ops", "ops"),
+        (2, "admin", "admin"),
+        (1, "someone-else", "admin"),
+    ];
+    assert_eq!(h, want, "{b}");
+    // The table itself says the same, and holds no token value.
+    let db = pg.primary.connect_superuser().await.unwrap();
+    let rows = db
+        .query(
+            "SELECT version, who, token, row_to_json(a)::text FROM configd_audits a \
+             WHERE namespace = 'features' ORDER BY version DESC",
+            &[],
+        )
+        .await
+        .unwrap();
+    let table: Vec<(u64, String, String)> = rows
+        .iter()
+        .map(|r| (r.get::<_, i64>(0) as u64, r.get(1), r.get(2)))
+        .collect();
+    let want: Vec<(u64, String, String)> = want
+        .iter()
+        .map(|(v, w, t)| (*v, w.to_string(), t.to_string()))
+        .collect();
+    assert_eq!(table, want);
+    for r in &rows {
+        let row: String = r.get(3);
+        assert!(!row.contains(ADMIN) && !row.contains(OPS), "{row}");
+    }
 }

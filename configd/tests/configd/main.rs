@@ -4,6 +4,8 @@
 //! compaction, PostgreSQL outage, bad input, single-flight cache misses.
 //!
 //! - [`sync`]: publish, watch and changes, restarts, compaction;
+//! - [`fanout`]: NOTIFY alone between instances, the pacer's batches,
+//!   warm-ups one at a time;
 //! - [`cache`]: PostgreSQL down, cold misses, the loaded log;
 //! - [`api`]: bad input, the OpenAPI document;
 //! - [`hostile`]: unauthenticated bodies, stalled connections, audit;
@@ -13,6 +15,7 @@
 
 mod api;
 mod cache;
+mod fanout;
 mod hostile;
 mod pg_tls;
 mod support;

@@ -13,22 +13,36 @@ use std::time::Duration;
 pub const ADMIN: &str = "admin-token-0123456789";
 pub const READER: &str = "reader-token-0123456789";
 pub const SCOPED: &str = "scoped-token-0123456789";
+/// A second admin token (name `ops`): an audit entry names the token that
+/// published, not a fixed string.
+pub const OPS: &str = "ops-token-0123456789";
 
-/// configd on `pg` with the three tokens, a 1 s scan, 1 KiB values, debug
-/// logs and `extra` config lines; ready.
+/// configd on `pg` with the tokens, a 1 s scan, 1 KiB values, debug logs
+/// and `extra` config lines; ready.
 pub async fn start(pg: &PgServer, extra: &str) -> Configd {
+    let mut c = prepared(pg);
+    c.start(&config(1, extra)).await.unwrap();
+    c
+}
+
+/// configd on `pg` with the four tokens and debug logs, not started (see
+/// [`config`] for what [`start`] starts it with).
+pub fn prepared(pg: &PgServer) -> Configd {
     let tokens = [
         ConfigdToken::admin("admin", ADMIN),
+        ConfigdToken::admin("ops", OPS),
         ConfigdToken::read("reader", READER, &["*"]),
         ConfigdToken::read("scoped", SCOPED, &["features"]),
     ];
-    let mut c = Configd::new(&pg.superuser_dsn(), &tokens)
+    Configd::new(&pg.superuser_dsn(), &tokens)
         .unwrap()
-        .with_env("RISKFEAT_LOG", "info,riskfeat_configd=debug");
-    c.start(&format!("scan_interval_s=1\nmax_value_bytes=1024\n{extra}"))
-        .await
-        .unwrap();
-    c
+        .with_env("RISKFEAT_LOG", "info,riskfeat_configd=debug")
+}
+
+/// The config lines of these tests: a `scan_interval_s` scan, 1 KiB
+/// values, then `extra`.
+pub fn config(scan_interval_s: u64, extra: &str) -> String {
+    format!("scan_interval_s={scan_interval_s}\nmax_value_bytes=1024\n{extra}")
 }
 
 /// docs/openapi/configd.yaml: every JSON answer these tests get through

@@ -9,6 +9,8 @@
 //! issue 8's fallback credential, and Vault over HTTPS with a private CA.
 //!
 //! - [`rotation`]: rotation with the ack, token expiry, kill -9, SIGTERM;
+//! - [`guards`]: the replica check with replay paused, the issuance cap
+//!   under a re-issue flood;
 //! - [`outage`]: Vault cut off or sealed, the database engine failing, the
 //!   fallback credential;
 //! - [`inputs`]: bad input and exit codes, a response-wrapped secret_id;
@@ -20,6 +22,7 @@
 //! - [`telemetry`]: no secret in logs, `/status` or `/metrics`; promtool;
 //! - [`support`]: what they share.
 
+mod guards;
 mod inputs;
 mod login;
 mod outage;
