@@ -13,7 +13,8 @@
 //! - [`tls`]: a private CA and server certificates (PostgreSQL TLS);
 //! - [`hostile`]: stalled request heads, unread bodies, peak memory;
 //! - [`openapi`]: real answers checked against `docs/openapi/`;
-//! - [`pytools`]: Python tools installed on first use.
+//! - [`pytools`]: Python tools installed on first use;
+//! - [`soak`]: the soak (the pod under load and faults, and its report).
 
 pub mod bao;
 pub mod bootstrap;
@@ -26,6 +27,7 @@ pub mod process;
 pub mod promtool;
 pub mod proxy;
 pub mod pytools;
+pub mod soak;
 pub mod stack;
 pub mod tls;
 

@@ -16,6 +16,7 @@
 //! - [`tls`]: Vault over HTTPS with a private CA;
 //! - [`policy`]: the agent's token cannot renew or revoke another role's lease;
 //! - [`telemetry`]: no secret in logs, `/status` or `/metrics`; promtool;
+//! - [`soak`]: a 2-minute soak of the whole pod, and its checks shown to fail;
 //! - [`support`]: what they share.
 
 mod inputs;
@@ -23,6 +24,7 @@ mod login;
 mod outage;
 mod policy;
 mod rotation;
+mod soak;
 mod support;
 mod telemetry;
 mod tls;
