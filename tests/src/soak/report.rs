@@ -24,8 +24,8 @@ pub const DEGRADED_CODES: &[&str] = &["database_unavailable", "pool_exhausted", 
 /// (requests that started before the worker answered again).
 pub const DEGRADED_GRACE: Duration = Duration::from_secs(2);
 
-/// Failures listed one by one in the report (the rest are counted).
-const EXAMPLES: usize = 12;
+/// Groups of failures listed in the report (the rest are only counted).
+const EXAMPLES: usize = 20;
 
 /// Whether `a` is a documented degraded answer given the `faults`.
 pub fn is_documented_degraded(a: &Answer, faults: &[FaultRecord]) -> bool {
@@ -45,6 +45,32 @@ fn during(at: Duration, faults: &[FaultRecord]) -> Option<&FaultRecord> {
         .find(|f| f.start <= at && at <= f.end + DEGRADED_GRACE)
 }
 
+/// Failures of one answer during one fault (or outside any).
+#[derive(Debug, Clone)]
+pub struct FailureGroup {
+    /// E.g. "503 no_credential".
+    pub answer: String,
+    /// "during the agent fault at 17.2 s" or "outside any fault".
+    pub when: String,
+    pub count: u64,
+    pub first: Duration,
+    pub last: Duration,
+}
+
+impl std::fmt::Display for FailureGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} x {} {}, from {:.1} s to {:.1} s",
+            self.count,
+            self.answer,
+            self.when,
+            self.first.as_secs_f64(),
+            self.last.as_secs_f64()
+        )
+    }
+}
+
 /// Everything a soak run found.
 #[derive(Debug, Default)]
 pub struct SoakReport {
@@ -59,8 +85,9 @@ pub struct SoakReport {
     pub degraded: BTreeMap<String, u64>,
     /// Real failures, by answer.
     pub failures: BTreeMap<String, u64>,
-    /// The first failures, with when and during which fault.
-    pub failure_examples: Vec<String>,
+    /// The failures grouped by answer and by the fault in progress (or
+    /// none): how many, and the first and last time, in order of the first.
+    pub failure_groups: Vec<FailureGroup>,
     pub first_generation: u64,
     pub last_generation: u64,
     /// Leases Vault held before the shutdown that the agent's state did
@@ -92,17 +119,29 @@ impl SoakReport {
                 continue;
             }
             *self.failures.entry(key.clone()).or_insert(0) += 1;
-            if self.failure_examples.len() < EXAMPLES {
-                let when = match during(a.at, &self.faults) {
-                    Some(f) => format!(
-                        "during the {} fault at {:.1} s",
-                        f.kind,
-                        f.start.as_secs_f64()
-                    ),
-                    None => "outside any fault".into(),
-                };
-                self.failure_examples
-                    .push(format!("{:.1} s ({when}): {key}", a.at.as_secs_f64()));
+            let when = match during(a.at, &self.faults) {
+                Some(f) => format!(
+                    "during the {} fault at {:.1} s",
+                    f.kind,
+                    f.start.as_secs_f64()
+                ),
+                None => "outside any fault".into(),
+            };
+            let groups = &mut self.failure_groups;
+            if let Some(g) = groups
+                .iter_mut()
+                .find(|g| g.answer == key && g.when == when)
+            {
+                g.count += 1;
+                g.last = g.last.max(a.at);
+            } else if groups.len() < EXAMPLES {
+                groups.push(FailureGroup {
+                    answer: key,
+                    when,
+                    count: 1,
+                    first: a.at,
+                    last: a.at,
+                });
             }
         }
     }
@@ -217,8 +256,8 @@ impl std::fmt::Display for SoakReport {
             self.degraded,
             self.failures
         )?;
-        for e in &self.failure_examples {
-            writeln!(f, "  failure at {e}")?;
+        for g in &self.failure_groups {
+            writeln!(f, "  {g}")?;
         }
         writeln!(
             f,
@@ -327,7 +366,9 @@ mod tests {
         assert_eq!(report.degraded["503 database_unavailable"], 1);
         assert_eq!(report.failures["503 no_credential"], 1);
         assert!(
-            report.failure_examples[0].contains("during the agent fault"),
+            report.failure_groups[0]
+                .to_string()
+                .starts_with("1 x 503 no_credential during the agent fault at 30.0 s"),
             "{report}"
         );
         assert!(!report.is_clean());
