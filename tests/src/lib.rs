@@ -3,7 +3,8 @@
 //!
 //! - [`pg`]: PostgreSQL 15 primary + streaming replica, scram-sha-256,
 //!   roles and schema from `k8s/bootstrap/postgres/`;
-//! - [`bao`]: OpenBao `server -dev` (installed into a cache dir if needed);
+//! - [`bao`]: OpenBao `server -dev` (installed into a cache dir if needed),
+//!   or a restartable server on integrated storage;
 //! - [`stack`]: both, bootstrapped like production from `k8s/bootstrap/vault/`
 //!   (see [`bootstrap`]), plus the AppRole files and a tmpfs shared dir;
 //! - [`proxy`]: a TCP proxy to cut or slow a link;

@@ -35,6 +35,9 @@ pub struct StackOptions {
     pub vault_proxy: bool,
     /// Vault serves HTTPS with a private CA ([`Bao::ca_cert`]).
     pub vault_tls: bool,
+    /// A non-dev OpenBao on integrated storage, which [`Bao::restart`] can stop
+    /// and start again (not with `vault_tls`).
+    pub vault_persistent: bool,
     /// Bootstrap Vault inside this namespace (created first), not the root
     /// one; the [`Stack`] helpers then address it too.
     pub vault_namespace: Option<String>,
@@ -51,6 +54,7 @@ impl Default for StackOptions {
             replica: true,
             vault_proxy: false,
             vault_tls: false,
+            vault_persistent: false,
             vault_namespace: None,
         }
     }
@@ -121,9 +125,15 @@ impl Stack {
     /// Starts and bootstraps everything (PostgreSQL and OpenBao in
     /// parallel).
     pub async fn start(opts: StackOptions) -> anyhow::Result<Stack> {
+        anyhow::ensure!(
+            !(opts.vault_tls && opts.vault_persistent),
+            "a persistent OpenBao serves plain HTTP only"
+        );
         let bao = async {
             if opts.vault_tls {
                 Bao::start_tls().await
+            } else if opts.vault_persistent {
+                Bao::start_persistent().await
             } else {
                 Bao::start().await
             }

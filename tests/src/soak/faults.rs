@@ -16,10 +16,11 @@ use std::time::Duration;
 /// A kind of fault the soak can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FaultKind {
-    /// Vault unreachable for 1-4 s: cut at the TCP proxy in front of it
-    /// (connections dropped and refused), or its process stopped with
-    /// SIGSTOP (connections hang) and continued with SIGCONT. A dev server
-    /// cannot be restarted: it keeps everything in memory.
+    /// Vault unavailable for 1-4 s: the server (on integrated storage) stopped
+    /// with SIGTERM and started again, then unsealed; or cut at the TCP
+    /// proxy in front of it (connections dropped and refused); or its
+    /// process frozen with SIGSTOP (connections hang) and continued with
+    /// SIGCONT.
     Vault,
     /// configd killed with SIGKILL, down 1-5 s, started again on its port.
     Configd,
@@ -86,7 +87,9 @@ pub struct Step {
     pub kind: FaultKind,
     pub gap: Duration,
     pub down: Duration,
-    /// Picks a variant where a kind has several (Vault: cut or SIGSTOP).
+    /// Picks a variant where a kind has several (Vault: 0 restart, 1 cut,
+    /// 2 SIGSTOP): the kind's injections so far, plus a seeded offset, so
+    /// consecutive injections of a kind go through its variants in turn.
     pub variant: u32,
 }
 
@@ -98,6 +101,9 @@ pub struct Plan {
     rng: StdRng,
     kinds: Vec<FaultKind>,
     round: Vec<FaultKind>,
+    /// The kinds handed out so far.
+    given: Vec<FaultKind>,
+    offset: u32,
 }
 
 impl Plan {
@@ -106,10 +112,13 @@ impl Plan {
         let mut kinds = kinds.to_vec();
         kinds.sort();
         kinds.dedup();
+        let mut rng = StdRng::seed_from_u64(seed);
         Plan {
-            rng: StdRng::seed_from_u64(seed),
+            offset: rng.random_range(0..6),
+            rng,
             kinds,
             round: Vec::new(),
+            given: Vec::new(),
         }
     }
 
@@ -120,13 +129,19 @@ impl Plan {
             self.round.shuffle(&mut self.rng);
         }
         let kind = self.round.pop()?;
+        self.given.push(kind);
         let (lo, hi) = kind.down_range();
         Some(Step {
             kind,
             gap: self.between(GAP.0, GAP.1),
             down: self.between(lo, hi),
-            variant: self.rng.random_range(0..2),
+            variant: self.offset + self.injected(kind),
         })
+    }
+
+    /// How many times `kind` was handed out before the last one.
+    fn injected(&self, kind: FaultKind) -> u32 {
+        self.given.iter().filter(|k| **k == kind).count() as u32 - 1
     }
 
     fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
@@ -174,6 +189,13 @@ mod tests {
             assert_eq!(got, kinds.to_vec(), "{a:?}");
         }
         assert!(a.iter().all(|s| s.1 >= GAP.0 && s.1 <= GAP.1));
+        // A kind's injections go through its variants in turn.
+        let vault: Vec<u32> = a
+            .iter()
+            .filter(|s| s.0 == FaultKind::Vault)
+            .map(|s| s.3)
+            .collect();
+        assert_eq!(vault[1], vault[0] + 1, "{a:?}");
         assert!(Plan::new(1, &[]).next_step().is_none());
         assert_eq!("agent".parse::<FaultKind>(), Ok(FaultKind::Agent));
         assert!("vaults"

@@ -76,6 +76,7 @@ pub async fn run(opts: &SoakOptions) -> anyhow::Result<SoakReport> {
         default_ttl: pod::DEFAULT_TTL,
         max_ttl: pod::MAX_TTL,
         vault_proxy: true,
+        vault_persistent: true,
         ..StackOptions::default()
     })
     .await?;
@@ -92,6 +93,7 @@ pub async fn run(opts: &SoakOptions) -> anyhow::Result<SoakReport> {
     };
     let mut fixed = Secrets::default();
     fixed.add("secret_id", &stack.approle.secret_id);
+    fixed.add("Vault root token", &stack.bao.root_token);
     fixed.add("password", &stack.pg.primary.superuser_password);
     fixed.add("password", &stack.pg.vault_admin_password);
     for t in &pod.tokens {

@@ -202,24 +202,37 @@ impl Pod {
         })
     }
 
-    /// Takes Vault away for `step.down`: cut at the proxy, or SIGSTOP.
-    async fn vault_down(&self, stack: &Stack, step: Step) -> anyhow::Result<String> {
+    /// Takes Vault away for `step.down`: restarted (SIGTERM, down, started
+    /// and unsealed), cut at the proxy, or frozen with SIGSTOP.
+    async fn vault_down(&self, stack: &mut Stack, step: Step) -> anyhow::Result<String> {
         let secs = step.down.as_secs_f64();
-        let proxy = stack
-            .vault_proxy
-            .as_ref()
-            .context("the soak needs a Vault proxy")?;
-        if step.variant == 0 {
-            proxy.cut();
-            tokio::time::sleep(step.down).await;
-            proxy.restore();
-            Ok(format!("cut at the proxy for {secs:.1} s"))
-        } else {
-            let pid = Pid::from_raw(stack.bao.pid() as i32);
-            kill(pid, Signal::SIGSTOP).context("SIGSTOP to bao")?;
-            tokio::time::sleep(step.down).await;
-            kill(pid, Signal::SIGCONT).context("SIGCONT to bao")?;
-            Ok(format!("process stopped (SIGSTOP) for {secs:.1} s"))
+        match step.variant % 3 {
+            0 => {
+                // Starting and unsealing take a second or two more.
+                let down = step.down / 2;
+                stack.bao.restart(down).await?;
+                let secs = down.as_secs_f64();
+                Ok(format!(
+                    "SIGTERM, down {secs:.1} s, started again and unsealed"
+                ))
+            }
+            1 => {
+                let proxy = stack
+                    .vault_proxy
+                    .as_ref()
+                    .context("the soak needs a Vault proxy")?;
+                proxy.cut();
+                tokio::time::sleep(step.down).await;
+                proxy.restore();
+                Ok(format!("cut at the proxy for {secs:.1} s"))
+            }
+            _ => {
+                let pid = Pid::from_raw(stack.bao.pid() as i32);
+                kill(pid, Signal::SIGSTOP).context("SIGSTOP to bao")?;
+                tokio::time::sleep(step.down).await;
+                kill(pid, Signal::SIGCONT).context("SIGCONT to bao")?;
+                Ok(format!("process stopped (SIGSTOP) for {secs:.1} s"))
+            }
         }
     }
 
