@@ -10,9 +10,9 @@ use riskfeat_tests::{Stack, StackOptions};
 use serde_json::json;
 use std::time::Duration;
 
-/// `riskfeat_tests::soak::run` for 2 minutes with the default faults
-/// (every kind enabled by default is injected at least once: the plan goes
-/// round the kinds), 4 clients: 0 answers outside the documented degraded
+/// `riskfeat_tests::soak::run` for 2 minutes with the default faults, or
+/// those `RISKFEAT_SOAK_FAULTS` lists (every kind enabled is injected at
+/// least once: the plan goes round the kinds), 4 clients: 0 answers outside the documented degraded
 /// ones, 0 leases or roles the agent does not know, 0 left after the
 /// shutdown, 0 secrets in any log; at least one credential rotation.
 ///
@@ -25,9 +25,15 @@ use std::time::Duration;
 /// tests of `soak::checks` and `soak::report`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two_minute_soak_reports_no_failure_leak_or_secret() {
+    // RISKFEAT_SOAK_FAULTS=vault,agent (say) chooses other fault kinds.
+    let faults = match std::env::var("RISKFEAT_SOAK_FAULTS") {
+        Ok(list) => list.split(',').map(|k| k.trim().parse().unwrap()).collect(),
+        Err(_) => soak::default_faults(),
+    };
     let opts = SoakOptions {
         duration: Duration::from_secs(120),
         seed: 19,
+        faults,
         ..SoakOptions::default()
     };
     let report = soak::run(&opts).await.expect("the soak's stack");
