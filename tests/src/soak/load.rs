@@ -14,9 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long one request may take before it counts as a timeout. The
-/// worker's own bounds (pool wait 2 s, statement timeout 2 s, one retry)
-/// end every request well before.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// worker's own bounds (pool wait 2 s, statement timeout 2 s, one retry on
+/// a fresh connection) end every request well before, also on a loaded
+/// machine.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one request got back, when it was not a 2xx.
 #[derive(Debug, Clone, PartialEq, Eq)]
