@@ -4,6 +4,10 @@
 //! everything in memory; dropping [`Bao`] kills it. [`Bao::start_tls`] serves
 //! HTTPS with a certificate signed by a CA the dev server generates
 //! ([`Bao::ca_cert`]), like a production Vault with a private CA.
+//! [`Bao::start_persistent`] runs a non-dev server on integrated storage
+//! (initialized with one key share and unsealed by the harness), which
+//! [`Bao::restart`] can stop and start again without losing its tokens and
+//! leases.
 
 use crate::bootstrap::APPROLE_MOUNT;
 use crate::process::{cache_dir, free_port, lock_file, random_token, ChildProc};
@@ -26,6 +30,17 @@ pub struct Bao {
     http: reqwest::Client,
     process: ChildProc,
     home: tempfile::TempDir,
+    /// A persistent server: its command line, and its one unseal key.
+    persistent: Option<Persistent>,
+    /// The output of the processes a [`Bao::restart`] replaced.
+    earlier_logs: String,
+}
+
+/// What a persistent server needs to start again.
+struct Persistent {
+    bin: PathBuf,
+    config: PathBuf,
+    unseal_key: String,
 }
 
 /// Where the harness installs OpenBao: `<cache>/openbao` (pip `--target`).
@@ -138,6 +153,8 @@ impl Bao {
                 http: http.clone(),
                 process,
                 home,
+                persistent: None,
+                earlier_logs: String::new(),
             };
             match bao.wait_healthy().await {
                 Ok(()) => return Ok(bao),
@@ -152,6 +169,109 @@ impl Bao {
             }
         }
         Err(last_err.expect("at least one attempt"))
+    }
+
+    /// A non-dev server on integrated storage (one raft node) in its own
+    /// HOME, initialized (one
+    /// key share) and unsealed; its root token is the one `sys/init` gave.
+    /// Survives [`Bao::restart`].
+    pub async fn start_persistent() -> anyhow::Result<Bao> {
+        let bin = tokio::task::spawn_blocking(bao_binary).await??;
+        let home = tempfile::Builder::new().prefix("riskfeat-bao-").tempdir()?;
+        let (port, cluster_port) = (free_port()?, free_port()?);
+        let data = home.path().join("data");
+        std::fs::create_dir(&data)?;
+        let config = home.path().join("bao.hcl");
+        // Integrated storage (raft), one node: OpenBao has no file storage.
+        std::fs::write(
+            &config,
+            format!(
+                "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"node1\"\n}}\n\
+                 listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  \
+                 cluster_address = \"127.0.0.1:{cluster_port}\"\n  tls_disable = true\n}}\n\
+                 api_addr = \"http://127.0.0.1:{port}\"\n\
+                 cluster_addr = \"http://127.0.0.1:{cluster_port}\"\nlog_level = \"warn\"\n",
+                data.display()
+            ),
+        )?;
+        let mut bao = Bao {
+            addr: format!("http://127.0.0.1:{port}"),
+            root_token: String::new(),
+            ca_cert: None,
+            http: http_client(),
+            process: spawn_persistent(&bin, &config, home.path())?,
+            home,
+            persistent: Some(Persistent {
+                bin,
+                config,
+                unseal_key: String::new(),
+            }),
+            earlier_logs: String::new(),
+        };
+        bao.wait_answering().await?;
+        let init = bao
+            .request(
+                None,
+                Method::PUT,
+                "sys/init",
+                Some(serde_json::json!({"secret_shares": 1, "secret_threshold": 1})),
+            )
+            .await?;
+        let key = init["keys"][0].as_str().context("sys/init: no keys")?;
+        bao.root_token = init["root_token"]
+            .as_str()
+            .context("sys/init: no root_token")?
+            .to_string();
+        if let Some(p) = bao.persistent.as_mut() {
+            p.unseal_key = key.to_string();
+        }
+        bao.unseal().await?;
+        bao.wait_healthy().await?;
+        Ok(bao)
+    }
+
+    /// A persistent server ([`Bao::start_persistent`]) stopped with
+    /// SIGTERM, down for `down`, started again on the same port and storage
+    /// and unsealed; returns once it is healthy. Its tokens and leases are
+    /// kept (storage), and expire by their own clock meanwhile.
+    pub async fn restart(&mut self, down: Duration) -> anyhow::Result<()> {
+        let p = self
+            .persistent
+            .as_ref()
+            .context("only a persistent OpenBao can restart (a dev server forgets everything)")?;
+        let (bin, config) = (p.bin.clone(), p.config.clone());
+        let exited = tokio::task::block_in_place(|| self.process.stop(Duration::from_secs(30)));
+        self.earlier_logs.push_str(&self.process.logs());
+        if exited.is_none() {
+            bail!("bao server ignored SIGTERM for 30 s");
+        }
+        tokio::time::sleep(down).await;
+        self.process = spawn_persistent(&bin, &config, self.home.path())?;
+        self.wait_answering().await?;
+        self.unseal().await?;
+        self.wait_healthy().await
+    }
+
+    /// Waits until the server answers `sys/health` at all (sealed or not
+    /// initialized included).
+    async fn wait_answering(&mut self) -> anyhow::Result<()> {
+        let url = format!("{}/v1/sys/health", self.addr);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.process.try_exit() {
+                bail!(
+                    "bao server exited during start-up ({status}):\n{}",
+                    self.logs()
+                );
+            }
+            if self.http.get(&url).send().await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("bao server at {} does not answer after 30 s", self.addr);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn wait_healthy(&mut self) -> anyhow::Result<()> {
@@ -286,11 +406,14 @@ impl Bao {
     /// single unseal key (printed in its start-up banner).
     pub async fn unseal(&self) -> anyhow::Result<()> {
         let logs = self.logs();
-        let key = logs
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Unseal Key:"))
-            .map(str::trim)
-            .context("no `Unseal Key:` in the dev server's output")?;
+        let key = match &self.persistent {
+            Some(p) => Some(p.unseal_key.as_str()),
+            None => logs
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Unseal Key:"))
+                .map(str::trim),
+        }
+        .context("no `Unseal Key:` in the dev server's output")?;
         let v = self
             .request(
                 None,
@@ -310,9 +433,9 @@ impl Bao {
         self.process.pid()
     }
 
-    /// The server's output so far.
+    /// The server's output so far (of every process, after a restart).
     pub fn logs(&self) -> String {
-        self.process.logs()
+        format!("{}{}", self.earlier_logs, self.process.logs())
     }
 
     /// The server's private HOME (removed on drop).
@@ -324,6 +447,18 @@ impl Bao {
     pub fn log_path(&self) -> &Path {
         self.process.log_path()
     }
+}
+
+/// `bao server -config=<config>` with HOME in `home`.
+fn spawn_persistent(bin: &Path, config: &Path, home: &Path) -> anyhow::Result<ChildProc> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("server")
+        .arg(format!("-config={}", config.display()))
+        .env("HOME", home)
+        .env_remove("BAO_ADDR")
+        .env_remove("VAULT_ADDR")
+        .current_dir(home);
+    ChildProc::spawn_command(cmd)
 }
 
 fn trim_path(path: &str) -> &str {

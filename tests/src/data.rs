@@ -144,6 +144,27 @@ pub async fn load(
     Ok(sink.finish().await?)
 }
 
+/// [`generate`]d transactions of `users` x `per_user` loaded with [`load`]
+/// and moved so that the newest day is today (the generator is anchored at
+/// a fixed date; the 1 h and 24 h windows then have something to count),
+/// then `ANALYZE`d; returns the number of rows.
+pub async fn load_recent(
+    client: &tokio_postgres::Client,
+    users: u64,
+    per_user: u64,
+    seed: u64,
+) -> anyhow::Result<u64> {
+    let rows = load(client, generate(users, per_user, seed)).await?;
+    client
+        .execute(
+            "UPDATE transactions SET transaction_time = transaction_time + (now() - $1::text::timestamptz)",
+            &[&anchor().to_rfc3339()],
+        )
+        .await?;
+    client.execute("ANALYZE transactions", &[]).await?;
+    Ok(rows)
+}
+
 /// COPY text escaping (backslash, tab, newline, carriage return).
 fn escape(s: &str) -> std::borrow::Cow<'_, str> {
     if !s.contains(['\\', '\t', '\n', '\r']) {

@@ -3,7 +3,8 @@
 //!
 //! - [`pg`]: PostgreSQL 15 primary + streaming replica, scram-sha-256,
 //!   roles and schema from `k8s/bootstrap/postgres/`;
-//! - [`bao`]: OpenBao `server -dev` (installed into a cache dir if needed);
+//! - [`bao`]: OpenBao `server -dev` (installed into a cache dir if needed),
+//!   or a restartable server on integrated storage;
 //! - [`stack`]: both, bootstrapped like production from `k8s/bootstrap/vault/`
 //!   (see [`bootstrap`]), plus the AppRole files and a tmpfs shared dir;
 //! - [`proxy`]: a TCP proxy to cut or slow a link;
@@ -14,7 +15,8 @@
 //! - [`hostile`]: stalled request heads, unread bodies, peak memory;
 //! - [`openapi`]: real answers checked against `docs/openapi/`;
 //! - [`schemas`]: shared-dir files checked against `docs/schemas/`;
-//! - [`pytools`]: Python tools installed on first use.
+//! - [`pytools`]: Python tools installed on first use;
+//! - [`soak`]: the soak (the pod under load and faults, and its report).
 
 pub mod bao;
 pub mod bootstrap;
@@ -28,6 +30,7 @@ pub mod promtool;
 pub mod proxy;
 pub mod pytools;
 pub mod schemas;
+pub mod soak;
 pub mod stack;
 pub mod tls;
 

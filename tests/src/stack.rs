@@ -35,6 +35,9 @@ pub struct StackOptions {
     pub vault_proxy: bool,
     /// Vault serves HTTPS with a private CA ([`Bao::ca_cert`]).
     pub vault_tls: bool,
+    /// A non-dev OpenBao on integrated storage, which [`Bao::restart`] can stop
+    /// and start again (not with `vault_tls`).
+    pub vault_persistent: bool,
     /// Bootstrap Vault inside this namespace (created first), not the root
     /// one; the [`Stack`] helpers then address it too.
     pub vault_namespace: Option<String>,
@@ -51,6 +54,7 @@ impl Default for StackOptions {
             replica: true,
             vault_proxy: false,
             vault_tls: false,
+            vault_persistent: false,
             vault_namespace: None,
         }
     }
@@ -121,9 +125,15 @@ impl Stack {
     /// Starts and bootstraps everything (PostgreSQL and OpenBao in
     /// parallel).
     pub async fn start(opts: StackOptions) -> anyhow::Result<Stack> {
+        anyhow::ensure!(
+            !(opts.vault_tls && opts.vault_persistent),
+            "a persistent OpenBao serves plain HTTP only"
+        );
         let bao = async {
             if opts.vault_tls {
                 Bao::start_tls().await
+            } else if opts.vault_persistent {
+                Bao::start_persistent().await
             } else {
                 Bao::start().await
             }
@@ -283,16 +293,34 @@ impl Stack {
     /// How many leases Vault holds under the creds path (root token): 0
     /// when it lists none.
     pub async fn outstanding_leases(&self) -> anyhow::Result<usize> {
-        let path = self.vault_path(&format!("sys/leases/lookup/{DB_MOUNT}/creds/{DB_ROLE}/"));
+        Ok(self.lease_ids().await?.len())
+    }
+
+    /// The ids of the leases Vault holds under the creds path
+    /// (`LIST sys/leases/lookup/<mount>/creds/<role>/`, root token), e.g.
+    /// `database/creds/feature-reader/<key>`, sorted; empty when none.
+    pub async fn lease_ids(&self) -> anyhow::Result<Vec<String>> {
+        let prefix = format!("{DB_MOUNT}/creds/{DB_ROLE}/");
+        let path = self.vault_path(&format!("sys/leases/lookup/{prefix}"));
         let list = Method::from_bytes(b"LIST").context("the LIST method")?;
         let (code, v) = self
             .bao
             .request_raw(Some(&self.bao.root_token), list, &path, None)
             .await?;
         match code.as_u16() {
-            200 => Ok(v["data"]["keys"].as_array().map_or(0, Vec::len)),
+            200 => {
+                let mut ids: Vec<String> = v["data"]["keys"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(|k| format!("{prefix}{k}"))
+                    .collect();
+                ids.sort();
+                Ok(ids)
+            }
             // No lease at all.
-            404 => Ok(0),
+            404 => Ok(Vec::new()),
             other => anyhow::bail!("LIST {path}: HTTP {other}: {v}"),
         }
     }

@@ -44,6 +44,17 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    build_binaries()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(demo(args))
+}
+
+/// Builds the three binaries once (from the workspace root, which becomes
+/// the current dir) and tells the harness not to build them again
+/// (`RISKFEAT_NO_BUILD`); the demo and the soak start with it.
+pub(crate) fn build_binaries() -> anyhow::Result<()> {
     let root = crate::workspace_root();
     std::env::set_current_dir(&root)?;
     // RISKFEAT_NO_BUILD=1 (the test suite, which built them): the binaries
@@ -68,10 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // The binaries are fresh: the harness must not rebuild them.
         std::env::set_var("RISKFEAT_NO_BUILD", "1");
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(demo(args))
+    Ok(())
 }
 
 /// A random token for configd's demo tokens file (never printed, except the
@@ -103,16 +111,7 @@ async fn run_stack(args: &Args, stack: &Stack, dir: &Path) -> anyhow::Result<()>
         args.users, args.per_user
     );
     let db = stack.pg.primary.connect_superuser().await?;
-    let rows = data::load(&db, data::generate(args.users, args.per_user, 42)).await?;
-    // The generator is deterministic, anchored at a fixed date; move the
-    // data so its latest day is today and the 1 h / 24 h velocity features
-    // have something to count.
-    db.execute(
-        "UPDATE transactions SET transaction_time = transaction_time + (now() - $1::text::timestamptz)",
-        &[&data::anchor().to_rfc3339()],
-    )
-    .await?;
-    db.execute("ANALYZE transactions", &[]).await?;
+    let rows = data::load_recent(&db, args.users, args.per_user, 42).await?;
     stack.pg.wait_replica_caught_up().await?;
 
     // configd, on the primary's database.
@@ -134,37 +133,19 @@ async fn run_stack(args: &Args, stack: &Stack, dir: &Path) -> anyhow::Result<()>
     );
     configd.start("").await.context("configd did not start")?;
     let base = configd.http().base().to_string();
-    let http = reqwest::Client::new();
-    let created = http
-        .put(configd.url("/v1/admin/namespaces/features"))
-        .bearer_auth(&admin_token)
-        .send()
-        .await?;
-    if !matches!(created.status().as_u16(), 201 | 409) {
-        bail!(
-            "creating the features namespace failed: {}",
-            created.text().await?
-        );
-    }
-    let published = http
-        .post(configd.url("/v1/admin/namespaces/features/publish"))
-        .bearer_auth(&admin_token)
-        .json(&json!({
-            "author": "demo", "comment": "demo defaults",
-            "changes": [
+    configd
+        .publish(
+            &admin_token,
+            "features",
+            json!([
                 {"op": "upsert", "key": "lookback", "value": 50},
                 {"op": "upsert", "key": "ma_window", "value": 10},
                 {"op": "upsert", "key": "zscore_above", "value": 3.0},
-            ]
-        }))
-        .send()
-        .await?;
-    if !published.status().is_success() {
-        bail!(
-            "publishing the demo config failed: {}",
-            published.text().await?
-        );
-    }
+            ]),
+        )
+        .await
+        .context("publishing the demo config")?;
+    let http = reqwest::Client::new();
 
     // The agent.
     let shared = stack.shared_dir.path();

@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod seed;
+mod soak;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,9 @@ enum Command {
     Demo(demo::Args),
     /// fmt, clippy and every test (installs what the tests need).
     Test(test::Args),
+    /// The whole pod under load with faults at seeded random moments;
+    /// reports failures, leaked leases and roles, secrets in logs.
+    Soak(soak::Args),
     /// Load deterministic transactions into a database.
     SeedData(seed::Args),
     /// Benchmarks; results go to docs/benchmarks.md.
@@ -33,6 +37,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo(a) => demo::run(a),
         Command::Test(a) => test::run(a),
+        Command::Soak(a) => soak::run(a),
         Command::SeedData(a) => seed::run(a),
         Command::Bench(which) => bench::run(which),
     }

@@ -20,6 +20,7 @@
 //!   example reader acking through `notify_pid_file`, the JSON Schemas;
 //! - [`policy`]: the agent's token cannot renew or revoke another role's lease;
 //! - [`telemetry`]: no secret in logs, `/status` or `/metrics`; promtool;
+//! - [`soak`]: a 2-minute soak of the whole pod, and its checks shown to fail;
 //! - [`support`]: what they share.
 
 mod guards;
@@ -29,6 +30,7 @@ mod outage;
 mod outputs;
 mod policy;
 mod rotation;
+mod soak;
 mod support;
 mod telemetry;
 mod tls;
