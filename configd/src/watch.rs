@@ -98,6 +98,14 @@ impl Hubs {
         }
     }
 
+    /// How many long-polls are held on `ns` right now (the console's
+    /// client count; a multi-namespace watch counts once per namespace).
+    pub fn watching(&self, ns: &str) -> usize {
+        let hubs = self.hubs.lock().expect("hubs");
+        hubs.get(ns)
+            .map_or(0, |h| h.waiters.iter().filter(|s| !s.is_closed()).count())
+    }
+
     /// Registers `signal` for `ns` unless it is already past `seen`.
     pub fn register(&self, ns: &str, seen: u64, signal: &Signal) -> Registered {
         let mut hubs = self.hubs.lock().expect("hubs");
@@ -138,7 +146,12 @@ mod tests {
         for rx in &mut rxs {
             assert!(rx.try_recv().is_err(), "same version must not wake");
         }
+        // The console's client count: held long-polls, not ended ones.
+        assert_eq!(hubs.watching("ns"), 10);
+        drop(rxs.pop());
+        assert_eq!((hubs.watching("ns"), hubs.watching("other")), (9, 0));
         hubs.set_version("ns", 2);
+        assert_eq!(hubs.watching("ns"), 0, "woken waiters are no longer held");
         for rx in &mut rxs {
             tokio::time::timeout(Duration::from_secs(5), rx.recv())
                 .await

@@ -13,10 +13,12 @@
 //! - [`tls`]: a private CA and server certificates (PostgreSQL TLS);
 //! - [`hostile`]: stalled request heads, unread bodies, peak memory;
 //! - [`openapi`]: real answers checked against `docs/openapi/`;
-//! - [`pytools`]: Python tools installed on first use.
+//! - [`pytools`]: Python tools installed on first use;
+//! - [`browser`]: headless Chromium through chromedriver (the console tests).
 
 pub mod bao;
 pub mod bootstrap;
+pub mod browser;
 pub mod data;
 pub mod fixtures;
 pub mod hostile;
