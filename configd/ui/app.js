@@ -323,8 +323,8 @@ function diffTable(id, changes) {
       el("tr", { class: c.kind },
         el("td", { class: "kind" }, c.kind),
         el("td", { class: "key" }, c.key),
-        el("td", { class: "before" }, el("pre", {}, pretty(c.before))),
-        el("td", { class: "after" }, el("pre", {}, pretty(c.after)))))));
+        el("td", { class: "before" }, el("pre", {}, pretty(c.kind === "added" ? undefined : c.before))),
+        el("td", { class: "after" }, el("pre", {}, pretty(c.kind === "removed" ? undefined : c.after)))))));
 }
 
 function viewEditor() {

@@ -137,14 +137,23 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     // The namespace list says who the token is and shows only its scope.
     let names = |b: &Value| -> Vec<String> {
         let list = b["namespaces"].as_array().cloned().unwrap_or_default();
-        list.iter().map(|n| n["namespace"].as_str().unwrap_or("").to_string()).collect()
+        list.iter()
+            .map(|n| n["namespace"].as_str().unwrap_or("").to_string())
+            .collect()
     };
     let (s, b) = get(a.url("/v1/admin/namespaces"), ADMIN).await;
-    assert_eq!((s, &b["token"]["role"]), (StatusCode::OK, &json!("admin")), "{b}");
+    assert_eq!(
+        (s, &b["token"]["role"]),
+        (StatusCode::OK, &json!("admin")),
+        "{b}"
+    );
     assert_eq!(names(&b), ["features", "secret-ns"], "{b}");
     assert_eq!(b["namespaces"][0]["version"], 1, "{b}");
     let (s, b) = get(a.url("/v1/admin/namespaces"), SCOPED).await;
-    assert_eq!((s, &b["token"]), (StatusCode::OK, &json!({"name": "scoped", "role": "read"})));
+    assert_eq!(
+        (s, &b["token"]),
+        (StatusCode::OK, &json!({"name": "scoped", "role": "read"}))
+    );
     assert_eq!(names(&b), ["features"], "{b}");
     // The reads under /v1/admin take a read token, within its scope.
     let (s, _) = get(a.url("/v1/admin/namespaces/features/items"), SCOPED).await;

@@ -4,7 +4,7 @@
 //! concurrent publish as a conflict, publishes, and the worker's answer
 //! changes through the agent.
 
-use super::{admin, configd, screenshot, sign_in, texts, READER};
+use super::{admin, configd, rows, screenshot, sign_in, texts, READER};
 use riskfeat_tests::browser::Browser;
 use riskfeat_tests::{wait_until, Agent, AgentToml, Stack, StackOptions, Worker};
 use serde_json::{json, Value};
@@ -26,8 +26,8 @@ async fn type_draft(b: &Browser, text: &str) {
 async fn an_admin_edits_previews_and_publishes_and_the_worker_answers_with_it() {
     let stack = Stack::start(StackOptions::default()).await.unwrap();
     let db = stack.pg.primary.connect_superuser().await.unwrap();
-    let rows = riskfeat_tests::data::spike(7, chrono::Utc::now());
-    riskfeat_tests::data::load(&db, rows).await.unwrap();
+    let txns = riskfeat_tests::data::spike(7, chrono::Utc::now());
+    riskfeat_tests::data::load(&db, txns).await.unwrap();
     stack.pg.wait_replica_caught_up().await.unwrap();
     let configd = configd(&stack.pg.primary).await;
     super::seed(
@@ -123,8 +123,8 @@ async fn an_admin_edits_previews_and_publishes_and_the_worker_answers_with_it() 
     b.find("#preview").await.unwrap().click().await.unwrap();
     b.find("#change-set").await.unwrap();
     assert_eq!(
-        texts(&b, "#change-set tbody tr").await,
-        ["changed zscore_above 3 1000"],
+        rows(&b, "#change-set tbody tr").await,
+        ["changed | zscore_above | 3 | 1000"],
         "the preview shows the one change against version 1"
     );
     b.find("#comment")
@@ -170,10 +170,10 @@ async fn an_admin_edits_previews_and_publishes_and_the_worker_answers_with_it() 
     b.find("#preview").await.unwrap().click().await.unwrap();
     b.find("#change-set").await.unwrap();
     assert_eq!(
-        texts(&b, "#change-set tbody tr").await,
+        rows(&b, "#change-set tbody tr").await,
         [
-            "removed lookback 40 \u{2014}",
-            "changed zscore_above 3 1000"
+            "removed | lookback | 40 | \u{2014}",
+            "changed | zscore_above | 3 | 1000"
         ],
         "the kept edit previewed against version 2"
     );
@@ -181,8 +181,8 @@ async fn an_admin_edits_previews_and_publishes_and_the_worker_answers_with_it() 
     b.find("#preview").await.unwrap().click().await.unwrap();
     b.find("#change-set").await.unwrap();
     assert_eq!(
-        texts(&b, "#change-set tbody tr").await,
-        ["changed zscore_above 3 1000"]
+        rows(&b, "#change-set tbody tr").await,
+        ["changed | zscore_above | 3 | 1000"]
     );
     b.find("#comment")
         .await

@@ -1,6 +1,6 @@
 //! History, the diff of two versions, and rollback in the console.
 
-use super::{admin, configd, screenshot, seed, sign_in, texts, ADMIN};
+use super::{admin, configd, rows, screenshot, seed, sign_in, texts, ADMIN};
 use riskfeat_tests::browser::Browser;
 use riskfeat_tests::PgCluster;
 use serde_json::json;
@@ -54,8 +54,8 @@ async fn history_shows_who_and_why_diffs_two_versions_and_rolls_back() {
         .await
         .unwrap();
     assert_eq!(
-        texts(&b, "#diff tbody tr").await,
-        ["changed a 1 2", "removed b \"x\" \u{2014}"]
+        rows(&b, "#diff tbody tr").await,
+        ["changed | a | 1 | 2", "removed | b | \"x\" | \u{2014}"]
     );
     screenshot(&b, "diff").await;
 
@@ -68,8 +68,8 @@ async fn history_shows_who_and_why_diffs_two_versions_and_rolls_back() {
         .unwrap();
     b.find("#rollback-diff").await.unwrap();
     assert_eq!(
-        texts(&b, "#rollback-diff tbody tr").await,
-        ["changed a 2 1", "added b \u{2014} \"x\""]
+        rows(&b, "#rollback-diff tbody tr").await,
+        ["changed | a | 2 | 1", "added | b | \u{2014} | \"x\""]
     );
     b.find("#rollback-comment")
         .await

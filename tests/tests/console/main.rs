@@ -114,3 +114,11 @@ pub async fn texts(b: &Browser, css: &str) -> Vec<String> {
     }
     out
 }
+
+/// Each `css` table row now as its cells' texts joined by " | ".
+pub async fn rows(b: &Browser, css: &str) -> Vec<String> {
+    let js = "return [...document.querySelectorAll(arguments[0])]\
+              .map(tr => [...tr.cells].map(c => c.innerText.trim()).join(' | '));";
+    let v = b.script(js, serde_json::json!([css])).await.unwrap();
+    serde_json::from_value(v).unwrap()
+}
