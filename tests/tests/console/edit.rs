@@ -17,11 +17,9 @@ async fn type_draft(b: &Browser, text: &str) {
     editor.type_text(text).await.unwrap();
 }
 
-/// Checked: with the `expected_version` left out of the console's publish
-/// body, the concurrent publish is overwritten and this test fails at
-/// "a concurrent publish is a conflict"; with the preview's change set
-/// computed against nothing (every key "added"), it fails at the preview's
-/// rows; with the editor's validation removed, at "invalid JSON is named".
+/// Checked: with `expected_version` left out of the console's publish
+/// body (configd/ui/app.js), the concurrent publish is overwritten and this
+/// test fails at "a concurrent publish is a conflict".
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_admin_edits_previews_and_publishes_and_the_worker_answers_with_it() {
     let stack = Stack::start(StackOptions::default()).await.unwrap();

@@ -5,9 +5,9 @@ use riskfeat_tests::browser::Browser;
 use riskfeat_tests::PgCluster;
 use serde_json::json;
 
-/// Checked: with the rollback's confirm step publishing `to_version` of the
-/// clicked row's neighbour, the items check below fails; with the history
-/// table's token column left empty, the row check fails.
+/// Asserts the history's author, token and comment columns, the v1 -> v3
+/// diff rows, the rollback preview rows and the items after the rollback
+/// (checked through the API, not the page).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_shows_who_and_why_diffs_two_versions_and_rolls_back() {
     let pg = PgCluster::start(false).await.unwrap();

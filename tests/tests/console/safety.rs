@@ -12,10 +12,11 @@ const VALUE: &str = "<script>alert(2)</script><img src=y onerror=alert(3)>";
 const COMMENT: &str = "<b>bold</b><img src=z onerror=alert(4)>";
 
 /// Checked: with `el()` in configd/ui/app.js appending strings as HTML
-/// (`insertAdjacentHTML`) instead of text nodes, this test fails at "no
-/// element from the data"; with the CSP header removed from
-/// configd/src/http/ui.rs it fails at the header check (and with both, an
-/// alert opens and the alert check fails too).
+/// (`insertAdjacentHTML`) instead of text nodes, this test fails at the
+/// first check that the key is shown literally (the browser rendered an
+/// image instead). The CSP header is asserted directly below; it is what
+/// would still stop an inline handler if a string ever reached the DOM as
+/// HTML.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_values_and_comments_are_text_under_a_strict_csp() {
     let pg = PgCluster::start(false).await.unwrap();
@@ -91,8 +92,8 @@ async fn keys_values_and_comments_are_text_under_a_strict_csp() {
     assert_eq!(b.alert_text().await, None, "no alert");
 }
 
-/// Checked: with the `isAdmin()` checks in configd/ui/app.js made always
-/// true, this test fails at the first write control it finds.
+/// Checked: with `isAdmin()` in configd/ui/app.js made always true, this
+/// test fails at "no create control".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_token_sees_a_read_only_console() {
     let pg = PgCluster::start(false).await.unwrap();
