@@ -4,7 +4,7 @@
 //! concurrent publish as a conflict, publishes, and the worker's answer
 //! changes through the agent.
 
-use super::{admin, configd, rows, screenshot, sign_in, texts, READER};
+use super::{admin, admin_get, configd, rows, screenshot, sign_in, texts, READER};
 use riskfeat_tests::browser::Browser;
 use riskfeat_tests::{wait_until, Agent, AgentToml, Stack, StackOptions, Worker};
 use serde_json::{json, Value};
@@ -77,7 +77,7 @@ async fn an_admin_edits_previews_and_publishes_and_the_worker_answers_with_it() 
         Duration::from_secs(30),
         "the agent counted as a client",
         || async {
-            let (_, b) = admin(&configd, reqwest::Method::GET, "/v1/admin/namespaces", None).await;
+            let (_, b) = admin_get(&configd, "/v1/admin/namespaces").await;
             b["namespaces"][0]["clients"] == 1
         },
     )
@@ -148,13 +148,7 @@ async fn an_admin_edits_previews_and_publishes_and_the_worker_answers_with_it() 
         .await
         .expect("a concurrent publish is a conflict");
     screenshot(&b, "conflict").await;
-    let (_, items) = admin(
-        &configd,
-        reqwest::Method::GET,
-        "/v1/admin/namespaces/features/items",
-        None,
-    )
-    .await;
+    let (_, items) = admin_get(&configd, "/v1/admin/namespaces/features/items").await;
     assert_eq!(items["to"], 2, "the conflict published nothing: {items}");
 
     // Reload keeps the edit; the preview now compares against version 2.
@@ -202,13 +196,7 @@ async fn an_admin_edits_previews_and_publishes_and_the_worker_answers_with_it() 
         features().await.unwrap()["features"]["flags"]["zscore_high"],
         false
     );
-    let (_, h) = admin(
-        &configd,
-        reqwest::Method::GET,
-        "/v1/admin/namespaces/features/history?limit=1",
-        None,
-    )
-    .await;
+    let (_, h) = admin_get(&configd, "/v1/admin/namespaces/features/history?limit=1").await;
     let top = &h["history"][0];
     assert_eq!(
         (&top["version"], &top["token"], &top["who"], &top["comment"]),

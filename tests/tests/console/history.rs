@@ -1,6 +1,6 @@
 //! History, the diff of two versions, and rollback in the console.
 
-use super::{admin, configd, rows, screenshot, seed, sign_in, texts, ADMIN};
+use super::{admin_get, configd, rows, screenshot, seed, sign_in, texts, ADMIN};
 use riskfeat_tests::browser::Browser;
 use riskfeat_tests::PgCluster;
 use serde_json::json;
@@ -91,13 +91,7 @@ async fn history_shows_who_and_why_diffs_two_versions_and_rolls_back() {
     .await
     .unwrap();
     b.wait_text("#ns-version", "v4").await.unwrap();
-    let (_, items) = admin(
-        &configd,
-        reqwest::Method::GET,
-        "/v1/admin/namespaces/rules/items",
-        None,
-    )
-    .await;
+    let (_, items) = admin_get(&configd, "/v1/admin/namespaces/rules/items").await;
     assert_eq!(
         (&items["to"], &items["items"]),
         (&json!(4), &json!({"a": 1, "b": "x"})),

@@ -55,6 +55,11 @@ pub async fn admin(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// An admin `GET` of `path`: status and JSON body.
+pub async fn admin_get(configd: &Configd, path: &str) -> (u16, Value) {
+    admin(configd, reqwest::Method::GET, path, None).await
+}
+
 /// Creates `ns` and publishes each change set of `versions` in turn
 /// (version 1, 2, ...), with comment "v<N>".
 pub async fn seed(configd: &Configd, ns: &str, versions: &[Value]) {
