@@ -115,6 +115,14 @@ impl Hubs {
         }
     }
 
+    /// How many long-polls are held on `ns` right now (the console's
+    /// client count; a multi-namespace watch counts once per namespace).
+    pub fn watching(&self, ns: &str) -> usize {
+        let hubs = self.hubs.lock().expect("hubs");
+        hubs.get(ns)
+            .map_or(0, |h| h.waiters.iter().filter(|s| !s.is_closed()).count())
+    }
+
     /// Registers `signal` for `ns` unless it is already past `seen`.
     pub fn register(&self, ns: &str, seen: u64, signal: &Signal) -> Registered {
         let mut hubs = self.hubs.lock().expect("hubs");
@@ -172,6 +180,12 @@ mod tests {
         for (_, rx) in &mut rxs {
             assert!(rx.try_recv().is_err(), "same version must not wake");
         }
+        // The console's client count: held long-polls, not ended ones.
+        assert_eq!(hubs.watching("ns"), 10);
+        let (gone_tx, gone_rx) = mpsc::channel(1);
+        assert_eq!(hubs.register("ns", 1, &gone_tx), Registered::Waiting);
+        drop(gone_rx);
+        assert_eq!((hubs.watching("ns"), hubs.watching("other")), (10, 0));
         hubs.set_version("ns", 2);
         // Who has been woken since the last look.
         let newly_woken = |rxs: &mut [(Signal, mpsc::Receiver<()>)]| -> Vec<usize> {
@@ -192,5 +206,6 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(newly_woken(&mut rxs), Vec::<usize>::new());
+        assert_eq!(hubs.watching("ns"), 0, "woken waiters are no longer held");
     }
 }

@@ -111,6 +111,23 @@ pub fn generate(users: u64, per_user: u64, seed: u64) -> impl Iterator<Item = Tx
     })
 }
 
+/// Twenty transactions of `user_id` before `now`, 90 minutes apart: steady
+/// amounts (10.00, 12.00) and, newest, a 5000.00 spike, so the user's
+/// z-score is large and `zscore_high` follows the `zscore_above` threshold.
+pub fn spike(user_id: i64, now: DateTime<Utc>) -> impl Iterator<Item = Txn> {
+    (0..20i64).map(move |i| Txn {
+        user_id,
+        amount: match i {
+            0 => 5000.0,
+            i if i % 2 == 0 => 10.0,
+            _ => 12.0,
+        },
+        ts: now - chrono::Duration::minutes(10 + i * 90),
+        merchant: "m".into(),
+        category: "c".into(),
+    })
+}
+
 /// Appends `rows` to `transactions` with one text `COPY`; returns the
 /// number of rows copied.
 pub async fn load(

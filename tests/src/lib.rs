@@ -16,10 +16,12 @@
 //! - [`openapi`]: real answers checked against `docs/openapi/`;
 //! - [`schemas`]: shared-dir files checked against `docs/schemas/`;
 //! - [`pytools`]: Python tools installed on first use;
-//! - [`soak`]: the soak (the pod under load and faults, and its report).
+//! - [`soak`]: the soak (the pod under load and faults, and its report);
+//! - [`browser`]: headless Chromium through chromedriver (the console tests).
 
 pub mod bao;
 pub mod bootstrap;
+pub mod browser;
 pub mod data;
 pub mod fixtures;
 pub mod hostile;

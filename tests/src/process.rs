@@ -186,6 +186,16 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// `target/artifacts/<name>/` (created): what a test leaves for people to
+/// look at, e.g. the console's screenshots.
+pub fn artifacts_dir(name: &str) -> anyhow::Result<PathBuf> {
+    let mut dir = target_profile_dir();
+    dir.pop();
+    let dir = dir.join("artifacts").join(name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
 /// `target/<profile>`: the test executable lives in `target/<profile>/deps`.
 fn target_profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");

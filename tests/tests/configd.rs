@@ -332,23 +332,8 @@ async fn a_publish_changes_the_features_the_worker_returns() {
     let stack = Stack::start(StackOptions::default()).await.unwrap();
     // Steady amounts then a spike: a large z-score for user 7.
     let db = stack.pg.primary.connect_superuser().await.unwrap();
-    let now = chrono::Utc::now();
-    for i in 0..20i64 {
-        let amount = if i == 0 {
-            "5000.00"
-        } else if i % 2 == 0 {
-            "10.00"
-        } else {
-            "12.00"
-        };
-        let ts = (now - chrono::Duration::minutes(10 + i * 90)).to_rfc3339();
-        db.execute(
-            "INSERT INTO transactions (user_id, transaction_amount, transaction_time, merchant, category) VALUES (7, $1::text::numeric, $2::text::timestamptz, 'm', 'c')",
-            &[&amount, &ts],
-        )
-        .await
-        .unwrap();
-    }
+    let rows = riskfeat_tests::data::spike(7, chrono::Utc::now());
+    riskfeat_tests::data::load(&db, rows).await.unwrap();
     stack.pg.wait_replica_caught_up().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut configd = configd(&stack);

