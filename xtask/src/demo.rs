@@ -129,17 +129,11 @@ async fn run_stack(args: &Args, stack: &Stack, dir: &Path) -> anyhow::Result<()>
     configd.start("").await.context("configd did not start")?;
     let base = configd.http().base().to_string();
     let http = reqwest::Client::new();
-    let created = http
-        .put(configd.url("/v1/admin/namespaces/features"))
-        .bearer_auth(&admin_token)
-        .send()
-        .await?;
-    if !matches!(created.status().as_u16(), 201 | 409) {
-        bail!(
-            "creating the features namespace failed: {}",
-            created.text().await?
-        );
-    }
+    // The bootstrap: the namespace and its schema (from the worker's rules).
+    configd
+        .bootstrap_features(&admin_token)
+        .await
+        .context("bootstrapping the features namespace")?;
     let published = http
         .post(configd.url("/v1/admin/namespaces/features/publish"))
         .bearer_auth(&admin_token)
