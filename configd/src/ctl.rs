@@ -142,18 +142,57 @@ fn ns_path(ns: &str, rest: &str) -> String {
 /// What to do.
 pub enum Command {
     List,
-    Get { ns: String, key: Option<String> },
-    Diff { ns: String, from: u64, to: u64 },
-    History { ns: String, limit: u64 },
-    Publish { ns: String, file: PathBuf, expected_version: Option<u64>, yes: bool, comment: Option<String> },
-    Rollback { ns: String, to_version: u64, comment: Option<String> },
-    GrayStart { ns: String, file: PathBuf, labels: Vec<(String, String)>, percent: Option<u8>, comment: Option<String> },
-    GrayShow { ns: String },
-    GrayPromote { ns: String },
-    GrayAbort { ns: String },
-    SchemaGet { ns: String },
-    SchemaSet { ns: String, file: PathBuf },
-    Rollout { ns: String },
+    Get {
+        ns: String,
+        key: Option<String>,
+    },
+    Diff {
+        ns: String,
+        from: u64,
+        to: u64,
+    },
+    History {
+        ns: String,
+        limit: u64,
+    },
+    Publish {
+        ns: String,
+        file: PathBuf,
+        expected_version: Option<u64>,
+        yes: bool,
+        comment: Option<String>,
+    },
+    Rollback {
+        ns: String,
+        to_version: u64,
+        comment: Option<String>,
+    },
+    GrayStart {
+        ns: String,
+        file: PathBuf,
+        labels: Vec<(String, String)>,
+        percent: Option<u8>,
+        comment: Option<String>,
+    },
+    GrayShow {
+        ns: String,
+    },
+    GrayPromote {
+        ns: String,
+    },
+    GrayAbort {
+        ns: String,
+    },
+    SchemaGet {
+        ns: String,
+    },
+    SchemaSet {
+        ns: String,
+        file: PathBuf,
+    },
+    Rollout {
+        ns: String,
+    },
 }
 
 /// Runs `cmd`; what to print on stdout.
@@ -167,41 +206,75 @@ pub async fn run(t: &Target, cmd: Command) -> Result<String, Fatal> {
                 None => pretty(&v),
                 Some(k) => match v["items"].get(&k) {
                     Some(x) => pretty(x),
-                    None => return Err(Fatal::Data(format!("{ns}: no key {k:?} at version {}", v["to"]))),
+                    None => {
+                        return Err(Fatal::Data(format!(
+                            "{ns}: no key {k:?} at version {}",
+                            v["to"]
+                        )))
+                    }
                 },
             }
         }
         Command::Diff { ns, from, to } => {
-            let v = t.call(M::GET, &ns_path(&ns, &format!("/diff?from={from}&to={to}")), None).await?;
+            let v = t
+                .call(
+                    M::GET,
+                    &ns_path(&ns, &format!("/diff?from={from}&to={to}")),
+                    None,
+                )
+                .await?;
             show_changes(&v["changes"])
         }
         Command::History { ns, limit } => {
-            let v = t.call(M::GET, &ns_path(&ns, &format!("/history?limit={limit}")), None).await?;
+            let v = t
+                .call(
+                    M::GET,
+                    &ns_path(&ns, &format!("/history?limit={limit}")),
+                    None,
+                )
+                .await?;
             let mut out = String::new();
             for h in v["history"].as_array().into_iter().flatten() {
                 out.push_str(&format!(
                     "{}\t{}\t{}\t{}\t{} change(s)\t{}\n",
-                    h["version"], h["at"].as_str().unwrap_or(""), h["kind"].as_str().unwrap_or("publish"),
-                    h["who"].as_str().unwrap_or(""), h["changes"], h["comment"].as_str().unwrap_or("")
+                    h["version"],
+                    h["at"].as_str().unwrap_or(""),
+                    h["kind"].as_str().unwrap_or("publish"),
+                    h["who"].as_str().unwrap_or(""),
+                    h["changes"],
+                    h["comment"].as_str().unwrap_or("")
                 ));
             }
             out
         }
-        Command::Publish { ns, file, expected_version, yes, comment } => {
+        Command::Publish {
+            ns,
+            file,
+            expected_version,
+            yes,
+            comment,
+        } => {
             let items = read_items(&file)?;
             let mut body = json!({"items": items, "dry_run": true});
             if let Some(e) = expected_version {
                 body["expected_version"] = json!(e);
             }
-            let plan = t.call(M::PUT, &ns_path(&ns, "/items"), Some(body.clone())).await?;
+            let plan = t
+                .call(M::PUT, &ns_path(&ns, "/items"), Some(body.clone()))
+                .await?;
             let shown = show_changes(&plan["changes"]);
             let at = plan["version"].as_u64().unwrap_or(0);
             if shown.is_empty() {
-                return Ok(format!("{ns} is already at {}: nothing to publish\n", file.display()));
+                return Ok(format!(
+                    "{ns} is already at {}: nothing to publish\n",
+                    file.display()
+                ));
             }
             eprint!("{ns} at version {at}:\n{shown}");
             if !yes && !confirm(&format!("publish these changes to {ns}?"))? {
-                return Err(Fatal::Runtime("not published (not confirmed; --yes to skip the question)".into()));
+                return Err(Fatal::Runtime(
+                    "not published (not confirmed; --yes to skip the question)".into(),
+                ));
             }
             body["dry_run"] = json!(false);
             body["expected_version"] = json!(at);
@@ -211,14 +284,27 @@ pub async fn run(t: &Target, cmd: Command) -> Result<String, Fatal> {
             let done = t.call(M::PUT, &ns_path(&ns, "/items"), Some(body)).await?;
             format!("published {ns} version {}\n", done["version"])
         }
-        Command::Rollback { ns, to_version, comment } => {
+        Command::Rollback {
+            ns,
+            to_version,
+            comment,
+        } => {
             let mut body = json!({"to_version": to_version});
             if let Some(c) = comment {
                 body["comment"] = json!(c);
             }
-            pretty(&t.call(M::POST, &ns_path(&ns, "/rollback"), Some(body)).await?)
+            pretty(
+                &t.call(M::POST, &ns_path(&ns, "/rollback"), Some(body))
+                    .await?,
+            )
         }
-        Command::GrayStart { ns, file, labels, percent, comment } => {
+        Command::GrayStart {
+            ns,
+            file,
+            labels,
+            percent,
+            comment,
+        } => {
             let items = read_items(&file)?;
             let changes: Vec<Value> = items
                 .as_object()
@@ -239,12 +325,25 @@ pub async fn run(t: &Target, cmd: Command) -> Result<String, Fatal> {
             pretty(&t.call(M::POST, &ns_path(&ns, "/gray"), Some(body)).await?)
         }
         Command::GrayShow { ns } => pretty(&t.call(M::GET, &ns_path(&ns, "/gray"), None).await?),
-        Command::GrayPromote { ns } => pretty(&t.call(M::POST, &ns_path(&ns, "/gray/promote"), Some(json!({}))).await?),
-        Command::GrayAbort { ns } => pretty(&t.call(M::POST, &ns_path(&ns, "/gray/abort"), Some(json!({}))).await?),
+        Command::GrayPromote { ns } => pretty(
+            &t.call(M::POST, &ns_path(&ns, "/gray/promote"), Some(json!({})))
+                .await?,
+        ),
+        Command::GrayAbort { ns } => pretty(
+            &t.call(M::POST, &ns_path(&ns, "/gray/abort"), Some(json!({})))
+                .await?,
+        ),
         Command::SchemaGet { ns } => pretty(&t.call(M::GET, &ns_path(&ns, "/schema"), None).await?),
         Command::SchemaSet { ns, file } => {
             let schema = read_json(&file)?;
-            pretty(&t.call(M::PUT, &ns_path(&ns, "/schema"), Some(json!({"schema": schema}))).await?)
+            pretty(
+                &t.call(
+                    M::PUT,
+                    &ns_path(&ns, "/schema"),
+                    Some(json!({"schema": schema})),
+                )
+                .await?,
+            )
         }
         Command::Rollout { ns } => pretty(&t.call(M::GET, &ns_path(&ns, "/rollout"), None).await?),
     })

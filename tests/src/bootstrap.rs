@@ -20,7 +20,8 @@ pub const REVOCATION_SQL: &str = include_str!("../../k8s/bootstrap/vault/revocat
 
 /// configd's JSON Schema of the `features` namespace (generated from the
 /// worker's parameter rules; `worker/src/params_schema.rs` checks it).
-pub const FEATURES_SCHEMA_JSON: &str = include_str!("../../k8s/bootstrap/configd/features.schema.json");
+pub const FEATURES_SCHEMA_JSON: &str =
+    include_str!("../../k8s/bootstrap/configd/features.schema.json");
 
 /// Name of the agent's policy and of its AppRole role.
 pub const AGENT_POLICY: &str = "riskfeat-agent";

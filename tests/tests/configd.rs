@@ -445,11 +445,18 @@ async fn gray_release_reaches_only_the_canary_agent_then_promote_reaches_both() 
     configd.bootstrap_features(ADMIN).await.unwrap();
     let http = reqwest::Client::new();
     let upsert = |key: &str, value: Value| json!([{"op": "upsert", "key": key, "value": value}]);
-    assert_eq!(publish(&http, &configd, upsert("zscore_above", json!(3.0))).await, 200);
+    assert_eq!(
+        publish(&http, &configd, upsert("zscore_above", json!(3.0))).await,
+        200
+    );
 
     // The canary: the stack's shared dir, labels from a downward API file.
     let dir_a = tempfile::tempdir().unwrap();
-    std::fs::write(dir_a.path().join("labels"), "app=\"riskfeat\"\ncanary=\"true\"\n").unwrap();
+    std::fs::write(
+        dir_a.path().join("labels"),
+        "app=\"riskfeat\"\ncanary=\"true\"\n",
+    )
+    .unwrap();
     let lines = format!(
         "addr = \"{}\"\nclient_id = \"pod-canary\"\nlabels_file = \"{}\"",
         configd.http().base(),
@@ -484,19 +491,35 @@ async fn gray_release_reaches_only_the_canary_agent_then_promote_reaches_both() 
     let gray_version = r["version"].as_u64().unwrap();
     wait_zscore(a, 2.5, "gray reaches the canary", &agent_a).await;
     // The plain agent has seen the gray start's version, with its items.
-    wait_until(Duration::from_secs(30), "plain agent at the gray version", || async {
-        published_in(b).is_some_and(|s| s.version == gray_version)
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "plain agent at the gray version",
+        || async { published_in(b).is_some_and(|s| s.version == gray_version) },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", agent_b.logs()));
-    assert_eq!(published_in(b).unwrap().items["zscore_above"], json!(3.0), "the plain agent stays");
+    assert_eq!(
+        published_in(b).unwrap().items["zscore_above"],
+        json!(3.0),
+        "the plain agent stays"
+    );
 
     // A value the schema refuses: 400 naming the key, neither agent sees it.
     let url = configd.url("/v1/admin/namespaces/features/publish");
     let bad = json!({"changes": [{"op": "upsert", "key": "lookback", "value": 0}]});
     let (s, r) = admin_with(&http, reqwest::Method::POST, url, Some(bad)).await;
-    assert_eq!((s, r["error"]["field"].as_str()), (400, Some("changes[0].value")), "{r}");
-    assert!(r["error"]["message"].as_str().unwrap().contains("\"lookback\""), "{r}");
+    assert_eq!(
+        (s, r["error"]["field"].as_str()),
+        (400, Some("changes[0].value")),
+        "{r}"
+    );
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"lookback\""),
+        "{r}"
+    );
 
     // Promote: both agents.
     let url = configd.url("/v1/admin/namespaces/features/gray/promote");
@@ -504,24 +527,44 @@ async fn gray_release_reaches_only_the_canary_agent_then_promote_reaches_both() 
     assert_eq!(s, 200, "{r}");
     let promoted = r["version"].as_u64().unwrap();
     wait_zscore(b, 2.5, "promote reaches the plain agent", &agent_b).await;
-    wait_until(Duration::from_secs(30), "both at the promoted version", || async {
-        published_in(a).is_some_and(|s| s.version == promoted)
-            && published_in(b).is_some_and(|s| s.version == promoted)
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "both at the promoted version",
+        || async {
+            published_in(a).is_some_and(|s| s.version == promoted)
+                && published_in(b).is_some_and(|s| s.version == promoted)
+        },
+    )
     .await
     .unwrap();
     for s in [published_in(a).unwrap(), published_in(b).unwrap()] {
-        assert!(!s.items.contains_key("lookback"), "the refused value never arrived: {s:?}");
+        assert!(
+            !s.items.contains_key("lookback"),
+            "the refused value never arrived: {s:?}"
+        );
     }
     // The rollout view knows both agents.
     let url = configd.url("/v1/admin/namespaces/features/rollout");
-    wait_until(Duration::from_secs(60), "both agents in the rollout view", || async {
-        let (_, r) = admin_with(&http, reqwest::Method::GET, url.clone(), None).await;
-        let ids: Vec<(&str, u64)> = r["clients"].as_array().into_iter().flatten()
-            .map(|c| (c["client_id"].as_str().unwrap_or(""), c["version"].as_u64().unwrap_or(0)))
-            .collect();
-        ids.iter().any(|c| *c == ("pod-canary", promoted)) && ids.iter().any(|c| *c == ("pod-plain", promoted))
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "both agents in the rollout view",
+        || async {
+            let (_, r) = admin_with(&http, reqwest::Method::GET, url.clone(), None).await;
+            let ids: Vec<(&str, u64)> = r["clients"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    (
+                        c["client_id"].as_str().unwrap_or(""),
+                        c["version"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect();
+            ids.iter().any(|c| *c == ("pod-canary", promoted))
+                && ids.iter().any(|c| *c == ("pod-plain", promoted))
+        },
+    )
     .await
     .unwrap();
 }

@@ -7,10 +7,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "riskfeatctl", about = "riskfeat-configd from a shell: namespaces, publish, gray release, schemas")]
+#[command(
+    name = "riskfeatctl",
+    about = "riskfeat-configd from a shell: namespaces, publish, gray release, schemas"
+)]
 struct Cli {
     /// configd's base URL.
-    #[arg(long, env = "RISKFEAT_CONFIGD_ADDR", default_value = "http://127.0.0.1:8070")]
+    #[arg(
+        long,
+        env = "RISKFEAT_CONFIGD_ADDR",
+        default_value = "http://127.0.0.1:8070"
+    )]
     addr: String,
     /// File holding the bearer token (RISKFEAT_CONFIGD_TOKEN wins when set).
     #[arg(long, env = "RISKFEAT_CONFIGD_TOKEN_FILE")]
@@ -80,16 +87,27 @@ enum GrayCmd {
         #[arg(long)]
         comment: Option<String>,
     },
-    Show { ns: String },
-    Promote { ns: String },
-    Abort { ns: String },
+    Show {
+        ns: String,
+    },
+    Promote {
+        ns: String,
+    },
+    Abort {
+        ns: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum SchemaCmd {
-    Get { ns: String },
+    Get {
+        ns: String,
+    },
     /// Sets FILE (a JSON Schema) as the namespace's new schema version.
-    Set { ns: String, file: PathBuf },
+    Set {
+        ns: String,
+        file: PathBuf,
+    },
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -104,14 +122,42 @@ fn command(cmd: Cmd) -> Command {
         Cmd::Get { ns, key } => Command::Get { ns, key },
         Cmd::Diff { ns, from, to } => Command::Diff { ns, from, to },
         Cmd::History { ns, limit } => Command::History { ns, limit },
-        Cmd::Publish { ns, file, expected_version, yes, comment } => {
-            Command::Publish { ns, file, expected_version, yes, comment }
-        }
-        Cmd::Rollback { ns, to_version, comment } => Command::Rollback { ns, to_version, comment },
+        Cmd::Publish {
+            ns,
+            file,
+            expected_version,
+            yes,
+            comment,
+        } => Command::Publish {
+            ns,
+            file,
+            expected_version,
+            yes,
+            comment,
+        },
+        Cmd::Rollback {
+            ns,
+            to_version,
+            comment,
+        } => Command::Rollback {
+            ns,
+            to_version,
+            comment,
+        },
         Cmd::Gray { cmd } => match cmd {
-            GrayCmd::Start { ns, file, labels, percent, comment } => {
-                Command::GrayStart { ns, file, labels, percent, comment }
-            }
+            GrayCmd::Start {
+                ns,
+                file,
+                labels,
+                percent,
+                comment,
+            } => Command::GrayStart {
+                ns,
+                file,
+                labels,
+                percent,
+                comment,
+            },
             GrayCmd::Show { ns } => Command::GrayShow { ns },
             GrayCmd::Promote { ns } => Command::GrayPromote { ns },
             GrayCmd::Abort { ns } => Command::GrayAbort { ns },
@@ -129,7 +175,10 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return Fatal::Runtime(format!("tokio runtime: {e}")).exit("riskfeatctl: "),
     };

@@ -212,8 +212,6 @@ fn note_report(
     }
 }
 
-
-
 /// `POST /v1/watch` `{"namespaces":{"a":3},"timeout_s":30}`.
 pub async fn watch_many(
     State(st): State<Arc<AppState>>,

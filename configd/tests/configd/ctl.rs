@@ -43,7 +43,11 @@ async fn riskfeatctl_publishes_declaratively_with_clear_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let schema = riskfeat_tests::bootstrap::dir().join("configd/features.schema.json");
-    let (code, out, err) = ctl(&c, Some(ADMIN), &["schema", "set", "features", schema.to_str().unwrap()]);
+    let (code, out, err) = ctl(
+        &c,
+        Some(ADMIN),
+        &["schema", "set", "features", schema.to_str().unwrap()],
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("\"version\": 1"), "{out}");
 
@@ -51,28 +55,60 @@ async fn riskfeatctl_publishes_declaratively_with_clear_exit_codes() {
     // Without --yes and no terminal: shown, not published.
     let (code, _, err) = ctl(&c, Some(ADMIN), &["publish", "features", &v1]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("+ lookback = 50") && err.contains("not confirmed"), "{err}");
-    let (code, out, err) = ctl(&c, Some(ADMIN), &["publish", "features", &v1, "--yes", "--comment", "first"]);
-    assert_eq!((code, out.trim()), (0, "published features version 1"), "{err}");
+    assert!(
+        err.contains("+ lookback = 50") && err.contains("not confirmed"),
+        "{err}"
+    );
+    let (code, out, err) = ctl(
+        &c,
+        Some(ADMIN),
+        &["publish", "features", &v1, "--yes", "--comment", "first"],
+    );
+    assert_eq!(
+        (code, out.trim()),
+        (0, "published features version 1"),
+        "{err}"
+    );
     let (code, out, _) = ctl(&c, Some(ADMIN), &["publish", "features", &v1, "--yes"]);
     assert!(code == 0 && out.contains("nothing to publish"), "{out}");
     // Replace semantics: zscore_above removed, lookback changed.
     let v2 = file(d, "v2.json", r#"{"items": {"lookback": 60}}"#);
     let (code, _, err) = ctl(&c, Some(ADMIN), &["publish", "features", &v2, "--yes"]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("~ lookback: 50 -> 60") && err.contains("- zscore_above"), "{err}");
+    assert!(
+        err.contains("~ lookback: 50 -> 60") && err.contains("- zscore_above"),
+        "{err}"
+    );
     // Exit codes: schema violation 65 naming the key, stale version 75.
     let bad = file(d, "bad.json", r#"{"lookback": 0}"#);
     let (code, _, err) = ctl(&c, Some(ADMIN), &["publish", "features", &bad, "--yes"]);
     assert_eq!(code, 65, "{err}");
-    assert!(err.contains("schema_violation") && err.contains("items.lookback"), "{err}");
-    let (code, _, err) = ctl(&c, Some(ADMIN), &["publish", "features", &v1, "--yes", "--expected-version", "1"]);
+    assert!(
+        err.contains("schema_violation") && err.contains("items.lookback"),
+        "{err}"
+    );
+    let (code, _, err) = ctl(
+        &c,
+        Some(ADMIN),
+        &[
+            "publish",
+            "features",
+            &v1,
+            "--yes",
+            "--expected-version",
+            "1",
+        ],
+    );
     assert_eq!(code, 75, "{err}");
     let (code, _, err) = ctl(&c, Some(READER), &["publish", "features", &v1, "--yes"]);
     assert_eq!(code, 77, "{err}");
     let (code, _, err) = ctl(&c, None, &["list"]);
     assert_eq!(code, 64, "{err}");
-    let (code, _, err) = ctl(&c, Some(ADMIN), &["schema", "set", "features", "/nonexistent.json"]);
+    let (code, _, err) = ctl(
+        &c,
+        Some(ADMIN),
+        &["schema", "set", "features", "/nonexistent.json"],
+    );
     assert_eq!(code, 66, "{err}");
 
     // Reading: list, get, diff, history.
@@ -84,13 +120,22 @@ async fn riskfeatctl_publishes_declaratively_with_clear_exit_codes() {
     assert!(out.contains("~ lookback: 50 -> 60"), "{out}");
     // Gray: start for canary=true, show, promote; abort with none is 75.
     let g = file(d, "gray.json", r#"{"lookback": 70}"#);
-    let (code, _, err) = ctl(&c, Some(ADMIN), &["gray", "start", "features", &g, "--label", "canary=true"]);
+    let (code, _, err) = ctl(
+        &c,
+        Some(ADMIN),
+        &["gray", "start", "features", &g, "--label", "canary=true"],
+    );
     assert_eq!(code, 0, "{err}");
     let (_, out, _) = ctl(&c, Some(READER), &["gray", "show", "features"]);
     assert!(out.contains("canary"), "{out}");
     assert_eq!(ctl(&c, Some(ADMIN), &["gray", "promote", "features"]).0, 0);
     assert_eq!(ctl(&c, Some(ADMIN), &["gray", "abort", "features"]).0, 75);
-    assert_eq!(ctl(&c, Some(READER), &["get", "features", "lookback"]).1.trim(), "70");
+    assert_eq!(
+        ctl(&c, Some(READER), &["get", "features", "lookback"])
+            .1
+            .trim(),
+        "70"
+    );
     // Rollback to 1, and the history says what each version was.
     let (code, _, err) = ctl(&c, Some(ADMIN), &["rollback", "features", "1"]);
     assert_eq!(code, 0, "{err}");
