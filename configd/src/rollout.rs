@@ -178,7 +178,7 @@ pub async fn flusher(
             tracing::debug!(error = %e, "client reports not written yet");
             continue;
         }
-        if passes % 1800 == 0 {
+        if passes.is_multiple_of(1800) {
             let _ = store.forget_clients(FORGET_AFTER_S).await;
         }
         // The gauges: every few passes is enough.
