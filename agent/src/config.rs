@@ -201,6 +201,15 @@ pub struct ConfigdSettings {
     /// PEM CA bundle trusted for an `https://` addr instead of the system
     /// roots (configd's certificate from a private CA).
     pub ca_file: Option<PathBuf>,
+    /// This agent's id for configd (gray percentages, rollout view);
+    /// default `$POD_NAME`, else the host name.
+    pub client_id: Option<String>,
+    /// Labels sent to configd (gray release selectors), e.g. `canary = "true"`.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// A downward API labels file (`key="value"` lines, the pod's labels),
+    /// read again before every request; its labels win over `labels`.
+    pub labels_file: Option<PathBuf>,
 }
 
 impl ConfigdSettings {
@@ -222,6 +231,19 @@ impl ConfigdSettings {
         }
         if !(1..=600).contains(&self.poll_timeout_s) {
             out.push("configd.poll_timeout_s must be 1..=600".to_string());
+        }
+        // configd refuses other label text (riskfeat-client-labels).
+        let label_ok = |s: &str| {
+            s.len() <= 253
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b))
+        };
+        for (k, v) in &self.labels {
+            if k.is_empty() || !label_ok(k) || !label_ok(v) {
+                out.push(format!(
+                    "configd.labels: {k:?} = {v:?}: keys and values are [A-Za-z0-9._/-], at most 253 bytes"
+                ));
+            }
         }
         if !(self.backoff_initial_s > 0.0 && self.backoff_max_s >= self.backoff_initial_s) {
             out.push("configd.backoff_initial_s must be > 0 and <= backoff_max_s".to_string());

@@ -8,7 +8,9 @@
 //! `config-cache/<namespace>.json` (0600, agent-private): on start it is
 //! published before configd is even asked, so a restart while configd is
 //! down still gives the worker its config. Errors back off exponentially
-//! with jitter; versions and errors go to `/status` and metrics.
+//! with jitter; versions and errors go to `/status` and metrics. Every
+//! request carries the client id and labels, and every watch a report of
+//! what was applied ([`crate::config_identity`]).
 
 use crate::config::ConfigdSettings as Settings;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
@@ -318,6 +320,7 @@ impl Syncer {
                     self.settings.addr.trim_end_matches('/')
                 ))
                 .bearer_auth(token.expose())
+                .headers(crate::config_identity::headers(&self.settings))
                 .header(reqwest::header::ACCEPT_ENCODING, "gzip")
                 .send()
                 .await?;
@@ -432,6 +435,8 @@ impl Syncer {
             .iter()
             .map(|ns| (ns.as_str(), self.locals.get(ns).map_or(0, |l| l.version)))
             .collect();
+        let applied = watch.iter().map(|(ns, v)| (ns.to_string(), *v)).collect();
+        let report = crate::config_identity::report(&self.shared, &applied).await;
         let resp = self
             .http
             .post(format!(
@@ -439,8 +444,9 @@ impl Syncer {
                 self.settings.addr.trim_end_matches('/')
             ))
             .bearer_auth(token.expose())
+            .headers(crate::config_identity::headers(&self.settings))
             .timeout(Duration::from_secs(timeout + 15))
-            .json(&serde_json::json!({"namespaces": watch, "timeout_s": timeout}))
+            .json(&serde_json::json!({"namespaces": watch, "timeout_s": timeout, "report": report}))
             .send()
             .await?;
         match resp.status().as_u16() {
@@ -611,6 +617,9 @@ mod tests {
             backoff_initial_s: 0.5,
             backoff_max_s: 30.0,
             ca_file: None,
+            client_id: None,
+            labels: Default::default(),
+            labels_file: None,
         }
     }
 

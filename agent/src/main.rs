@@ -6,6 +6,7 @@
 //! probe, or a config check. Exit codes are documented in docs/agent.md.
 
 mod config;
+mod config_identity;
 mod config_sync;
 mod fatal;
 mod inputs;

@@ -9,6 +9,7 @@
 //! Refreshes after a NOTIFY or scan read only the change log after the cached
 //! version (a full load only when that part of the log was compacted).
 
+use crate::gray::{Gray, GrayMarks};
 use crate::metrics::Metrics;
 use crate::store::{LoggedChange, Op, Store, StoreError};
 use crate::watch::Hubs;
@@ -29,8 +30,14 @@ pub struct NsState {
     pub ops_base: u64,
     pub items: Arc<Items>,
     pub ops: Arc<Vec<LoggedChange>>,
+    /// The gray release in progress at this version.
+    pub gray: Option<Arc<Gray>>,
+    /// Where gray releases started and ended.
+    pub marks: GrayMarks,
     plain: tokio::sync::OnceCell<Bytes>,
     gzip: tokio::sync::OnceCell<Bytes>,
+    /// The gray view's snapshot (plain), built on first use.
+    gray_plain: tokio::sync::OnceCell<Bytes>,
 }
 
 fn json_str(s: &str) -> String {
@@ -44,9 +51,20 @@ fn write_snapshot(
     items: &Items,
     out: &mut impl std::io::Write,
 ) -> std::io::Result<()> {
+    write_snapshot_as(name, version, "", items, out)
+}
+
+/// [`write_snapshot`] with `extra` (`,"key":value` members) after `snapshot`.
+fn write_snapshot_as(
+    name: &str,
+    version: u64,
+    extra: &str,
+    items: &Items,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
     write!(
         out,
-        "{{\"namespace\":{},\"from\":0,\"to\":{},\"snapshot\":true,\"items\":{{",
+        "{{\"namespace\":{},\"from\":0,\"to\":{},\"snapshot\":true{extra},\"items\":{{",
         json_str(name),
         version
     )?;
@@ -75,9 +93,65 @@ impl NsState {
             ops_base,
             items,
             ops: Arc::new(ops),
+            gray: None,
+            marks: GrayMarks::default(),
             plain: tokio::sync::OnceCell::new(),
             gzip: tokio::sync::OnceCell::new(),
+            gray_plain: tokio::sync::OnceCell::new(),
         }
+    }
+
+    fn with_gray(mut self, gray: Option<Gray>, marks: GrayMarks) -> Self {
+        self.gray = gray.map(Arc::new);
+        self.marks = marks;
+        self
+    }
+
+    /// The items a gray client sees: the main items with the gray changes
+    /// applied (the main items when no gray release is in progress).
+    pub fn gray_items(&self) -> Arc<Items> {
+        let Some(gray) = &self.gray else {
+            return self.items.clone();
+        };
+        let mut items = (*self.items).clone();
+        for c in &gray.changes {
+            match c.op {
+                Op::Upsert => {
+                    let v = c.value.as_deref().unwrap_or("null");
+                    items.insert(Arc::from(c.key.as_str()), Arc::from(v));
+                }
+                Op::Delete => {
+                    items.remove(c.key.as_str());
+                }
+            }
+        }
+        Arc::new(items)
+    }
+
+    /// The gray view's snapshot body (with `"gray": <start version>`),
+    /// built once per version.
+    pub async fn gray_snapshot(&self, metrics: &Metrics) -> Bytes {
+        self.gray_plain
+            .get_or_init(|| async {
+                metrics.snapshot_builds.inc();
+                let extra = self
+                    .gray
+                    .as_ref()
+                    .map(|g| format!(",\"gray\":{}", g.version))
+                    .unwrap_or_default();
+                let mut buf = Vec::new();
+                write_snapshot_as(
+                    &self.name,
+                    self.version,
+                    &extra,
+                    &self.gray_items(),
+                    &mut buf,
+                )
+                .expect("in-memory write");
+                Bytes::from(buf)
+            })
+            .await
+            .clone()
     }
 
     /// The shared snapshot body, built once per version and encoding.
@@ -111,9 +185,10 @@ impl NsState {
         .clone()
     }
 
-    /// True when the changes after `from` can be answered from the log.
+    /// True when the changes after `from` can be answered from the log
+    /// (and a client at `from` cannot hold a gray view).
     pub fn incremental_from(&self, from: u64) -> bool {
-        from >= self.ops_base && from > 0
+        from >= self.ops_base && from > 0 && !self.marks.may_be_gray(from)
     }
 
     /// The incremental body for `from` (see the API docs).
@@ -286,7 +361,8 @@ impl Cache {
                 loaded.log_from,
                 Arc::new(loaded.items),
                 loaded.log,
-            ),
+            )
+            .with_gray(loaded.gray, loaded.marks),
         ))
     }
 
@@ -364,9 +440,12 @@ impl Cache {
             .cloned()
             .collect();
         ops.extend(since.log);
+        let mut marks = old.marks.clone();
+        marks.extend(since.marks);
         let state = self.install(
             &slot,
-            NsState::new(ns, since.version, base, Arc::new(items), ops),
+            NsState::new(ns, since.version, base, Arc::new(items), ops)
+                .with_gray(since.gray, marks),
         );
         Ok(Some(state.version))
     }

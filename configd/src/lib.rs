@@ -9,11 +9,15 @@
 
 pub mod cache;
 pub mod config;
+pub mod ctl;
+pub mod gray;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod rollout;
 pub mod store;
 pub mod tls;
+pub mod validate;
 pub mod watch;
 
 use riskfeat_shared::http_server::{self, Serve};
@@ -56,6 +60,7 @@ pub async fn run(
         started: Default::default(),
         stopping: tokio::sync::watch::Sender::new(false),
         watchers: Default::default(),
+        rollout: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -127,6 +132,12 @@ pub async fn run(
         cache.clone(),
         metrics.clone(),
         cfg.scan_interval,
+    ));
+    tokio::spawn(rollout::flusher(
+        state.rollout.clone(),
+        cache.clone(),
+        metrics.clone(),
+        http::stale_after_s(&cfg),
     ));
     tokio::spawn(notify::compactor(
         cache.clone(),

@@ -1,6 +1,6 @@
 //! Prometheus metrics `riskfeat_configd_*`.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Every configd metric.
 #[derive(Clone)]
@@ -18,6 +18,15 @@ pub struct Metrics {
     pub snapshot_builds: IntCounter,
     pub response_bytes: IntCounterVec,
     pub compacted_rows: IntCounter,
+    pub clients: IntGaugeVec,
+    pub clients_stale: IntGaugeVec,
+    pub clients_rejected: IntGaugeVec,
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric");
+    r.register(Box::new(g.clone())).expect("register");
+    g
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -71,6 +80,24 @@ impl Metrics {
             .register(Box::new(pg_up.clone()))
             .expect("register");
         Metrics {
+            clients: gauge_vec(
+                &registry,
+                "riskfeat_configd_clients",
+                "Clients reporting per namespace and applied version (newest 5 versions; others as version=\"older\")",
+                &["config_namespace", "version"],
+            ),
+            clients_stale: gauge_vec(
+                &registry,
+                "riskfeat_configd_clients_stale",
+                "Clients behind the namespace's version or no longer reporting",
+                &["config_namespace"],
+            ),
+            clients_rejected: gauge_vec(
+                &registry,
+                "riskfeat_configd_clients_rejected",
+                "Clients whose worker rejected the version they applied",
+                &["config_namespace"],
+            ),
             snapshot_queries: counter(
                 &registry,
                 "riskfeat_configd_db_snapshot_queries_total",

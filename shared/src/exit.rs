@@ -2,7 +2,8 @@
 //! variant is the documented exit code (sysexits): 64 bad flags or config
 //! (EX_USAGE), 65 data that does not fit (EX_DATAERR: a table that does not
 //! match the worker's `[source]`), 66 missing or unreadable input file
-//! (EX_NOINPUT), 69 a service that cannot be reached (EX_UNAVAILABLE), 77
+//! (EX_NOINPUT), 69 a service that cannot be reached (EX_UNAVAILABLE), 75
+//! a write refused by a version conflict (EX_TEMPFAIL: look again), 77
 //! permission denied (EX_NOPERM), 78 shared dir on disk (EX_CONFIG), 1
 //! anything else; and [`parse_args`], the same flag parsing (bad flags exit
 //! 64, `--help`/`--version` exit 0) for all three.
@@ -24,6 +25,10 @@ pub enum Fatal {
     /// A service (a database) that cannot be reached or used: exit 69.
     #[error("{0}")]
     Unavailable(String),
+    /// A write refused because the data moved on (configd's version
+    /// conflict; retry after looking again): exit 75 (EX_TEMPFAIL).
+    #[error("{0}")]
+    Conflict(String),
     /// Permission denied (by Vault): exit 77.
     #[error("{0}")]
     Permission(String),
@@ -43,6 +48,7 @@ impl Fatal {
             Fatal::Data(_) => 65,
             Fatal::Input(_) => 66,
             Fatal::Unavailable(_) => 69,
+            Fatal::Conflict(_) => 75,
             Fatal::Permission(_) => 77,
             Fatal::SharedDir(_) => 78,
             Fatal::Runtime(_) => 1,
@@ -77,6 +83,7 @@ mod tests {
             (Fatal::Data("d".into()), 65),
             (Fatal::Input("i".into()), 66),
             (Fatal::Unavailable("u".into()), 69),
+            (Fatal::Conflict("c".into()), 75),
             (Fatal::Permission("p".into()), 77),
             (Fatal::SharedDir("s".into()), 78),
             (Fatal::Runtime("r".into()), 1),

@@ -18,6 +18,11 @@ pub const CREATION_SQL: &str = include_str!("../../k8s/bootstrap/vault/creation.
 /// Revocation statements of the `feature-reader` database role.
 pub const REVOCATION_SQL: &str = include_str!("../../k8s/bootstrap/vault/revocation.sql");
 
+/// configd's JSON Schema of the `features` namespace (generated from the
+/// worker's parameter rules; `worker/src/params_schema.rs` checks it).
+pub const FEATURES_SCHEMA_JSON: &str =
+    include_str!("../../k8s/bootstrap/configd/features.schema.json");
+
 /// Name of the agent's policy and of its AppRole role.
 pub const AGENT_POLICY: &str = "riskfeat-agent";
 pub const APPROLE_ROLE: &str = "riskfeat-agent";
@@ -35,6 +40,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("vault/agent-policy.hcl", AGENT_POLICY_HCL),
     ("vault/creation.sql", CREATION_SQL),
     ("vault/revocation.sql", REVOCATION_SQL),
+    ("configd/features.schema.json", FEATURES_SCHEMA_JSON),
 ];
 
 /// `<workspace>/k8s/bootstrap`.

@@ -513,7 +513,9 @@ async fn bootstrap_vault(
 }
 
 /// A fresh shared dir: under `/dev/shm` (tmpfs) when it exists, mode 0750.
-fn shared_dir() -> anyhow::Result<tempfile::TempDir> {
+/// A new memory-backed shared dir (0750) under `/dev/shm` when there is
+/// one, e.g. for a second agent.
+pub fn shared_dir() -> anyhow::Result<tempfile::TempDir> {
     let mut builder = tempfile::Builder::new();
     builder.prefix("riskfeat-shared-");
     let dir = if Path::new("/dev/shm").is_dir() {

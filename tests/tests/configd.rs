@@ -400,3 +400,161 @@ async fn a_publish_changes_the_features_the_worker_returns() {
         riskfeat_tests::promtool::check_metrics(&text).unwrap_or_else(|e| panic!("{page}: {e}"));
     }
 }
+
+/// The published config of `shared` (None: not yet).
+fn published_in(shared: &Path) -> Option<ConfigSnapshot> {
+    ConfigSnapshot::load(&shared.join("config/features.json")).ok()
+}
+
+/// Waits until the agent of `shared` has published `zscore_above = want`.
+async fn wait_zscore(shared: &Path, want: f64, what: &str, agent: &Agent) {
+    wait_until(Duration::from_secs(30), what, || async {
+        published_in(shared).is_some_and(|s| s.items.get("zscore_above") == Some(&json!(want)))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+}
+
+/// Two agents on the bootstrapped `features` namespace (its schema
+/// installed from k8s/bootstrap/configd/, as production does), one
+/// labelled `canary=true` through a downward-API labels file: a gray
+/// release to `canary=true` reaches only that agent's config file, the
+/// other stays; promote reaches both; a publish the schema refuses is a
+/// 400 naming the key and never reaches either agent; the rollout view
+/// lists both agents by client id with the version they applied.
+///
+/// Checked: with the selector match removed from configd's `/changes`
+/// the plain agent gets the gray value and this test fails at "the plain
+/// agent stays"; without the agent's identity headers the canary never
+/// gets it ("gray reaches the canary" times out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gray_release_reaches_only_the_canary_agent_then_promote_reaches_both() {
+    let stack = Stack::start(StackOptions::default()).await.unwrap();
+    let mut configd = configd(&stack);
+    configd.start("").await.unwrap();
+    configd.bootstrap_features(ADMIN).await.unwrap();
+    let http = reqwest::Client::new();
+    let upsert = |key: &str, value: Value| json!([{"op": "upsert", "key": key, "value": value}]);
+    assert_eq!(
+        publish(&http, &configd, upsert("zscore_above", json!(3.0))).await,
+        200
+    );
+
+    // The canary: the stack's shared dir, labels from a downward API file.
+    let dir_a = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir_a.path().join("labels"),
+        "app=\"riskfeat\"\ncanary=\"true\"\n",
+    )
+    .unwrap();
+    let lines = format!(
+        "addr = \"{}\"\nclient_id = \"pod-canary\"\nlabels_file = \"{}\"",
+        configd.http().base(),
+        dir_a.path().join("labels").display()
+    );
+    let cfg_a = agent_config_with(&stack, dir_a.path(), &lines);
+    let agent_a = Agent::spawn(&cfg_a, stack.shared_dir.path(), &[]).unwrap();
+    // The plain agent: a shared dir of its own.
+    let dir_b = tempfile::tempdir().unwrap();
+    let shared_b = riskfeat_tests::stack::shared_dir().unwrap();
+    let lines = format!(
+        "addr = \"{}\"\nclient_id = \"pod-plain\"\nlabels = {{ app = \"riskfeat\" }}",
+        configd.http().base()
+    );
+    let cfg_b = agent_config_with(&stack, dir_b.path(), &lines);
+    let text = std::fs::read_to_string(&cfg_b).unwrap().replace(
+        &format!("shared_dir = \"{}\"", stack.shared_dir.path().display()),
+        &format!("shared_dir = \"{}\"", shared_b.path().display()),
+    );
+    std::fs::write(&cfg_b, text).unwrap();
+    let agent_b = Agent::spawn(&cfg_b, shared_b.path(), &[]).unwrap();
+    let (a, b) = (stack.shared_dir.path(), shared_b.path());
+    wait_zscore(a, 3.0, "canary at 3.0", &agent_a).await;
+    wait_zscore(b, 3.0, "plain at 3.0", &agent_b).await;
+
+    // Gray to canary=true.
+    let url = configd.url("/v1/admin/namespaces/features/gray");
+    let body = json!({"selector": {"labels": {"canary": "true"}},
+                      "changes": [{"op": "upsert", "key": "zscore_above", "value": 2.5}]});
+    let (s, r) = admin_with(&http, reqwest::Method::POST, url, Some(body)).await;
+    assert_eq!(s, 200, "{r}");
+    let gray_version = r["version"].as_u64().unwrap();
+    wait_zscore(a, 2.5, "gray reaches the canary", &agent_a).await;
+    // The plain agent has seen the gray start's version, with its items.
+    wait_until(
+        Duration::from_secs(30),
+        "plain agent at the gray version",
+        || async { published_in(b).is_some_and(|s| s.version == gray_version) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent_b.logs()));
+    assert_eq!(
+        published_in(b).unwrap().items["zscore_above"],
+        json!(3.0),
+        "the plain agent stays"
+    );
+
+    // A value the schema refuses: 400 naming the key, neither agent sees it.
+    let url = configd.url("/v1/admin/namespaces/features/publish");
+    let bad = json!({"changes": [{"op": "upsert", "key": "lookback", "value": 0}]});
+    let (s, r) = admin_with(&http, reqwest::Method::POST, url, Some(bad)).await;
+    assert_eq!(
+        (s, r["error"]["field"].as_str()),
+        (400, Some("changes[0].value")),
+        "{r}"
+    );
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"lookback\""),
+        "{r}"
+    );
+
+    // Promote: both agents.
+    let url = configd.url("/v1/admin/namespaces/features/gray/promote");
+    let (s, r) = admin_with(&http, reqwest::Method::POST, url, Some(json!({}))).await;
+    assert_eq!(s, 200, "{r}");
+    let promoted = r["version"].as_u64().unwrap();
+    wait_zscore(b, 2.5, "promote reaches the plain agent", &agent_b).await;
+    wait_until(
+        Duration::from_secs(30),
+        "both at the promoted version",
+        || async {
+            published_in(a).is_some_and(|s| s.version == promoted)
+                && published_in(b).is_some_and(|s| s.version == promoted)
+        },
+    )
+    .await
+    .unwrap();
+    for s in [published_in(a).unwrap(), published_in(b).unwrap()] {
+        assert!(
+            !s.items.contains_key("lookback"),
+            "the refused value never arrived: {s:?}"
+        );
+    }
+    // The rollout view knows both agents.
+    let url = configd.url("/v1/admin/namespaces/features/rollout");
+    wait_until(
+        Duration::from_secs(60),
+        "both agents in the rollout view",
+        || async {
+            let (_, r) = admin_with(&http, reqwest::Method::GET, url.clone(), None).await;
+            let ids: Vec<(&str, u64)> = r["clients"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    (
+                        c["client_id"].as_str().unwrap_or(""),
+                        c["version"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect();
+            ids.iter().any(|c| *c == ("pod-canary", promoted))
+                && ids.iter().any(|c| *c == ("pod-plain", promoted))
+        },
+    )
+    .await
+    .unwrap();
+}

@@ -4,7 +4,8 @@
 //!
 //! The map: [`run`] wires [`watch`] to [`reload`] (the one code path for
 //! start-up and reload: new pools from [`pool`] validated and swapped into
-//! [`app`], parameters from [`params`]); [`http`] serves the API with the
+//! [`app`], parameters from [`params`], whose rules [`params_schema`] turns into
+//! configd's schema of the `features` namespace); [`http`] serves the API with the
 //! math of [`features`]; [`lag`] measures replica lag; [`health`] and
 //! [`metrics`] report; [`config`] is the worker's config file.
 
@@ -16,6 +17,7 @@ pub mod http;
 pub mod lag;
 pub mod metrics;
 pub mod params;
+pub mod params_schema;
 pub mod pool;
 pub mod reload;
 pub mod run;

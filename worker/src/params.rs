@@ -79,7 +79,13 @@ impl FeatureParams {
         let mut problems = Vec::new();
         let int = |key: &str, problems: &mut Vec<String>| -> Option<i64> {
             let v = snap.items.get(key)?;
-            match v.as_i64() {
+            // 5.0 is the integer 5 (as for JSON Schema's "integer").
+            let integral = || {
+                v.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
+                    .map(|f| f as i64)
+            };
+            match v.as_i64().or_else(integral) {
                 Some(n) => Some(n),
                 None => {
                     problems.push(format!("{key} = {v}: expected an integer"));

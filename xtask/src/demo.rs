@@ -133,6 +133,11 @@ async fn run_stack(args: &Args, stack: &Stack, dir: &Path) -> anyhow::Result<()>
     );
     configd.start("").await.context("configd did not start")?;
     let base = configd.http().base().to_string();
+    // The bootstrap: the namespace and its schema (from the worker's rules).
+    configd
+        .bootstrap_features(&admin_token)
+        .await
+        .context("bootstrapping the features namespace")?;
     configd
         .publish(
             &admin_token,

@@ -1,12 +1,12 @@
 //! Admin endpoints: create/delete namespaces, publish a change set and
-//! roll back (admin role); list namespaces, read items, history and the diff
-//! between versions (read role too, within the token's namespaces: what the
-//! web console's read-only view shows).
+//! roll back (admin role); read items, history and the diff between
+//! versions (read role too, within the token's namespaces: what the web
+//! console's read-only view shows). The namespace list is in `rollout.rs`.
 
 use super::auth::{Admin, Caller, JsonBody, Reader};
-use super::{authorize, param_u64, query, ApiError, AppState};
-use crate::config::Role;
-use crate::store::{Change, Op};
+use super::publish::{check_text, checked, parse_changes, ChangeIn, Request};
+use super::{param_u64, query, ApiError, AppState};
+use crate::store::{Change, GrayEffect, Op};
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -15,45 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
-
-/// After a write: serve it from this instance's cache right away.
-async fn refresh(st: &AppState, ns: &str) {
-    if let Err(e) = st.cache.refresh(ns).await {
-        tracing::warn!(namespace = ns, error = %e, "refresh after publish failed");
-    }
-}
-
-/// `GET /v1/admin/namespaces`: who the token is (name, role) and the
-/// namespaces it may see, each with its version, compaction point and the
-/// long-polls held on it now.
-pub async fn list(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let token = authorize(&st.cfg, &headers, Role::Read, &[])?;
-    let rows = st.cache.track(st.cache.store().list_namespaces().await);
-    let rows = rows.map_err(|e| ApiError::store(e, "*"))?;
-    let namespaces: Vec<_> = rows
-        .into_iter()
-        .filter(|r| token.allows(&r.name))
-        .map(|r| {
-            let clients = st.cache.hubs().watching(&r.name);
-            json!({"namespace": r.name, "version": r.version,
-                   "compacted_to": r.compacted_to, "clients": clients})
-        })
-        .collect();
-    let role = match token.role {
-        Role::Admin => "admin",
-        Role::Read => "read",
-    };
-    Ok(Json(json!({
-        "token": {"name": token.name, "role": role},
-        "namespaces": namespaces,
-    }))
-    .into_response())
-}
 
 /// `PUT /v1/admin/namespaces/{ns}`: 201, or 409 when it exists.
 pub async fn create(
@@ -84,14 +47,6 @@ pub async fn delete(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ChangeIn {
-    op: Op,
-    key: String,
-    value: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PublishIn {
     expected_version: Option<u64>,
     author: Option<String>,
@@ -99,54 +54,12 @@ pub struct PublishIn {
     changes: Vec<ChangeIn>,
 }
 
-/// Validates a key.
-fn check_key(key: &str, field: &str) -> Result<(), ApiError> {
-    if key.is_empty() || key.len() > 256 || key.chars().any(|c| c.is_control()) {
-        return Err(ApiError::bad(
-            field,
-            format!("invalid key {key:?}: 1-256 bytes, no control characters"),
-        ));
+/// Names the change that holds `key` (`changes[i].value`), else `items.<key>`.
+pub fn change_field<'a>(changes: &'a [Change], prefix: &'a str) -> impl Fn(&str) -> String + 'a {
+    move |key: &str| match changes.iter().position(|c| c.key == key) {
+        Some(i) => format!("{prefix}[{i}].value"),
+        None => format!("items.{key}"),
     }
-    Ok(())
-}
-
-fn check_text(v: &Option<String>, field: &str, max: usize) -> Result<(), ApiError> {
-    if v.as_ref().is_some_and(|s| s.len() > max) {
-        return Err(ApiError::bad(
-            field,
-            format!("{field} is longer than {max} bytes"),
-        ));
-    }
-    Ok(())
-}
-
-async fn do_publish(
-    st: &AppState,
-    ns: &str,
-    expected: Option<u64>,
-    token: &str,
-    author: &str,
-    comment: &str,
-    changes: Vec<Change>,
-) -> Result<u64, ApiError> {
-    let r = st.cache.track(
-        st.cache
-            .store()
-            .publish(ns, expected, token, author, comment, &changes)
-            .await,
-    );
-    let v = r.map_err(|e| ApiError::store(e, ns))?;
-    st.metrics.publishes.inc();
-    tracing::info!(
-        namespace = ns,
-        version = v,
-        token,
-        author,
-        changes = changes.len(),
-        "published"
-    );
-    refresh(st, ns).await;
-    Ok(v)
 }
 
 /// `POST /v1/admin/namespaces/{ns}/publish`.
@@ -157,70 +70,23 @@ pub async fn publish(
 ) -> Result<Response, ApiError> {
     check_text(&req.author, "author", 128)?;
     check_text(&req.comment, "comment", 4096)?;
-    if req.changes.is_empty() {
-        return Err(ApiError::bad(
-            "changes",
-            "changes is empty: nothing to publish",
-        ));
-    }
-    let mut seen = HashSet::new();
-    let mut changes = Vec::with_capacity(req.changes.len());
-    for (i, c) in req.changes.into_iter().enumerate() {
-        let field = format!("changes[{i}].key");
-        check_key(&c.key, &field)?;
-        if !seen.insert(c.key.clone()) {
-            return Err(ApiError::bad(
-                &field,
-                format!("key {:?} appears twice in one publish", c.key),
-            ));
-        }
-        let value = match (c.op, c.value) {
-            (Op::Upsert, None) => {
-                return Err(ApiError::bad(
-                    &format!("changes[{i}].value"),
-                    "an upsert needs a value",
-                ))
-            }
-            (Op::Delete, Some(_)) => {
-                return Err(ApiError::bad(
-                    &format!("changes[{i}].value"),
-                    "a delete takes no value",
-                ))
-            }
-            (Op::Upsert, Some(v)) => {
-                let text = v.to_string();
-                if text.len() > st.cfg.max_value_bytes {
-                    return Err(ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "value_too_large",
-                        Some(format!("changes[{i}].value")),
-                        format!(
-                            "value of {:?} is {} bytes; the limit is {}",
-                            c.key,
-                            text.len(),
-                            st.cfg.max_value_bytes
-                        ),
-                    ));
-                }
-                Some(text)
-            }
-            (Op::Delete, None) => None,
-        };
-        changes.push(Change {
-            op: c.op,
-            key: c.key,
-            value,
-        });
-    }
+    let changes = parse_changes(&st, req.changes, "changes")?;
     let author = req.author.unwrap_or_else(|| who.clone());
-    let v = do_publish(
+    let fields = changes.clone();
+    let field_of = change_field(&fields, "changes");
+    let v = checked(
         &st,
-        &ns,
-        req.expected_version,
-        &who,
-        &author,
-        req.comment.as_deref().unwrap_or(""),
-        changes,
+        Request {
+            ns: &ns,
+            expected: req.expected_version,
+            token: &who,
+            author: &author,
+            comment: req.comment.as_deref().unwrap_or(""),
+            kind: "publish",
+            changes,
+            gray: GrayEffect::Keep,
+            field_of: &field_of,
+        },
     )
     .await?;
     Ok(Json(json!({"namespace": ns, "version": v})).into_response())
@@ -367,14 +233,20 @@ pub async fn rollback(
     let comment = req
         .comment
         .unwrap_or_else(|| format!("rollback to version {}", req.to_version));
-    let v = do_publish(
+    let to_field = |_: &str| "to_version".to_string();
+    let v = checked(
         &st,
-        &ns,
-        Some(row.version),
-        &who,
-        &author,
-        &comment,
-        changes,
+        Request {
+            ns: &ns,
+            expected: Some(row.version),
+            token: &who,
+            author: &author,
+            comment: &comment,
+            kind: "rollback",
+            changes,
+            gray: GrayEffect::Keep,
+            field_of: &to_field,
+        },
     )
     .await?;
     Ok(

@@ -1,5 +1,6 @@
 //! Client endpoints (read role): long-poll watch of one or several
-//! namespaces, and changes since a version (incremental or snapshot).
+//! namespaces, and changes since a version (incremental or snapshot; a
+//! client a gray release selects gets the gray view's snapshot).
 
 use super::auth::{AnyReader, Caller, JsonBody, Reader};
 use super::{authorize, check_ns, param_u64, query, ApiError, AppState};
@@ -153,6 +154,62 @@ pub async fn watch_one(
 pub struct WatchBody {
     namespaces: BTreeMap<String, u64>,
     timeout_s: Option<u64>,
+    /// What the client applied, per watched namespace (rollout view).
+    report: Option<BTreeMap<String, ReportIn>>,
+}
+
+/// One namespace of a client's report.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportIn {
+    /// The version it published for its worker.
+    applied: u64,
+    /// The version its worker has in force, when known.
+    in_force: Option<u64>,
+    /// `{"version", "reason"}` of a version its worker rejected.
+    rejected: Option<RejectedIn>,
+}
+
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectedIn {
+    version: u64,
+    reason: String,
+}
+
+/// Notes the report of a watch (clients with an id only; namespaces the
+/// watch covers only).
+fn note_report(
+    st: &AppState,
+    token: &str,
+    client: &crate::gray::Client,
+    watched: &BTreeMap<String, u64>,
+    report: BTreeMap<String, ReportIn>,
+) {
+    let Some(id) = &client.id else {
+        return;
+    };
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    for (ns, r) in report
+        .into_iter()
+        .filter(|(ns, _)| watched.contains_key(ns))
+    {
+        let rejected = r.rejected.map(|mut x| {
+            x.reason = x.reason.chars().take(1024).collect();
+            json!(x)
+        });
+        st.rollout.record(crate::store::ClientRow {
+            namespace: ns,
+            client_id: id.clone(),
+            labels: client.labels.clone(),
+            version: r.applied,
+            in_force: r.in_force,
+            rejected,
+            token: token.to_string(),
+            last_seen: now.clone(),
+            age_s: 0.0,
+        });
+    }
 }
 
 /// `POST /v1/watch` `{"namespaces":{"a":3},"timeout_s":30}`.
@@ -177,6 +234,10 @@ pub async fn watch_many(
         scopes.push((ns.as_str(), format!("namespaces.{ns}")));
     }
     authorize(&st.cfg, &headers, Role::Read, &scopes)?;
+    let client = super::publish::client_of(&headers)?;
+    if let Some(report) = req.report {
+        note_report(&st, &token, &client, &req.namespaces, report);
+    }
     let timeout = timeout_of(&st, req.timeout_s);
     let changed = wait_any(
         &st,
@@ -217,6 +278,24 @@ pub async fn changes(
         ));
     }
     let json_ct = (header::CONTENT_TYPE, "application/json");
+    let client = super::publish::client_of(&headers)?;
+    if state
+        .gray
+        .as_ref()
+        .is_some_and(|g| g.selector.matches(&ns, &client))
+    {
+        // A gray client always gets the whole gray view.
+        let body = state.gray_snapshot(&st.metrics).await;
+        st.metrics
+            .response_bytes
+            .with_label_values(&["snapshot"])
+            .inc_by(body.len() as u64);
+        return Ok((
+            [json_ct, (header::VARY, "accept-encoding")],
+            Body::from(body),
+        )
+            .into_response());
+    }
     if state.incremental_from(from) {
         let body = state.changes_body(from);
         st.metrics

@@ -6,6 +6,11 @@
 mod admin;
 mod auth;
 mod client;
+mod gray;
+mod publish;
+mod replace;
+mod rollout;
+mod schema;
 pub mod ui;
 
 use crate::cache::Cache;
@@ -34,6 +39,14 @@ pub struct AppState {
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Long-polls held per token name (capped by `max_watchers_per_token`).
     pub watchers: std::sync::Mutex<HashMap<String, usize>>,
+    /// Client reports not yet written.
+    pub rollout: Arc<crate::rollout::Rollout>,
+}
+
+/// A client not seen for this long is `gone` (stale): twice the longest
+/// long-poll plus a minute.
+pub fn stale_after_s(cfg: &Config) -> f64 {
+    2.0 * cfg.max_poll_timeout.as_secs_f64() + 60.0
 }
 
 /// The long-poll routes: exempt from `http.request_timeout_ms`, bounded by
@@ -51,6 +64,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Seconds, sent as `Retry-After` (429).
     pub retry_after: Option<u32>,
+    /// `schema_violation`: every broken rule (`[{key, rule, message}]`).
+    pub violations: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -66,6 +81,7 @@ impl ApiError {
             message: message.into(),
             field: field.into(),
             retry_after: None,
+            violations: None,
         }
     }
     pub fn bad(field: &str, message: impl Into<String>) -> Self {
@@ -98,6 +114,24 @@ impl ApiError {
                 e.to_string(),
             ),
             StoreError::VersionRange { .. } => Self::bad("version", e.to_string()),
+            StoreError::Stale => Self::new(
+                StatusCode::CONFLICT,
+                "version_conflict",
+                Some("expected_version".to_string()),
+                "the namespace kept changing while the request was checked; try again",
+            ),
+            StoreError::GrayActive(_) => Self::new(
+                StatusCode::CONFLICT,
+                "gray_in_progress",
+                Some("namespace".to_string()),
+                e.to_string(),
+            ),
+            StoreError::NoGray => Self::new(
+                StatusCode::CONFLICT,
+                "no_gray_release",
+                Some("namespace".to_string()),
+                e.to_string(),
+            ),
             e if e.is_unavailable() => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "database_unavailable",
@@ -119,8 +153,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
+        let mut body =
             json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
+        if let Some(v) = self.violations {
+            body["error"]["violations"] = v;
+        }
         let mut resp = (self.status, Json(body)).into_response();
         if let Some(s) = self.retry_after {
             resp.headers_mut()
@@ -306,16 +343,33 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/v1/namespaces/{ns}/watch", get(client::watch_one))
         .route("/v1/watch", post(client::watch_many))
         .route("/v1/namespaces/{ns}/changes", get(client::changes))
-        .route("/v1/admin/namespaces", get(admin::list))
+        .route("/v1/admin/namespaces", get(rollout::list))
         .route(
             "/v1/admin/namespaces/{ns}",
             put(admin::create).delete(admin::delete),
         )
         .route("/v1/admin/namespaces/{ns}/publish", post(admin::publish))
-        .route("/v1/admin/namespaces/{ns}/items", get(admin::items))
+        .route(
+            "/v1/admin/namespaces/{ns}/items",
+            get(admin::items).put(replace::replace),
+        )
         .route("/v1/admin/namespaces/{ns}/history", get(admin::history))
         .route("/v1/admin/namespaces/{ns}/diff", get(admin::diff))
         .route("/v1/admin/namespaces/{ns}/rollback", post(admin::rollback))
+        .route(
+            "/v1/admin/namespaces/{ns}/schema",
+            get(schema::get_schema).put(schema::put_schema),
+        )
+        .route(
+            "/v1/admin/namespaces/{ns}/gray",
+            get(gray::get_gray).post(gray::start),
+        )
+        .route(
+            "/v1/admin/namespaces/{ns}/gray/promote",
+            post(gray::promote),
+        )
+        .route("/v1/admin/namespaces/{ns}/gray/abort", post(gray::abort))
+        .route("/v1/admin/namespaces/{ns}/rollout", get(rollout::rollout))
         .route("/ui", get(ui::index))
         .route("/ui/{file}", get(ui::file))
         .route("/healthz", get(healthz))

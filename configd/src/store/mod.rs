@@ -8,7 +8,14 @@
 //! `>= compacted_to` can still be rebuilt (diff, rollback) while the log
 //! stays bounded by the number of keys plus the retained versions.
 
+mod clients;
+mod gray;
+mod ns_schema;
 pub mod schema;
+
+pub use clients::ClientRow;
+pub use gray::GrayEffect;
+pub use ns_schema::NsSchema;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use riskfeat_shared::pg_tls::{ReloadingPgTls, SslMode};
@@ -30,6 +37,14 @@ pub enum StoreError {
     Conflict { expected: u64, current: u64 },
     #[error("version {version} is out of range (retained {min}..={max})")]
     VersionRange { version: u64, min: u64, max: u64 },
+    /// The version or schema checked before the publish moved on (the
+    /// handler checks again).
+    #[error("the namespace changed while the publish was checked")]
+    Stale,
+    #[error("a gray release is already in progress (started at version {0})")]
+    GrayActive(u64),
+    #[error("no gray release is in progress")]
+    NoGray,
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error("database error: {0}")]
@@ -87,6 +102,27 @@ pub struct LoggedChange {
     pub value: Option<Arc<str>>,
 }
 
+/// One publish: who, why, what, and what it does to a gray release.
+#[derive(Debug)]
+pub struct Publish<'a> {
+    pub ns: &'a str,
+    /// The caller's `expected_version` (a mismatch is a 409).
+    pub expected: Option<u64>,
+    /// The version the result was checked (schema) against: a mismatch is
+    /// [`StoreError::Stale`].
+    pub checked_at: Option<u64>,
+    /// The schema version it was checked against (0: none); another is
+    /// [`StoreError::Stale`].
+    pub schema_version: u64,
+    pub token: &'a str,
+    pub author: &'a str,
+    pub comment: &'a str,
+    /// `publish`, `rollback`, `replace`, `gray_start`, `gray_promote`, `gray_abort`.
+    pub kind: &'a str,
+    pub changes: &'a [Change],
+    pub gray: GrayEffect<'a>,
+}
+
 /// A namespace row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NsRow {
@@ -102,6 +138,8 @@ pub struct Loaded {
     pub log_from: u64,
     pub items: BTreeMap<Arc<str>, Arc<str>>,
     pub log: Vec<LoggedChange>,
+    pub gray: Option<crate::gray::Gray>,
+    pub marks: crate::gray::GrayMarks,
 }
 
 /// The log after some version.
@@ -110,6 +148,10 @@ pub struct Since {
     pub version: u64,
     pub compacted_to: u64,
     pub log: Vec<LoggedChange>,
+    /// The gray release in progress at `version`.
+    pub gray: Option<crate::gray::Gray>,
+    /// Gray marks after `from`.
+    pub marks: Vec<(u64, bool)>,
 }
 
 /// One audit entry.
@@ -123,6 +165,9 @@ pub struct Audit {
     pub at: String,
     pub comment: String,
     pub changes: i32,
+    /// What the version is (`publish`, `rollback`, `replace`, `gray_start`,
+    /// `gray_promote`, `gray_abort`; None: before migration 3).
+    pub kind: Option<String>,
 }
 
 /// The connection pool and every query.
@@ -299,16 +344,10 @@ impl Store {
         Ok(())
     }
 
-    /// Publishes `changes` as one new version; see the module docs.
-    pub async fn publish(
-        &self,
-        ns: &str,
-        expected: Option<u64>,
-        token: &str,
-        author: &str,
-        comment: &str,
-        changes: &[Change],
-    ) -> Result<u64, StoreError> {
+    /// Publishes `p.changes` as one new version; see the module docs.
+    pub async fn publish(&self, p: &Publish<'_>) -> Result<u64, StoreError> {
+        let ns = p.ns;
+        let changes = p.changes;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let row = tx
@@ -319,11 +358,16 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::NotFound(ns.to_string()))?;
         let current = u(row.get(0));
-        if let Some(expected) = expected {
+        if let Some(expected) = p.expected {
             if expected != current {
                 return Err(StoreError::Conflict { expected, current });
             }
         }
+        if p.checked_at.is_some_and(|v| v != current) {
+            return Err(StoreError::Stale);
+        }
+        ns_schema::check(&tx, ns, p.schema_version).await?;
+        gray::apply(&tx, p, current).await?;
         let version = (current + 1) as i64;
         let mut up_keys = Vec::new();
         let mut up_vals = Vec::new();
@@ -366,8 +410,8 @@ impl Store {
         )
         .await?;
         tx.execute(
-            "INSERT INTO configd_audits(namespace, version, who, comment, changes, token) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&ns, &version, &author, &comment, &(changes.len() as i32), &token],
+            "INSERT INTO configd_audits(namespace, version, who, comment, changes, token, kind) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&ns, &version, &p.author, &p.comment, &(changes.len() as i32), &p.token, &p.kind],
         )
         .await?;
         tx.execute(
@@ -405,12 +449,16 @@ impl Store {
         // The latest upsert of a key usually holds the current value: the log
         // shares that allocation with the items, row by row as it streams.
         let log = Self::log_after(&tx, ns, log_from, Some(&items)).await?;
+        let gray = gray::current(&tx, ns).await?;
+        let marks = crate::gray::GrayMarks(gray::marks(&tx, ns, None).await?);
         tx.commit().await?;
         Ok(Loaded {
             version,
             log_from,
             items,
             log,
+            gray,
+            marks,
         })
     }
 
@@ -491,11 +539,15 @@ impl Store {
         } else {
             Vec::new()
         };
+        let gray = gray::current(&tx, ns).await?;
+        let marks = gray::marks(&tx, ns, Some(from)).await?;
         tx.commit().await?;
         Ok(Since {
             version,
             compacted_to,
             log,
+            gray,
+            marks,
         })
     }
 
@@ -552,7 +604,7 @@ impl Store {
         }
         let rows = client
             .query(
-                "SELECT version, who, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), comment, changes, token \
+                "SELECT version, who, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), comment, changes, token, kind \
                  FROM configd_audits WHERE namespace = $1 ORDER BY version DESC LIMIT $2",
                 &[&ns, &limit],
             )
@@ -566,6 +618,7 @@ impl Store {
                 comment: r.get(3),
                 changes: r.get(4),
                 token: r.get(5),
+                kind: r.get(6),
             })
             .collect())
     }

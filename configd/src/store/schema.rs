@@ -52,4 +52,40 @@ CREATE TABLE IF NOT EXISTS configd_audits (
         2,
         "ALTER TABLE configd_audits ADD COLUMN IF NOT EXISTS token text;",
     ),
+    // Schemas per namespace (versioned; a NULL schema removes it), the
+    // gray release in progress, what kind of version each audit row is
+    // (publish, rollback, replace, gray_start, gray_promote, gray_abort;
+    // NULL before this migration), and the clients' reports.
+    (
+        3,
+        r#"
+ALTER TABLE configd_audits ADD COLUMN IF NOT EXISTS kind text;
+CREATE TABLE IF NOT EXISTS configd_ns_schemas (
+    namespace text NOT NULL REFERENCES configd_namespaces(name) ON DELETE CASCADE,
+    version   bigint NOT NULL,
+    schema    jsonb,
+    token     text NOT NULL,
+    at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace, version)
+);
+CREATE TABLE IF NOT EXISTS configd_gray (
+    namespace text PRIMARY KEY REFERENCES configd_namespaces(name) ON DELETE CASCADE,
+    version   bigint NOT NULL,
+    selector  jsonb NOT NULL,
+    changes   jsonb NOT NULL,
+    at        timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS configd_clients (
+    namespace       text NOT NULL,
+    client_id       text NOT NULL,
+    labels          jsonb NOT NULL,
+    version         bigint NOT NULL,
+    in_force        bigint,
+    rejected        jsonb,
+    token           text NOT NULL,
+    last_seen       timestamptz NOT NULL,
+    PRIMARY KEY (namespace, client_id)
+);
+"#,
+    ),
 ];

@@ -150,7 +150,7 @@ async fn a_loaded_log_shares_the_current_values_with_the_items() {
     };
     let changes = [up("a", "{\"x\":1}"), up("b", "2"), up("c", "3")];
     store
-        .publish("shared", Some(0), "t", "t", "", &changes)
+        .publish(&plain_publish(Some(0), &changes))
         .await
         .unwrap();
     let del = Change {
@@ -160,7 +160,7 @@ async fn a_loaded_log_shares_the_current_values_with_the_items() {
     };
     let changes = [up("a", "{\"x\":9}"), del];
     store
-        .publish("shared", Some(1), "t", "t", "", &changes)
+        .publish(&plain_publish(Some(1), &changes))
         .await
         .unwrap();
 
@@ -187,4 +187,23 @@ async fn a_loaded_log_shares_the_current_values_with_the_items() {
     let gone = entry(2, "c");
     assert!(gone.value.is_none() && !loaded.items.contains_key(&gone.key));
     assert_eq!(entry(1, "c").value.as_deref(), Some("3"));
+}
+
+/// A plain publish to `shared` (no schema, no gray release).
+fn plain_publish<'a>(
+    expected: Option<u64>,
+    changes: &'a [riskfeat_configd::store::Change],
+) -> riskfeat_configd::store::Publish<'a> {
+    riskfeat_configd::store::Publish {
+        ns: "shared",
+        expected,
+        checked_at: None,
+        schema_version: 0,
+        token: "t",
+        author: "t",
+        comment: "",
+        kind: "publish",
+        changes,
+        gray: riskfeat_configd::store::GrayEffect::Keep,
+    }
 }

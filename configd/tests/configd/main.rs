@@ -10,13 +10,17 @@
 //! - [`api`]: bad input, the OpenAPI document;
 //! - [`hostile`]: unauthenticated bodies, stalled connections, audit;
 //! - [`pg_tls`]: configd to PostgreSQL over verify-full TLS;
+//! - [`ctl`]: `riskfeatctl` and its exit codes;
+//! - [`release`]: schemas, gray release, replace, the rollout view;
 //! - [`support`]: the tokens, starting configd, checked requests, a
 //!   client's local copy.
 
 mod api;
 mod cache;
+mod ctl;
 mod fanout;
 mod hostile;
 mod pg_tls;
+mod release;
 mod support;
 mod sync;
