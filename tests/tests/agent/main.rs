@@ -15,6 +15,8 @@
 //! - [`login`]: JWT login with a rotating token file, a Vault namespace;
 //! - [`tls`]: Vault over HTTPS with a private CA;
 //! - [`policy`]: the agent's token cannot renew or revoke another role's lease;
+//! - [`restart`]: issue 19's partial failures, with the real worker: a
+//!   container restart under load, crash windows, the state file;
 //! - [`telemetry`]: no secret in logs, `/status` or `/metrics`; promtool;
 //! - [`support`]: what they share.
 
@@ -22,6 +24,7 @@ mod inputs;
 mod login;
 mod outage;
 mod policy;
+mod restart;
 mod rotation;
 mod support;
 mod telemetry;
