@@ -487,7 +487,7 @@ mod tests {
             [lifecycle]
             renew_fraction = 1.5
             max_issuances_per_minute = 0
-            ack_grace_s = 18446744073709551615
+            ack_grace_s = 9223372036854775807
             backoff_max_s = 1e300
         "#;
         assert_names(

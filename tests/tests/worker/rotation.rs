@@ -233,9 +233,10 @@ async fn real_agent_rotations_under_load_fail_no_request() {
 /// in `/status`, and `credential_failures_total{reason="older_generation"}`
 /// grows with each such file.
 ///
-/// Checked: without the generation check in `reconcile_credential`
-/// (`worker/src/reload.rs`) this test fails: the worker swaps to
-/// generation 4 (`status names the older generation` times out).
+/// Not yet run nor checked by removal (issue 19 deadline): without the
+/// generation check in `reconcile_credential` (`worker/src/reload.rs`) the
+/// worker would swap to generation 4 and `status names the older
+/// generation` would time out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lower_generation_is_refused() {
     let stack = start_stack().await;
