@@ -248,10 +248,8 @@ async fn a_crash_while_publishing_resumes_the_newest_lease() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
     let roles = dynamic_roles(&stack).await.unwrap();
-    assert_eq!(
-        roles.into_iter().collect::<Vec<_>>(),
-        [third.username.clone()]
-    );
+    assert_eq!(roles.len(), 1, "{roles:?}");
+    assert!(roles.contains(&third.username), "{roles:?}");
 }
 
 /// An agent killed mid-write, then its state file corrupted (truncated):

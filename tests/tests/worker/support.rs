@@ -10,7 +10,7 @@ use riskfeat_shared::creds::DbCredential;
 use riskfeat_shared::Secret;
 pub use riskfeat_tests::load::Load;
 use riskfeat_tests::{wait_until, IssuedCreds, Stack, StackOptions, Worker};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::Duration;
 
 pub const SECS: fn(u64) -> Duration = Duration::from_secs;
