@@ -233,7 +233,7 @@ async fn real_agent_rotations_under_load_fail_no_request() {
 /// in `/status`, and `credential_failures_total{reason="older_generation"}`
 /// grows with each such file.
 ///
-/// Not yet run nor checked by removal (issue 19 deadline): without the
+/// Not yet checked by removal (issue 19 deadline): without the
 /// generation check in `reconcile_credential` (`worker/src/reload.rs`) the
 /// worker would swap to generation 4 and `status names the older
 /// generation` would time out.
