@@ -233,10 +233,9 @@ async fn real_agent_rotations_under_load_fail_no_request() {
 /// in `/status`, and `credential_failures_total{reason="older_generation"}`
 /// grows with each such file.
 ///
-/// Not yet checked by removal (issue 19 deadline): without the
-/// generation check in `reconcile_credential` (`worker/src/reload.rs`) the
-/// worker would swap to generation 4 and `status names the older
-/// generation` would time out.
+/// Checked: with the generation check in `reconcile_credential`
+/// (`worker/src/reload.rs`) disabled this test fails (`timed out after 20s
+/// waiting for status names the older generation`: the worker swapped).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lower_generation_is_refused() {
     let stack = start_stack().await;
