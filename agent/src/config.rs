@@ -391,6 +391,25 @@ impl Validate for Config {
         if l.replica_wait_s == 0 {
             out.push("lifecycle.replica_wait_s must be at least 1".into());
         }
+        // Durations beyond ten years are typos, and would overflow dates.
+        let max = crate::vault::secs::MAX_SECS;
+        for (key, v) in [
+            ("rotate_lead_s", l.rotate_lead_s),
+            ("max_ttl_hint_s", l.max_ttl_hint_s),
+            ("replica_wait_s", l.replica_wait_s),
+            ("ack_grace_s", l.ack_grace_s),
+            ("ready_min_remaining_s", l.ready_min_remaining_s),
+            ("shutdown_timeout_s", l.shutdown_timeout_s),
+        ] {
+            if v > max {
+                out.push(format!("lifecycle.{key} must be at most {max} (ten years)"));
+            }
+        }
+        if l.backoff_max_s > max as f64 {
+            out.push(format!(
+                "lifecycle.backoff_max_s must be at most {max} (ten years)"
+            ));
+        }
         if !(l.backoff_initial_s > 0.0 && l.backoff_max_s >= l.backoff_initial_s) {
             out.push("lifecycle.backoff_initial_s must be > 0 and <= backoff_max_s".into());
         }
@@ -500,6 +519,8 @@ mod tests {
             [lifecycle]
             renew_fraction = 1.5
             max_issuances_per_minute = 0
+            ack_grace_s = 9223372036854775807
+            backoff_max_s = 1e300
         "#;
         assert_names(
             &rejected("a.toml", text),
@@ -514,6 +535,8 @@ mod tests {
                 "database.replica.sslmode = \"verify-full\" needs database.ca_file",
                 "lifecycle.renew_fraction",
                 "max_issuances_per_minute",
+                "lifecycle.ack_grace_s must be at most 315360000 (ten years)",
+                "lifecycle.backoff_max_s must be at most",
             ],
         );
     }

@@ -1,5 +1,7 @@
-//! `riskfeat-agent run`: start-up checks, the servers (health socket,
-//! metrics), config sync, the credential lifecycle, and shutdown on SIGTERM.
+//! `riskfeat-agent run`: start-up checks (core dumps off, the shared dir,
+//! temp files of interrupted writes removed, the state loaded or set
+//! aside), the servers (health socket, metrics), config sync, the
+//! credential lifecycle, and shutdown on SIGTERM.
 
 use crate::config::{AuthMethod, Config};
 use crate::config_sync::{self, SyncStatus};
@@ -10,6 +12,7 @@ use crate::metrics::AgentMetrics;
 use crate::state::AgentState;
 use crate::status::StatusBoard;
 use crate::vault::VaultClient;
+use riskfeat_shared::atomic;
 use riskfeat_shared::ca_file::CaFile;
 use riskfeat_shared::fs_check;
 use riskfeat_shared::layout::SharedDir;
@@ -21,6 +24,8 @@ use tokio::sync::watch;
 
 /// Runs the agent on a current-thread runtime until SIGTERM/SIGINT.
 pub fn run(cfg: Config) -> Result<(), Fatal> {
+    // Before any secret is read: no core file, no ptrace of its memory.
+    riskfeat_shared::no_core::disable_core_dumps().map_err(|e| Fatal::Runtime(e.to_string()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -64,6 +69,22 @@ pub fn check_shared_dir(cfg: &Config) -> Result<(), Fatal> {
     Ok(())
 }
 
+/// Removes what a killed agent's atomic writes left behind (a
+/// `.db.json.tmp.*` holds a password): temp files of the files only the
+/// agent writes (`db.json`, `agent-state.json`, `config/`,
+/// `config-cache/`), never the worker's (`worker.json`).
+fn remove_stale_temp_files(shared: &SharedDir) {
+    let mine = |name: &str| matches!(name, "db.json" | "agent-state.json");
+    let removed = [
+        atomic::remove_temp_files(shared.root(), mine),
+        atomic::remove_temp_files(&shared.config_dir(), |_| true),
+        atomic::remove_temp_files(&shared.config_cache_dir(), |_| true),
+    ];
+    for path in removed.iter().flatten() {
+        tracing::info!(path = %path.display(), "removed a temp file left by an interrupted write");
+    }
+}
+
 /// AppRole's role_id and (unless the state file holds it) secret_id.
 fn approle_inputs(cfg: &Config, state: &AgentState) -> Result<LoginInputs, Fatal> {
     let role_id = inputs::role_id(cfg.vault.role_id_file.as_deref()).map_err(input_fatal)?;
@@ -91,14 +112,11 @@ async fn run_async(cfg: Config) -> Result<(), Fatal> {
     check_shared_dir(&cfg)?;
     crate::outputs::prepare(&cfg)?;
     let shared = SharedDir::new(cfg.shared_dir.clone());
-    let state = match AgentState::load(&shared.agent_state()) {
-        Ok(Some(s)) => s,
-        Ok(None) => AgentState::default(),
-        Err(e) => {
-            tracing::warn!(error = %e, "starting without the previous agent state");
-            AgentState::default()
-        }
-    };
+    remove_stale_temp_files(&shared);
+    let (state, state_problem) = AgentState::load_or_set_aside(&shared.agent_state());
+    if let Some(problem) = &state_problem {
+        tracing::error!(error = %problem, "starting without the previous agent state");
+    }
     let login = match cfg.vault.auth.method {
         AuthMethod::AppRole => approle_inputs(&cfg, &state)?,
         // Read on every login: a projected token rotates.
@@ -213,6 +231,7 @@ async fn run_async(cfg: Config) -> Result<(), Fatal> {
             state,
             pg_tls,
             pg_ca,
+            state_problem,
         },
         stop_rx,
     );

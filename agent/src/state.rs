@@ -51,6 +51,10 @@ pub struct LeaseState {
     pub next_renew_at: DateTime<Utc>,
     /// Set once superseded: revoke at the worker's ack, or at this time.
     pub retire_by: Option<DateTime<Utc>>,
+    /// Taken over from db.json after the state was lost: the token that
+    /// created it is unknown, so it is not renewed and is replaced at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recovered: bool,
 }
 
 impl LeaseState {
@@ -98,7 +102,7 @@ pub struct AgentState {
     pub issued_at: Vec<DateTime<Utc>>,
 }
 
-/// Why the state file could not be read (the agent then starts afresh).
+/// Why the state file could not be read (see [`AgentState::load_or_set_aside`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("{path}: cannot read agent state: {source}")]
@@ -106,7 +110,7 @@ pub enum StateError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: unreadable agent state (ignored): {source}")]
+    #[error("{path}: unreadable agent state: {source}")]
     Parse {
         path: String,
         source: serde_json::Error,
@@ -134,6 +138,28 @@ impl AgentState {
         }
     }
 
+    /// Loads the state, never silently losing an unreadable one: it is
+    /// moved aside to `agent-state.json.corrupt-<UTC time>` (kept for a
+    /// post-mortem; it holds secrets, so it stays 0600 on the in-memory
+    /// volume) and the problem is returned, for the log and `/status`,
+    /// with the default state (the lifecycle then recovers the published
+    /// lease from db.json).
+    pub fn load_or_set_aside(path: &Path) -> (Self, Option<String>) {
+        let err = match Self::load(path) {
+            Ok(s) => return (s.unwrap_or_default(), None),
+            Err(e) => e,
+        };
+        let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".corrupt-{stamp}"));
+        let aside = std::path::PathBuf::from(aside);
+        let kept = match std::fs::rename(path, &aside) {
+            Ok(()) => format!("kept as {}", aside.display()),
+            Err(e) => format!("cannot move it aside to {}: {e}", aside.display()),
+        };
+        (Self::default(), Some(format!("{err}; {kept}")))
+    }
+
     /// Writes the state atomically, 0600 (skipped when unchanged).
     pub fn save(&self, path: &Path) -> Result<(), AtomicWriteError> {
         write_json_atomic(path, self, WriteOptions::PRIVATE).map(|_| ())
@@ -159,6 +185,7 @@ pub(crate) fn lease(now: DateTime<Utc>, duration_s: i64) -> LeaseState {
         token_end: None,
         next_renew_at: now + secs(duration_s * 2 / 3),
         retire_by: None,
+        recovered: false,
     }
 }
 
@@ -189,6 +216,35 @@ mod tests {
         assert_eq!(l.deadline(Some(&t)), l.hard_end);
         l.renewable = false;
         assert_eq!(l.deadline(Some(&t)), Some(l.expires_at));
+    }
+
+    #[test]
+    fn an_unreadable_state_is_set_aside_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent-state.json");
+        std::fs::write(&path, b"{\"generation\": 3, \"curr").unwrap();
+        let (s, problem) = AgentState::load_or_set_aside(&path);
+        assert_eq!(s.generation, 0);
+        let problem = problem.expect("reported");
+        assert!(problem.contains("unreadable agent state"), "{problem}");
+        assert!(!path.exists());
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert!(
+            aside[0].starts_with("agent-state.json.corrupt-"),
+            "{aside:?}"
+        );
+        assert!(problem.contains(&aside[0]), "{problem}");
+        assert_eq!(
+            std::fs::read(dir.path().join(&aside[0])).unwrap(),
+            b"{\"generation\": 3, \"curr"
+        );
+        // None at all: the default, nothing to report.
+        let (_, problem) = AgentState::load_or_set_aside(&path);
+        assert!(problem.is_none());
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub struct Board {
     pub last_error_at: Option<DateTime<Utc>>,
     /// When the lifecycle last finished a step (liveness).
     pub last_step_at: Option<DateTime<Utc>>,
+    /// Why the state file of the previous run could not be used (it was
+    /// set aside; see `AgentState::load_or_set_aside`).
+    pub state_error: Option<String>,
 }
 
 /// The shared board plus what readiness needs.

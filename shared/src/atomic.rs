@@ -4,6 +4,8 @@
 //! and group), write, fsync, rename over the target, fsync the directory.
 //! When the target already holds exactly these bytes nothing is written, so
 //! watchers are not woken for nothing (consul-template does the same).
+//! A writer killed between create and rename leaves its temp file behind:
+//! [`remove_temp_files`] clears them at the writer's next start.
 
 use nix::unistd::{fchown, Gid};
 use std::fs::{self, File, OpenOptions};
@@ -123,6 +125,42 @@ pub fn write_atomic(
     result
 }
 
+/// The file a temp file of [`write_atomic`] was for: `.<name>.tmp.<pid>.<8
+/// hex digits>` gives `<name>`.
+fn temp_target(file_name: &str) -> Option<&str> {
+    let rest = file_name.strip_prefix('.')?;
+    let (name, suffix) = rest.rsplit_once(".tmp.")?;
+    let (pid, hex) = suffix.split_once('.')?;
+    let ok = !name.is_empty()
+        && !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && hex.len() == 8
+        && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    ok.then_some(name)
+}
+
+/// Removes the temp files [`write_atomic`] left in `dir` (a writer killed
+/// between create and rename) for targets `mine` accepts; returns the
+/// paths removed. Call it only where no other process writes those
+/// targets at the same time. A missing `dir` has none.
+pub fn remove_temp_files(dir: &Path, mine: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(target) = name.to_str().and_then(temp_target) else {
+            continue;
+        };
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && mine(target) && fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path());
+        }
+    }
+    removed
+}
+
 /// Serializes `value` as pretty JSON (with a trailing newline) and publishes
 /// it with [`write_atomic`].
 pub fn write_json_atomic<T: serde::Serialize>(
@@ -206,6 +244,38 @@ mod tests {
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         assert!(reader.join().unwrap() > 0);
+    }
+
+    #[test]
+    fn removes_only_the_temp_files_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            ".db.json.tmp.42.0badcafe",
+            ".worker.json.tmp.7.deadbeef",
+            ".db.json.tmp.x.0badcafe",
+            "db.json",
+            ".db.json.tmp.42.short",
+        ];
+        for n in names {
+            fs::write(dir.path().join(n), b"x").unwrap();
+        }
+        let removed = remove_temp_files(dir.path(), |t| t == "db.json");
+        assert_eq!(removed, vec![dir.path().join(".db.json.tmp.42.0badcafe")]);
+        let mut left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".db.json.tmp.42.short",
+                ".db.json.tmp.x.0badcafe",
+                ".worker.json.tmp.7.deadbeef",
+                "db.json"
+            ]
+        );
+        assert!(remove_temp_files(&dir.path().join("none"), |_| true).is_empty());
     }
 
     #[test]

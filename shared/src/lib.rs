@@ -28,6 +28,7 @@ pub mod health;
 pub mod http_server;
 pub mod layout;
 pub mod metrics;
+pub mod no_core;
 pub mod pg_tls;
 pub mod secret;
 pub mod signal;

@@ -1,11 +1,13 @@
 //! A string that must never be printed: passwords, tokens, secret_ids.
 //!
 //! `Debug` and `Display` print `***`, so a secret inside a struct that gets
-//! logged with `?` stays hidden. Serde (de)serializes the real value: only the
+//! logged with `?` stays hidden. Its bytes are zeroed on drop (`zeroize`),
+//! so a freed password does not linger in the heap. Serde (de)serializes the real value: only the
 //! shared-dir files, which are 0600/0640 on tmpfs, ever hold it.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use zeroize::Zeroize;
 
 /// A secret value; see the module docs.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -27,6 +29,14 @@ impl Secret {
     /// True when the secret is the empty string.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// The bytes are overwritten when the value goes (a copy made by
+/// `Clone` is wiped when it goes too).
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`process`]: the binaries under test as child processes;
 //! - [`fixtures`]: worker, agent and configd started, probed and stopped;
 //! - [`data`]: deterministic transactions and a COPY loader;
+//! - [`load`]: concurrent requests on a worker, counting failures;
 //! - [`tls`]: a private CA and server certificates (PostgreSQL TLS);
 //! - [`hostile`]: stalled request heads, unread bodies, peak memory;
 //! - [`openapi`]: real answers checked against `docs/openapi/`;
@@ -25,6 +26,7 @@ pub mod browser;
 pub mod data;
 pub mod fixtures;
 pub mod hostile;
+pub mod load;
 pub mod openapi;
 pub mod pg;
 pub mod process;

@@ -6,7 +6,9 @@
 //! hold them by `Arc`) and are closed. A file that cannot be read or parsed,
 //! or a credential that cannot log in, never replaces working pools: the
 //! error is kept for `/status`, counted, and the credential is retried with
-//! backoff (the role may not have reached the replica yet). After a swap,
+//! backoff (the role may not have reached the replica yet). A generation
+//! lower than the one in use is refused (logged, counted as
+//! `credential_failures_total{reason="older_generation"}`). After a swap,
 //! `worker.json` tells the agent which generation is in use.
 //!
 //! Config: a valid file replaces the parameters for the next request; an
@@ -166,6 +168,30 @@ async fn reconcile_credential(app: &Arc<App>, seen: &mut Seen) {
             return;
         }
     };
+    if let Some(cur) = app.pools.load().as_ref() {
+        if cred.generation < cur.generation {
+            // Generations only grow: a lower one is an older credential
+            // (an agent that came back with an older state, or a stray
+            // copy), whose lease may already be revoked.
+            seen.retry_at = None;
+            app.metrics
+                .credential_failures
+                .with_label_values(&["older_generation"])
+                .inc();
+            let msg = format!(
+                "{}: generation {} is older than generation {} in use; refused",
+                path.display(),
+                cred.generation,
+                cur.generation
+            );
+            tracing::error!(error = %msg, "rejected db.json; keeping the pool in use");
+            App::set_error(
+                &app.credential_error,
+                Some(LastError::now(msg, Some(cred.generation))),
+            );
+            return;
+        }
+    }
     if let Some(cur) = app.pools.load().as_ref().filter(|_| !seen.rebuild) {
         if cur.generation == cred.generation
             && cur.username == cred.username

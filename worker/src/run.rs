@@ -1,4 +1,4 @@
-//! Wiring: shared-dir check, HTTP listener (served by
+//! Wiring: core dumps off (`riskfeat_shared::no_core`), shared-dir check, HTTP listener (served by
 //! [`riskfeat_shared::http_server`] with the `[http]` timeouts and
 //! connection cap), health socket, the reload and lag loops, and the
 //! SIGTERM drain (stop accepting, finish in-flight requests, close pools,
@@ -61,6 +61,7 @@ pub fn load_ca(cfg: &Config) -> Result<(PgTls, Option<CaFile<PgTls>>), Fatal> {
 
 /// Runs the worker until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> Result<(), Fatal> {
+    riskfeat_shared::no_core::disable_core_dumps().map_err(|e| Fatal::Runtime(e.to_string()))?;
     check_shared_dir(&cfg)?;
     let addr = cfg.listen_addr();
     let shutdown_timeout = Duration::from_secs(cfg.shutdown_timeout_s);

@@ -16,6 +16,26 @@ use riskfeat_shared::atomic::{write_json_atomic, WriteOptions, WriteOutcome};
 use riskfeat_shared::creds::DbCredential;
 use riskfeat_shared::pg_tls::PgTls;
 
+/// Test-only fault hook: with `RISKFEAT_AGENT_TEST_CRASH_AT=<point>:<generation>`
+/// in the environment, the process aborts (like a kill -9: no destructor,
+/// no state save) at `point` while publishing `generation`. The points are
+/// `after_state_save` (the state names the new lease, db.json still the
+/// old one) and `after_publish` (both name it). The end-to-end tests use it
+/// to hit the crash windows deterministically; unset, it costs one lookup
+/// of a cached value per publication. Never set it in a deployment.
+fn crash_point(point: &str, generation: u64) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| std::env::var("RISKFEAT_AGENT_TEST_CRASH_AT").ok());
+    if at.as_deref() == Some(&format!("{point}:{generation}")) {
+        tracing::error!(
+            point,
+            generation,
+            "RISKFEAT_AGENT_TEST_CRASH_AT: aborting (test fault hook)"
+        );
+        std::process::abort();
+    }
+}
+
 impl Lifecycle {
     /// Below this much time left a credential counts as close to expiry
     /// (the readiness threshold, scaled down for short leases).
@@ -63,6 +83,8 @@ impl Lifecycle {
             Some(c) if c.expires_at <= now => Some("credential expired"),
             // Renewals lag (outage): replace it (or fall back) in time.
             Some(c) if c.expires_at - now <= self.min_left(c) => Some("credential about to expire"),
+            // Its token is unknown and may end any time: replace it now.
+            Some(c) if c.recovered => Some("lease recovered from db.json"),
             Some(c) => match c.deadline(self.st.token.as_ref()) {
                 Some(d) if d - now <= self.lead() => Some("rotation"),
                 _ => None,
@@ -211,29 +233,69 @@ impl Lifecycle {
                 self.cfg.lifecycle.renew_fraction,
             ),
             retire_by: None,
+            recovered: false,
         };
-        if !self.publish_lease(&lease) {
-            let r = self.vault.revoke_lease(&token, &lease.lease_id).await;
-            self.count_revocation(&r);
-            let (i, mx) = self.backoff();
-            self.issue_retry.fail(now, i, mx);
-            return Ok(());
-        }
-        self.st.generation = lease.generation;
+        // The state naming the new lease (and the old one as retiring) is
+        // durable before db.json names it: a crash between the two resumes
+        // the new lease, never the older one under a lower generation, and
+        // no lease is left that the state does not know.
+        let before = self.st.clone();
+        let generation = lease.generation;
+        self.st.generation = generation;
         self.st.fallback_published = false;
-        self.established = true;
-        tracing::info!(
-            generation = lease.generation,
-            lease_duration_s = lease.lease_duration_s,
-            "published a new database credential"
-        );
-        if let Some(mut old) = self.st.current.replace(lease) {
+        if let Some(mut old) = self.st.current.replace(lease.clone()) {
             let grace = now + Duration::seconds(self.cfg.lifecycle.ack_grace_s as i64);
             let bound = old.deadline(self.st.token.as_ref()).unwrap_or(grace);
             old.retire_by = Some(grace.min(bound).max(now));
             self.st.retiring.push(old);
         }
+        let committed = self.commit_state();
+        if committed {
+            crash_point("after_state_save", generation);
+        }
+        if !committed || !self.publish_lease(&lease) {
+            self.st = before;
+            self.abandon(&token, lease).await;
+            let (i, mx) = self.backoff();
+            self.issue_retry.fail(now, i, mx);
+            return Ok(());
+        }
+        crash_point("after_publish", generation);
+        self.established = true;
+        tracing::info!(
+            generation,
+            lease_duration_s = self.st.current.as_ref().map(|c| c.lease_duration_s),
+            "published a new database credential"
+        );
         Ok(())
+    }
+
+    /// A new lease that was not published: revoked now, or, when Vault
+    /// does not answer, kept as retiring (due now) so that it is revoked
+    /// later rather than forgotten.
+    async fn abandon(&mut self, token: &riskfeat_shared::Secret, mut lease: LeaseState) {
+        let r = self.vault.revoke_lease(token, &lease.lease_id).await;
+        self.count_revocation(&r);
+        if r.is_err() {
+            lease.retire_by = Some(Utc::now());
+            self.st.retiring.push(lease);
+        }
+    }
+
+    /// Saves the state now, synchronously (temp file, fsync, rename, fsync
+    /// of the directory): false, with the error reported, when it could
+    /// not be saved (ENOSPC...), and then nothing may be published that the
+    /// saved state does not name.
+    pub(super) fn commit_state(&mut self) -> bool {
+        match self.st.save(&self.shared.agent_state()) {
+            Ok(()) => true,
+            Err(e) => {
+                self.error(format!(
+                    "not publishing: the agent state cannot be saved: {e}"
+                ));
+                false
+            }
+        }
     }
 
     /// Publishes the static fallback when no dynamic credential is valid and
@@ -284,19 +346,25 @@ impl Lifecycle {
             primary: self.cfg.database.primary.clone(),
             replica: self.cfg.database.replica.clone(),
         };
-        if self.write_db_json(&cred) {
+        // As for a new lease: the state first, then db.json.
+        let before = self.st.clone();
+        self.st.generation = cred.generation;
+        self.st.fallback_published = true;
+        if let Some(mut old) = self.st.current.take() {
+            old.retire_by = Some(now);
+            self.st.retiring.push(old);
+        }
+        if self.commit_state() && self.write_db_json(&cred) {
             self.fallback_retry.ok();
-            self.st.generation = cred.generation;
-            self.st.fallback_published = true;
             self.counts.fallback_publications += 1;
             tracing::warn!(
                 generation = cred.generation,
                 "Vault cannot issue a credential: published the static fallback credential"
             );
-            if let Some(mut old) = self.st.current.take() {
-                old.retire_by = Some(now);
-                self.st.retiring.push(old);
-            }
+        } else {
+            self.st = before;
+            let (i, mx) = self.backoff();
+            self.fallback_retry.fail(now, i, mx);
         }
     }
 

@@ -1,8 +1,11 @@
 //! The leases already held: resumed on start (with the generation and the
 //! stored token, checked by lookup-self; the leases then by
-//! sys/leases/lookup), renewed on schedule, the superseded ones revoked
+//! sys/leases/lookup; the one db.json names taken over when the state lost
+//! it), renewed on schedule, the superseded ones revoked
 //! after the worker's ack (or the grace period), and every one revoked on
-//! shutdown when so configured.
+//! shutdown when so configured and the worker is gone (a SIGTERM next to a
+//! live worker is a container restart: everything is kept for the next
+//! start).
 
 use super::retry::backoff_delay;
 use super::{Lifecycle, Renewable};
@@ -11,7 +14,11 @@ use crate::vault::VaultError;
 use chrono::{Duration, Utc};
 use riskfeat_shared::ack::WorkerAck;
 use riskfeat_shared::creds::DbCredential;
+use riskfeat_shared::health::{request, ProbeKind};
 use riskfeat_shared::Secret;
+
+/// How long the worker's health socket may take to answer at shutdown.
+const WORKER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Lifecycle {
     /// Loads what a previous run left: db.json's generation, the token
@@ -25,6 +32,7 @@ impl Lifecycle {
         if let Some(ack) = WorkerAck::load(&self.shared.worker_ack()) {
             self.st.generation = self.st.generation.max(ack.generation);
         }
+        self.recover_published_lease();
         let now = Utc::now();
         if let Some(t) = self.st.token.clone() {
             let r = self.vault.lookup_self(&t.token).await;
@@ -70,6 +78,44 @@ impl Lifecycle {
         }
     }
 
+    /// When the state names no credential but db.json holds a dynamic one
+    /// (the state file was corrupt, or lost), takes that lease over rather
+    /// than orphaning it: it is checked by lookup like any resumed lease,
+    /// not renewed (the token that created it is gone with the state), and
+    /// replaced at once; the worker's ack of the replacement retires it.
+    fn recover_published_lease(&mut self) {
+        if self.st.current.is_some() || self.st.fallback_published {
+            return;
+        }
+        let Ok(c) = DbCredential::load(&self.shared.db_json()) else {
+            return;
+        };
+        let known = self.st.retiring.iter().any(|l| l.lease_id == c.lease_id);
+        if c.fallback || c.lease_id.is_empty() || known {
+            return;
+        }
+        tracing::warn!(
+            generation = c.generation,
+            "the agent state names no credential: taking over the lease db.json names (it will be replaced under a new token)"
+        );
+        self.st.current = Some(LeaseState {
+            generation: c.generation,
+            lease_id: c.lease_id,
+            username: c.username,
+            password: c.password,
+            issued_at: c.issued_at,
+            expires_at: c.expires_at,
+            lease_duration_s: c.lease_duration_s,
+            renewable: false,
+            hard_end: None,
+            token_serial: 0,
+            token_end: None,
+            next_renew_at: c.expires_at,
+            retire_by: None,
+            recovered: true,
+        });
+    }
+
     /// Checks resumed leases with sys/leases/lookup; drops the dead ones.
     pub(super) async fn verify_leases(&mut self, token: &Secret) {
         let now = Utc::now();
@@ -85,7 +131,7 @@ impl Lifecycle {
             let keep = match r {
                 Ok(Some(info)) => {
                     lease.expires_at = now + Duration::seconds(info.ttl as i64);
-                    lease.renewable = info.renewable;
+                    lease.renewable = info.renewable && !lease.recovered;
                     tracing::info!(
                         generation = lease.generation,
                         ttl_s = info.ttl,
@@ -289,12 +335,35 @@ impl Lifecycle {
         self.st.retiring.extend(keep);
     }
 
-    /// SIGTERM: stop renewing; revoke every lease (bounded), remove db.json
-    /// when its credential was revoked, then revoke the token.
+    /// True when the worker of this pod answers `/livez` on its health
+    /// socket (`<shared_dir>/worker.sock`). The kubelet stops a pod's main
+    /// containers before its sidecars, so a SIGTERM while the worker lives
+    /// is the agent's own container restarting (a failed liveness probe, an
+    /// OOM kill), not the pod going away.
+    async fn worker_alive(&self) -> bool {
+        let socket = self.shared.worker_socket();
+        let r = request(&socket, ProbeKind::Live, WORKER_PROBE_TIMEOUT).await;
+        matches!(r, Ok((200, _)))
+    }
+
+    /// SIGTERM: stop renewing. When the worker is alive (a container
+    /// restart, see [`Self::worker_alive`]) keep the leases, the token and
+    /// db.json for the next start; otherwise revoke every lease (bounded),
+    /// remove db.json when its credential was revoked, then revoke the
+    /// token.
     pub(super) async fn shutdown_revoke(&mut self) {
         if !self.cfg.lifecycle.revoke_on_shutdown {
             tracing::info!(
                 "shutdown: keeping leases for the next start (revoke_on_shutdown = false)"
+            );
+            return;
+        }
+        if self.worker_alive().await {
+            let acked = WorkerAck::load(&self.shared.worker_ack()).map(|a| a.generation);
+            tracing::info!(
+                generation = self.st.generation,
+                worker_acks = acked,
+                "shutdown: the worker is alive (the agent's container restarts): keeping the leases, the token and db.json for the next start"
             );
             return;
         }

@@ -60,9 +60,12 @@ use riskfeat_shared::Secret;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// `s` seconds (negative counts as zero), to the millisecond.
+/// `s` seconds (negative or NaN counts as zero, at most
+/// [`MAX_SECS`](crate::vault::secs::MAX_SECS)), to the millisecond.
 fn secs(s: f64) -> Duration {
-    Duration::milliseconds((s.max(0.0) * 1000.0) as i64)
+    let max = crate::vault::secs::MAX_SECS as f64;
+    let s = if s.is_nan() { 0.0 } else { s.clamp(0.0, max) };
+    Duration::milliseconds((s * 1000.0) as i64)
 }
 
 /// What decides when a token or a lease is renewed.
@@ -143,6 +146,8 @@ pub struct Lifecycle {
     last_error: Option<(String, DateTime<Utc>)>,
     /// Errors logged at warn level in the last 30 s.
     logged_errors: std::collections::HashMap<String, DateTime<Utc>>,
+    /// See [`Inputs::state_problem`].
+    state_problem: Option<String>,
 }
 
 /// What the lifecycle needs at construction.
@@ -156,6 +161,8 @@ pub struct Inputs {
     /// `database.ca_file` to read again when set.
     pub pg_tls: PgTls,
     pub pg_ca: Option<CaFile<PgTls>>,
+    /// Why the previous state could not be loaded (shown in `/status`).
+    pub state_problem: Option<String>,
 }
 
 impl Lifecycle {
@@ -207,6 +214,7 @@ impl Lifecycle {
             counts: Counts::default(),
             last_error: None,
             logged_errors: Default::default(),
+            state_problem: inputs.state_problem,
         }
     }
 
@@ -400,6 +408,7 @@ mod tests {
                 state: AgentState::default(),
                 pg_tls: PgTls::new("database.ca_file", None).unwrap(),
                 pg_ca: None,
+                state_problem: None,
             },
             rx,
         )

@@ -146,6 +146,7 @@ impl Lifecycle {
             last_error: self.last_error.as_ref().map(|e| e.0.clone()),
             last_error_at: self.last_error.as_ref().map(|e| e.1),
             last_step_at: Some(now),
+            state_error: self.state_problem.clone(),
         });
         m.ready.set(self.board.readiness(now).is_ok() as i64);
     }

@@ -2,9 +2,12 @@
 //!
 //! Tokens travel only in the `X-Vault-Token` header; secrets in responses
 //! are parsed straight into [`Secret`] so they cannot reach a log line.
+//! Every duration in a response is clamped on parsing ([`super::secs`]),
+//! so no answer can overflow the lifecycle's time arithmetic.
 //! With a namespace ([`VaultClient::with_namespace`]) every request carries
 //! `X-Vault-Namespace`.
 
+use super::secs::secs;
 use super::VaultError;
 use prometheus::HistogramVec;
 use reqwest::Method;
@@ -86,6 +89,7 @@ struct AuthEnvelope {
 #[derive(Deserialize)]
 struct AuthBlock {
     client_token: Secret,
+    #[serde(deserialize_with = "secs")]
     lease_duration: u64,
     renewable: bool,
 }
@@ -93,6 +97,7 @@ struct AuthBlock {
 #[derive(Deserialize)]
 struct CredsEnvelope {
     lease_id: String,
+    #[serde(deserialize_with = "secs")]
     lease_duration: u64,
     renewable: bool,
     data: Option<CredsData>,
@@ -106,6 +111,7 @@ struct CredsData {
 
 #[derive(Deserialize)]
 struct RenewEnvelope {
+    #[serde(deserialize_with = "secs")]
     lease_duration: u64,
     renewable: bool,
 }
@@ -117,8 +123,8 @@ struct LookupEnvelope {
 
 #[derive(Deserialize)]
 struct LookupData {
-    #[serde(default)]
-    ttl: i64,
+    #[serde(default, deserialize_with = "secs")]
+    ttl: u64,
     #[serde(default)]
     renewable: bool,
 }
@@ -140,8 +146,8 @@ struct TokenLookupEnvelope {
 
 #[derive(Deserialize)]
 struct TokenLookupData {
-    #[serde(default)]
-    ttl: i64,
+    #[serde(default, deserialize_with = "secs")]
+    ttl: u64,
     #[serde(default)]
     renewable: bool,
 }
@@ -357,7 +363,7 @@ impl VaultClient {
         let d = env
             .and_then(|e| e.data)
             .ok_or_else(|| Self::missing("GET", path, "data"))?;
-        Ok((d.ttl.max(0) as u64, d.renewable))
+        Ok((d.ttl, d.renewable))
     }
 
     /// `PUT auth/token/renew-self` asking for `increment_s` more seconds.
@@ -484,11 +490,11 @@ impl VaultClient {
                 let d = env
                     .and_then(|e| e.data)
                     .ok_or_else(|| Self::missing("PUT", path, "data"))?;
-                if d.ttl <= 0 {
+                if d.ttl == 0 {
                     return Ok(None);
                 }
                 Ok(Some(LeaseInfo {
-                    ttl: d.ttl as u64,
+                    ttl: d.ttl,
                     renewable: d.renewable,
                 }))
             }
@@ -518,5 +524,58 @@ fn lease_path(prefix: &str, lease_id: &str) -> Result<String, VaultError> {
         Ok(format!("{prefix}/{lease_id}"))
     } else {
         Err(VaultError::BadLeaseId(lease_id.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::secs::MAX_SECS;
+
+    fn parse<T: DeserializeOwned>(json: &str) -> T {
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"))
+    }
+
+    /// Absurd numbers from Vault parse, clamped to [0, MAX_SECS]; none is
+    /// an error, none can overflow a date.
+    #[test]
+    fn absurd_durations_are_clamped() {
+        let cases = [
+            ("18446744073709551615", MAX_SECS),
+            ("9223372036854775807", MAX_SECS),
+            ("-9223372036854775808", 0),
+            ("-1", 0),
+            ("0", 0),
+            ("1e300", MAX_SECS),
+            ("-1e300", 0),
+            ("3600.7", 3600),
+            ("3600", 3600),
+        ];
+        for (n, want) in cases {
+            let c: CredsEnvelope = parse(&format!(
+                r#"{{"lease_id":"database/creds/r/x","lease_duration":{n},"renewable":true,
+                   "data":{{"username":"u","password":"p"}}}}"#
+            ));
+            assert_eq!(c.lease_duration, want, "creds {n}");
+            let r: RenewEnvelope = parse(&format!(r#"{{"lease_duration":{n},"renewable":true}}"#));
+            assert_eq!(r.lease_duration, want, "renew {n}");
+            let a: AuthEnvelope = parse(&format!(
+                r#"{{"auth":{{"client_token":"t","lease_duration":{n},"renewable":true}}}}"#
+            ));
+            assert_eq!(a.auth.unwrap().lease_duration, want, "auth {n}");
+            let l: LookupEnvelope = parse(&format!(r#"{{"data":{{"ttl":{n}}}}}"#));
+            assert_eq!(l.data.unwrap().ttl, want, "lease lookup {n}");
+            let t: TokenLookupEnvelope = parse(&format!(r#"{{"data":{{"ttl":{n}}}}}"#));
+            assert_eq!(t.data.unwrap().ttl, want, "token lookup {n}");
+            // What the lifecycle then computes cannot overflow.
+            let now = chrono::Utc::now();
+            let _ = now + chrono::Duration::seconds(want as i64) + chrono::Duration::days(3650);
+        }
+        let l: LookupEnvelope = parse(r#"{"data":{}}"#);
+        assert_eq!(l.data.unwrap().ttl, 0, "missing ttl");
+        assert!(serde_json::from_str::<RenewEnvelope>(
+            r#"{"lease_duration":"x","renewable":true}"#
+        )
+        .is_err());
     }
 }

@@ -19,6 +19,7 @@
 
 mod client;
 mod error;
+pub mod secs;
 
 pub use client::{TokenGrant, VaultClient};
 pub use error::VaultError;

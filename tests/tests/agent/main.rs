@@ -19,6 +19,8 @@
 //! - [`outputs`]: `[[output]]` files (pgpass, DSN, env, JDBC), the Python
 //!   example reader acking through `notify_pid_file`, the JSON Schemas;
 //! - [`policy`]: the agent's token cannot renew or revoke another role's lease;
+//! - [`restart`]: issue 19's partial failures, with the real worker: a
+//!   container restart under load, crash windows, the state file;
 //! - [`telemetry`]: no secret in logs, `/status` or `/metrics`; promtool;
 //! - [`soak`]: a 2-minute soak of the whole pod, and its checks shown to fail;
 //! - [`support`]: what they share.
@@ -29,6 +31,7 @@ mod login;
 mod outage;
 mod outputs;
 mod policy;
+mod restart;
 mod rotation;
 mod soak;
 mod support;

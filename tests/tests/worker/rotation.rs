@@ -1,7 +1,7 @@
 //! Credential rotation under load: swaps published by the test (revoking
 //! the old lease only after the ack, killed connections retried), a broken
-//! `db.json` that never replaces a working pool, and rotations by the real
-//! agent.
+//! `db.json` that never replaces a working pool, a lower generation
+//! refused, and rotations by the real agent.
 
 use crate::support::{
     ack, get, insert_rows, publish, rotate, spawn_worker, start_stack, wait_only_role, Load,
@@ -225,4 +225,48 @@ async fn real_agent_rotations_under_load_fail_no_request() {
         w.logs(),
         agent.logs()
     );
+}
+
+/// A db.json with a lower generation than the one in use (an agent back
+/// with an older state, a stray copy) is refused even though its
+/// credential works: the worker keeps serving with the newer one, says so
+/// in `/status`, and `credential_failures_total{reason="older_generation"}`
+/// grows with each such file.
+///
+/// Checked: with the generation check in `reconcile_credential`
+/// (`worker/src/reload.rs`) disabled this test fails (`timed out after 20s
+/// waiting for status names the older generation`: the worker swapped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lower_generation_is_refused() {
+    let stack = start_stack().await;
+    rotate(&stack, 1).await;
+    let w = spawn_worker(&stack, "pool_size = 2");
+    w.wait_generation(1, READY_TIMEOUT).await.unwrap();
+    rotate(&stack, 5).await;
+    w.wait_generation(5, READY_TIMEOUT).await.unwrap();
+    let refused = || async {
+        w.http()
+            .metric("riskfeat_worker_credential_failures_total{reason=\"older_generation\"}")
+            .await
+            .unwrap()
+            .unwrap_or(0.0)
+    };
+    for (n, older) in [(1.0, 4), (2.0, 3)] {
+        rotate(&stack, older).await;
+        wait_until(SECS(20), "status names the older generation", || async {
+            let st = w.status().await.unwrap();
+            st["credential_error"].to_string().contains(&format!(
+                "generation {older} is older than generation 5 in use"
+            ))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", w.logs()));
+        assert_eq!(refused().await, n);
+    }
+    let (code, body) = get(&reqwest::Client::new(), &w.url("/v1/features/1"))
+        .await
+        .unwrap();
+    assert_eq!((code, &body["credential_generation"]), (200, &json!(5)));
+    assert_eq!(ack(&stack).unwrap().generation, 5);
+    assert_eq!(w.status().await.unwrap()["credential"]["generation"], 5);
 }

@@ -1,6 +1,6 @@
 //! What the worker tests share: the worker's test config, playing the
-//! agent (issuing and publishing credentials and config), HTTP helpers, the
-//! test data and a concurrent request load.
+//! agent (issuing and publishing credentials and config), HTTP helpers and
+//! the test data (the concurrent request load is [`Load`]).
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use riskfeat_shared::ack::WorkerAck;
@@ -8,10 +8,9 @@ use riskfeat_shared::atomic::{write_json_atomic, WriteOptions};
 use riskfeat_shared::config_file::ConfigSnapshot;
 use riskfeat_shared::creds::DbCredential;
 use riskfeat_shared::Secret;
+pub use riskfeat_tests::load::Load;
 use riskfeat_tests::{wait_until, IssuedCreds, Stack, StackOptions, Worker};
-use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use serde_json::Value;
 use std::time::Duration;
 
 pub const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -157,79 +156,6 @@ pub async fn insert_rows(stack: &Stack, user: i64, rows: &[(f64, DateTime<Utc>)]
         )
         .await
         .unwrap();
-    }
-}
-
-/// Continuous concurrent requests until stopped; counts answers and failures.
-pub struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failures: Arc<Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    pub fn start(base: &str, concurrency: usize, users: Vec<i64>) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(concurrency)
-            .build()
-            .unwrap();
-        let tasks = (0..concurrency)
-            .map(|i| {
-                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-                let client = client.clone();
-                let base = base.to_string();
-                let users = users.clone();
-                tokio::spawn(async move {
-                    let mut n = i;
-                    while !stop.load(Ordering::Relaxed) {
-                        n += 1;
-                        let user = users[n % users.len()];
-                        let result = if n % 5 == 0 {
-                            client
-                                .post(format!("{base}/v1/features/batch"))
-                                .json(&json!({"user_ids": users}))
-                                .send()
-                                .await
-                        } else {
-                            client
-                                .get(format!("{base}/v1/features/{user}"))
-                                .send()
-                                .await
-                        };
-                        match result {
-                            Ok(r) if r.status().is_success() => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(r) => {
-                                let code = r.status();
-                                let body = r.text().await.unwrap_or_default();
-                                failures.lock().unwrap().push(format!("{code}: {body}"));
-                            }
-                            Err(e) => failures.lock().unwrap().push(format!("transport: {e}")),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failures,
-            tasks,
-        }
-    }
-
-    pub async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        let failures = self.failures.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), failures)
     }
 }
 
