@@ -16,8 +16,11 @@
 //! - [`tls`]: Vault over HTTPS with a private CA;
 //! - [`policy`]: the agent's token cannot renew or revoke another role's lease;
 //! - [`telemetry`]: no secret in logs, `/status` or `/metrics`; promtool;
+//! - [`bounds`]: the config sync's bounded inputs (namespace and answer
+//!   sizes, a gzip bomb, a configd replica behind the agent, backoff);
 //! - [`support`]: what they share.
 
+mod bounds;
 mod inputs;
 mod login;
 mod outage;
