@@ -181,10 +181,8 @@ async fn a_failing_lag_measurement_marks_answers_stale() {
 /// than 4 connections each; a dynamic credential afterwards gets the full
 /// pools back.
 ///
-/// Not yet checked with `fallback_size` ignored (first run failed on the
-/// metric's name, fixed since, not rerun).
+/// Passes; not yet checked with `fallback_size` ignored in `DbPools::new`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "metric name fixed after its first run, not rerun yet"]
 async fn two_workers_on_the_fallback_login_fit_its_connection_limit() {
     let stack = start_stack().await;
     insert_rows(&stack, 1, &[(5.0, Utc::now() - ChronoDuration::minutes(1))]).await;
