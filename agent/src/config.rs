@@ -210,6 +210,15 @@ pub struct ConfigdSettings {
     /// A downward API labels file (`key="value"` lines, the pod's labels),
     /// read again before every request; its labels win over `labels`.
     pub labels_file: Option<PathBuf>,
+    /// Largest namespace published, in bytes of `config/<ns>.json` (the
+    /// file lives in the memory-backed shared dir, charged to the agent).
+    /// A bigger one is rejected and the last good one kept.
+    #[serde(default = "default_max_namespace_bytes")]
+    pub max_namespace_bytes: u64,
+    /// Largest answer read from configd, in bytes on the wire and again
+    /// after gzip decompression; read no further than that.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: u64,
 }
 
 impl ConfigdSettings {
@@ -247,6 +256,16 @@ impl ConfigdSettings {
         }
         if !(self.backoff_initial_s > 0.0 && self.backoff_max_s >= self.backoff_initial_s) {
             out.push("configd.backoff_initial_s must be > 0 and <= backoff_max_s".to_string());
+        }
+        if self.max_namespace_bytes < 1024 {
+            out.push("configd.max_namespace_bytes must be at least 1024".to_string());
+        }
+        if self.max_response_bytes < self.max_namespace_bytes {
+            out.push(format!(
+                "configd.max_response_bytes = {} is below max_namespace_bytes = {} \
+                 (a snapshot of a namespace within the limit would not fit)",
+                self.max_response_bytes, self.max_namespace_bytes
+            ));
         }
         out
     }
@@ -289,6 +308,15 @@ fn default_backoff_initial_s() -> f64 {
 }
 fn default_backoff_max_s() -> f64 {
     30.0
+}
+/// 2 MiB: with the private cache and the parsed copy, fits a 64Mi agent
+/// (docs/agent.md, "Bounded config").
+fn default_max_namespace_bytes() -> u64 {
+    2 * 1024 * 1024
+}
+/// A snapshot of a namespace at the limit, with room for its framing.
+fn default_max_response_bytes() -> u64 {
+    4 * 1024 * 1024
 }
 
 /// Flag/env values that override the file: the agent has only the
@@ -589,6 +617,8 @@ mod tests {
             backoff_initial_s: 5.0,
             backoff_max_s: 1.0,
             ca_file: Some("/ca.pem".into()),
+            max_namespace_bytes: 10,
+            max_response_bytes: 5,
             ..good
         };
         assert_names(
@@ -599,6 +629,8 @@ mod tests {
                 "../x",
                 "poll_timeout_s",
                 "backoff_initial_s",
+                "max_namespace_bytes must be at least 1024",
+                "max_response_bytes = 5 is below max_namespace_bytes = 10",
             ],
         );
     }
@@ -612,5 +644,7 @@ mod tests {
         let configd = c.configd.unwrap();
         assert_eq!(configd.namespaces, ["features"]);
         assert_eq!(configd.poll_timeout_s, 30);
+        assert_eq!(configd.max_namespace_bytes, 2 * 1024 * 1024);
+        assert_eq!(configd.max_response_bytes, 4 * 1024 * 1024);
     }
 }

@@ -8,21 +8,32 @@
 //! `config-cache/<namespace>.json` (0600, agent-private): on start it is
 //! published before configd is even asked, so a restart while configd is
 //! down still gives the worker its config. Errors back off exponentially
-//! with jitter; versions and errors go to `/status` and metrics. Every
-//! request carries the client id and labels, and every watch a report of
-//! what was applied ([`crate::config_identity`]).
+//! with jitter, per namespace too (a namespace configd refuses is retried
+//! later, not at every round); versions and errors go to `/status` and
+//! metrics. Every request carries the client id and labels, and every
+//! watch a report of what was applied ([`crate::config_identity`]).
+//!
+//! Bounded inputs: answers are read with a cap ([`body`]), a namespace
+//! larger than `max_namespace_bytes` is neither published nor cached (nor
+//! re-published from an older, larger cache), and the version of a
+//! namespace never goes backwards: a configd replica behind the agent
+//! (its cache has not seen the latest publish yet) is skipped with backoff.
+//! Each refusal keeps the last good config and is reported in `/status`,
+//! the log and `riskfeat_agent_config_rejected_total`.
+
+mod body;
+mod metrics;
 
 use crate::config::ConfigdSettings as Settings;
-use prometheus::{IntCounterVec, IntGaugeVec, Opts};
-use rand::Rng;
-use riskfeat_shared::atomic::{write_json_atomic, WriteOptions};
+use crate::lifecycle::retry::{backoff_delay, Retry};
+use metrics::Metrics;
+use riskfeat_shared::atomic::{json_bytes, write_atomic, WriteOptions};
 use riskfeat_shared::ca_file::CaFile;
 use riskfeat_shared::config_file::ConfigSnapshot;
 use riskfeat_shared::layout::SharedDir;
 use riskfeat_shared::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,6 +53,9 @@ struct SyncState {
     sources: BTreeMap<String, String>,
     /// Last error per namespace (cleared on success).
     errors: BTreeMap<String, String>,
+    /// Consecutive failures per namespace, each followed by a backoff
+    /// before that namespace is asked again (cleared on success).
+    failures: BTreeMap<String, u32>,
     /// Last error of the sync loop as a whole (cleared on success).
     last_error: Option<String>,
     /// Whether the last request to configd succeeded.
@@ -68,71 +82,6 @@ impl SyncStatus {
     }
 }
 
-struct Metrics {
-    version: IntGaugeVec,
-    updates: IntCounterVec,
-    errors: IntCounterVec,
-    bytes: IntCounterVec,
-}
-
-impl Metrics {
-    fn new(registry: &prometheus::Registry) -> Metrics {
-        fn reg<T: prometheus::core::Collector + Clone + 'static>(
-            r: &prometheus::Registry,
-            c: T,
-        ) -> T {
-            let _ = r.register(Box::new(c.clone()));
-            c
-        }
-        Metrics {
-            version: reg(
-                registry,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "riskfeat_agent_config_version",
-                        "configd version published per namespace",
-                    ),
-                    &["config_namespace"],
-                )
-                .expect("metric"),
-            ),
-            updates: reg(
-                registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "riskfeat_agent_config_updates_total",
-                        "config/<ns>.json publishes by kind (snapshot, incremental, cache)",
-                    ),
-                    &["config_namespace", "kind"],
-                )
-                .expect("metric"),
-            ),
-            errors: reg(
-                registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "riskfeat_agent_config_sync_errors_total",
-                        "Failed configd requests by kind",
-                    ),
-                    &["kind"],
-                )
-                .expect("metric"),
-            ),
-            bytes: reg(
-                registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "riskfeat_agent_config_downloaded_bytes_total",
-                        "Bytes downloaded from configd (on the wire) by kind",
-                    ),
-                    &["kind"],
-                )
-                .expect("metric"),
-            ),
-        }
-    }
-}
-
 /// A failed exchange with configd.
 #[derive(Debug, thiserror::Error)]
 enum SyncError {
@@ -150,6 +99,18 @@ enum SyncError {
     },
     #[error("configd sent an invalid body: {0}")]
     Body(String),
+    /// Over `configd.<key>`: not read further, not published.
+    #[error("{what} is larger than configd.{key} = {limit} bytes; keeping the last good config")]
+    TooLarge {
+        what: String,
+        key: &'static str,
+        limit: u64,
+    },
+    /// The configd that answered is behind the agent's version.
+    #[error(
+        "configd is behind this agent's version {ours} ({seen}); skipped, keeping version {ours}"
+    )]
+    Behind { ours: u64, seen: String },
     /// A changed `configd.ca_file` that does not load (the CA in use stays).
     #[error("{0}")]
     Ca(String),
@@ -164,6 +125,8 @@ impl SyncError {
             SyncError::Http(_) => "http",
             SyncError::Status { .. } => "status",
             SyncError::Body(_) => "body",
+            SyncError::TooLarge { .. } => "too_large",
+            SyncError::Behind { .. } => "behind",
             SyncError::Ca(_) => "ca",
             SyncError::Write(_) => "write",
         }
@@ -204,6 +167,8 @@ struct Syncer {
     /// `configd.ca_file`, read again before every round.
     ca: Option<CaFile<reqwest::Client>>,
     locals: BTreeMap<String, Local>,
+    /// When each namespace that failed may be asked again.
+    retry: BTreeMap<String, Retry>,
 }
 
 /// The HTTP client, trusting only `ca` when it is not empty.
@@ -217,9 +182,16 @@ fn http_client(
     crate::inputs::trust_only(builder, ca).build()
 }
 
+/// Largest error body read (configd's are a few hundred bytes).
+const ERROR_BODY_LIMIT: u64 = 64 * 1024;
+
 async fn error_of(resp: reqwest::Response) -> SyncError {
     let status = resp.status().as_u16();
-    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    let body: serde_json::Value = match body::read(resp, ERROR_BODY_LIMIT, "an error answer").await
+    {
+        Ok((bytes, _)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        Err(e) => return e,
+    };
     SyncError::Status {
         status,
         field: body["error"]["field"].as_str().map(str::to_string),
@@ -249,15 +221,30 @@ impl Syncer {
         self.shared.config_cache_dir().join(format!("{ns}.json"))
     }
 
-    /// Publishes `local` for `ns` (config file, then private cache).
+    /// Publishes `local` for `ns` (config file, then private cache), unless
+    /// the file would be larger than `max_namespace_bytes`.
     fn publish(&mut self, ns: &str, local: Local, kind: &str) -> Result<(), SyncError> {
         let snap = ConfigSnapshot {
             namespace: ns.to_string(),
             version: local.version,
             items: local.items.clone(),
         };
-        let outcome = write_json_atomic(&self.shared.config_json(ns), &snap, WriteOptions::SHARED)?;
-        write_json_atomic(&self.cache_path(ns), &snap, WriteOptions::PRIVATE)?;
+        let bytes = json_bytes(&snap).map_err(|e| SyncError::Body(e.to_string()))?;
+        drop(snap);
+        let limit = self.settings.max_namespace_bytes;
+        if bytes.len() as u64 > limit {
+            return Err(SyncError::TooLarge {
+                what: format!(
+                    "namespace {ns:?} at version {} ({} bytes)",
+                    local.version,
+                    bytes.len()
+                ),
+                key: "max_namespace_bytes",
+                limit,
+            });
+        }
+        let outcome = write_atomic(&self.shared.config_json(ns), &bytes, WriteOptions::SHARED)?;
+        write_atomic(&self.cache_path(ns), &bytes, WriteOptions::PRIVATE)?;
         if outcome == riskfeat_shared::atomic::WriteOutcome::Written {
             tracing::info!(
                 namespace = ns,
@@ -287,7 +274,25 @@ impl Syncer {
     fn restore_cache(&mut self) {
         for ns in self.settings.namespaces.clone() {
             let path = self.cache_path(&ns);
-            if !path.exists() {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let limit = self.settings.max_namespace_bytes;
+            if meta.len() > limit {
+                // Never re-publish what the limit refuses (e.g. cached under
+                // a higher limit): the worker keeps what it has.
+                self.reject(
+                    &ns,
+                    &SyncError::TooLarge {
+                        what: format!(
+                            "the cached config {} ({} bytes)",
+                            path.display(),
+                            meta.len()
+                        ),
+                        key: "max_namespace_bytes",
+                        limit,
+                    },
+                );
                 continue;
             }
             match ConfigSnapshot::load(&path) {
@@ -308,56 +313,50 @@ impl Syncer {
         }
     }
 
-    /// Fetches and applies the changes of `ns` after the local version.
+    /// Fetches and applies the changes of `ns` after the local version; an
+    /// answer behind that version is refused ([`SyncError::Behind`]).
     async fn fetch(&mut self, ns: &str, token: &Secret) -> Result<(), SyncError> {
         let local = self.locals.get(ns).cloned().unwrap_or_default();
-        let mut from = local.version;
-        let resp = loop {
-            let resp = self
-                .http
-                .get(format!(
-                    "{}/v1/namespaces/{ns}/changes?from={from}",
-                    self.settings.addr.trim_end_matches('/')
-                ))
-                .bearer_auth(token.expose())
-                .headers(crate::config_identity::headers(&self.settings))
-                .header(reqwest::header::ACCEPT_ENCODING, "gzip")
-                .send()
-                .await?;
-            if resp.status() == reqwest::StatusCode::BAD_REQUEST && from > 0 {
-                // Our version is ahead of configd (its database was restored
-                // or recreated): start over from a snapshot.
-                let e = error_of(resp).await;
-                tracing::warn!(namespace = ns, from, error = %e, "local version ahead of configd; taking a snapshot");
-                from = 0;
-                continue;
-            }
-            if !resp.status().is_success() {
-                return Err(error_of(resp).await);
-            }
-            break resp;
-        };
-        let gz = resp
-            .headers()
-            .get(reqwest::header::CONTENT_ENCODING)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
-        let raw = resp.bytes().await?;
-        let body = if gz {
-            let mut out = Vec::with_capacity(raw.len() * 4);
-            flate2::read::GzDecoder::new(&raw[..])
-                .read_to_end(&mut out)
-                .map_err(|e| SyncError::Body(format!("gzip: {e}")))?;
-            out
-        } else {
-            raw.to_vec()
-        };
+        let from = local.version;
+        let resp = self
+            .http
+            .get(format!(
+                "{}/v1/namespaces/{ns}/changes?from={from}",
+                self.settings.addr.trim_end_matches('/')
+            ))
+            .bearer_auth(token.expose())
+            .headers(crate::config_identity::headers(&self.settings))
+            .header(reqwest::header::ACCEPT_ENCODING, "gzip")
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            let e = error_of(resp).await;
+            return Err(match e {
+                // "version V is from the future": this replica has not seen
+                // the latest publish yet (or its database was restored).
+                SyncError::Status {
+                    status: 400,
+                    field: Some(f),
+                    message,
+                } if f == "from" && from > 0 => SyncError::Behind {
+                    ours: from,
+                    seen: message,
+                },
+                e => e,
+            });
+        }
+        let limit = self.settings.max_response_bytes;
+        let (body, wire) = body::read(resp, limit, &format!("the changes of {ns:?}")).await?;
         let parsed: ChangesBody =
             serde_json::from_slice(&body).map_err(|e| SyncError::Body(e.to_string()))?;
-        let mut next = if from == local.version {
-            local.clone()
-        } else {
-            Local::default()
-        };
+        drop(body);
+        if parsed.to < from {
+            return Err(SyncError::Behind {
+                ours: from,
+                seen: format!("it answered version {}", parsed.to),
+            });
+        }
+        let mut next = local.clone();
         let kind = if parsed.snapshot {
             next.items = parsed
                 .items
@@ -365,7 +364,7 @@ impl Syncer {
             self.metrics
                 .bytes
                 .with_label_values(&["snapshot"])
-                .inc_by(raw.len() as u64);
+                .inc_by(wire as u64);
             "snapshot"
         } else {
             for op in parsed.ops.unwrap_or_default() {
@@ -382,7 +381,7 @@ impl Syncer {
             self.metrics
                 .bytes
                 .with_label_values(&["incremental"])
-                .inc_by(raw.len() as u64);
+                .inc_by(wire as u64);
             "incremental"
         };
         next.version = parsed.to;
@@ -400,36 +399,52 @@ impl Syncer {
         Ok(())
     }
 
-    /// One round: fetch what is missing, then one long-poll.
+    /// One round: fetch what is missing (each failed namespace once its
+    /// backoff is over), then one long-poll.
     async fn round(&mut self, synced: &mut BTreeSet<String>) -> Result<(), SyncError> {
         let token = self.token()?;
         let mut first_error = None;
         for ns in self.settings.namespaces.clone() {
-            if synced.contains(&ns) {
+            let ready = self
+                .retry
+                .get(&ns)
+                .is_none_or(|r| r.ready(chrono::Utc::now()));
+            if synced.contains(&ns) || !ready {
                 continue;
             }
             match self.fetch(&ns, &token).await {
                 Ok(()) => {
                     synced.insert(ns.clone());
+                    self.retry.remove(&ns);
+                    self.status.update(|s| {
+                        s.failures.remove(&ns);
+                    });
                 }
                 Err(e) => {
-                    self.note_error(Some(&ns), &e);
                     if matches!(e, SyncError::Http(_)) {
+                        self.note_error(Some(&ns), &e);
                         return Err(e);
                     }
+                    self.reject(&ns, &e);
                     first_error.get_or_insert(e);
                 }
             }
         }
         self.status.update(|s| s.connected = true);
+        let next_retry = self.next_retry_s();
         if synced.is_empty() {
-            return Err(first_error.expect("some namespace failed"));
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+            // Every namespace waits for its backoff.
+            tokio::time::sleep(Duration::from_secs_f64(next_retry.unwrap_or(1.0))).await;
+            return Ok(());
         }
-        // Namespaces that failed (e.g. not created yet) are retried soon.
-        let timeout = if synced.len() < self.settings.namespaces.len() {
-            self.settings.poll_timeout_s.min(5)
-        } else {
-            self.settings.poll_timeout_s
+        // Namespaces that failed (e.g. not created yet) are asked again
+        // when their backoff ends.
+        let timeout = match next_retry {
+            Some(s) => self.settings.poll_timeout_s.min(s.ceil().max(1.0) as u64),
+            None => self.settings.poll_timeout_s,
         };
         let watch: BTreeMap<&str, u64> = synced
             .iter()
@@ -452,10 +467,10 @@ impl Syncer {
         match resp.status().as_u16() {
             304 => {}
             200 => {
-                let body: serde_json::Value = resp
-                    .json()
-                    .await
-                    .map_err(|e| SyncError::Body(e.to_string()))?;
+                let limit = self.settings.max_response_bytes;
+                let (bytes, _) = body::read(resp, limit, "the answer to /v1/watch").await?;
+                let body: serde_json::Value =
+                    serde_json::from_slice(&bytes).map_err(|e| SyncError::Body(e.to_string()))?;
                 if let Some(changed) = body["changed"].as_object() {
                     for ns in changed.keys() {
                         synced.remove(ns);
@@ -464,11 +479,25 @@ impl Syncer {
             }
             _ => {
                 let e = error_of(resp).await;
-                if let SyncError::Status { field: Some(f), .. } = &e {
-                    if let Some(ns) = f.strip_prefix("namespaces.") {
-                        // That namespace is gone or out of date: refetch it.
-                        synced.remove(ns);
-                        self.note_error(Some(ns), &e);
+                if let SyncError::Status {
+                    status,
+                    field: Some(f),
+                    message,
+                } = &e
+                {
+                    if let Some(ns) = f.strip_prefix("namespaces.").map(str::to_string) {
+                        // That namespace is gone (404), or this configd is
+                        // behind our version of it (400): ask again after a
+                        // backoff, perhaps another replica.
+                        let e = match (*status, self.locals.get(&ns)) {
+                            (400, Some(l)) if l.version > 0 => SyncError::Behind {
+                                ours: l.version,
+                                seen: message.clone(),
+                            },
+                            _ => e,
+                        };
+                        synced.remove(&ns);
+                        self.reject(&ns, &e);
                         return Ok(());
                     }
                 }
@@ -506,6 +535,37 @@ impl Syncer {
         if let Some(e) = new_error {
             self.note_error(None, &SyncError::Ca(e));
         }
+    }
+
+    /// Seconds until the earliest namespace backoff ends (None: none waits).
+    fn next_retry_s(&self) -> Option<f64> {
+        let now = chrono::Utc::now();
+        self.retry
+            .values()
+            .filter_map(|r| r.not_before)
+            .map(|t| ((t - now).num_milliseconds().max(0) as f64) / 1000.0)
+            .reduce(f64::min)
+    }
+
+    /// `ns` failed with `e` (not a transport error): reported, counted
+    /// when it is a refusal, and not asked again before its backoff ends.
+    fn reject(&mut self, ns: &str, e: &SyncError) {
+        self.note_error(Some(ns), e);
+        if matches!(e, SyncError::TooLarge { .. } | SyncError::Behind { .. }) {
+            self.metrics
+                .rejected
+                .with_label_values(&[ns, e.kind()])
+                .inc();
+        }
+        let (initial, max) = (self.settings.backoff_initial_s, self.settings.backoff_max_s);
+        let gate = self.retry.entry(ns.to_string()).or_default();
+        let at = gate.fail(chrono::Utc::now(), initial, max);
+        let failures = gate.failures;
+        self.status.update(|s| {
+            s.failures.insert(ns.to_string(), failures);
+        });
+        let retry_in_ms = (at - chrono::Utc::now()).num_milliseconds().max(0);
+        tracing::warn!(namespace = ns, error = %e, failures, retry_in_ms, "config sync of a namespace failed");
     }
 
     fn note_error(&self, ns: Option<&str>, e: &SyncError) {
@@ -564,11 +624,11 @@ pub async fn run(
         http,
         ca,
         locals: BTreeMap::new(),
+        retry: BTreeMap::new(),
     };
     s.restore_cache();
-    let initial = Duration::from_secs_f64(s.settings.backoff_initial_s);
-    let max = Duration::from_secs_f64(s.settings.backoff_max_s);
-    let mut backoff = initial;
+    let (initial, max) = (s.settings.backoff_initial_s, s.settings.backoff_max_s);
+    let mut failures = 0;
     let mut synced = BTreeSet::new();
     let mut last_logged: Option<(String, std::time::Instant)> = None;
     loop {
@@ -578,22 +638,23 @@ pub async fn run(
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
         match result {
-            Ok(()) => backoff = initial,
+            Ok(()) => failures = 0,
             Err(e) => {
                 s.note_error(None, &e);
+                let wait = backoff_delay(failures, initial, max)
+                    .to_std()
+                    .unwrap_or_default();
+                failures = failures.saturating_add(1);
                 let text = e.to_string();
                 // Log a repeated error at most every 30 s.
                 let quiet = last_logged
                     .as_ref()
                     .is_some_and(|(t, at)| *t == text && at.elapsed() < Duration::from_secs(30));
                 if !quiet {
-                    tracing::warn!(error = %text, retry_in_ms = backoff.as_millis() as u64, "config sync failed");
+                    tracing::warn!(error = %text, retry_in_ms = wait.as_millis() as u64, "config sync failed");
                     last_logged = Some((text, std::time::Instant::now()));
                 }
                 synced.clear();
-                let jitter = rand::rng().random_range(0.5..1.0);
-                let wait = backoff.mul_f64(jitter);
-                backoff = (backoff * 2).min(max);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.wait_for(|stop| *stop) => return,
@@ -604,87 +665,4 @@ pub async fn run(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    fn settings() -> Settings {
-        Settings {
-            addr: "http://127.0.0.1:1".into(),
-            token_file: "/nonexistent".into(),
-            namespaces: vec!["features".into()],
-            poll_timeout_s: 30,
-            backoff_initial_s: 0.5,
-            backoff_max_s: 30.0,
-            ca_file: None,
-            client_id: None,
-            labels: Default::default(),
-            labels_file: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn the_last_known_config_is_published_at_start_without_configd() {
-        let dir = tempfile::tempdir().unwrap();
-        let shared = SharedDir::new(dir.path());
-        std::fs::create_dir_all(shared.config_cache_dir()).unwrap();
-        let cached = ConfigSnapshot {
-            namespace: "features".into(),
-            version: 4,
-            items: [("lookback".to_string(), serde_json::json!(7))].into(),
-        };
-        write_json_atomic(
-            &shared.config_cache_dir().join("features.json"),
-            &cached,
-            WriteOptions::PRIVATE,
-        )
-        .unwrap();
-        let status = Arc::new(SyncStatus::new());
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let registry = prometheus::Registry::new();
-        let task = tokio::spawn(run(
-            settings(),
-            shared.clone(),
-            status.clone(),
-            registry,
-            None,
-            stop_rx,
-        ));
-        let published = shared.config_json("features");
-        for _ in 0..100 {
-            if published.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(ConfigSnapshot::load(&published).unwrap(), cached);
-        let mode = std::fs::metadata(&published).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o640);
-        let cache_mode = std::fs::metadata(shared.config_cache_dir())
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
-        assert_eq!(cache_mode, 0o700);
-        // The token file is missing: the error is reported, the config stays.
-        for _ in 0..100 {
-            if status.to_json()["last_error"].is_string() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let st = status.to_json();
-        assert_eq!(st["versions"]["features"], 4, "{st}");
-        assert_eq!(st["sources"]["features"], "cache", "{st}");
-        assert!(
-            st["last_error"].as_str().unwrap().contains("token file"),
-            "{st}"
-        );
-        assert_eq!(ConfigSnapshot::load(&published).unwrap(), cached);
-        stop_tx.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-}
+mod tests;

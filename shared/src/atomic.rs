@@ -161,19 +161,26 @@ pub fn remove_temp_files(dir: &Path, mine: impl Fn(&str) -> bool) -> Vec<PathBuf
     removed
 }
 
-/// Serializes `value` as pretty JSON (with a trailing newline) and publishes
-/// it with [`write_atomic`].
+/// The bytes [`write_json_atomic`] writes for `value`: pretty JSON with a
+/// trailing newline (for a caller that checks their size first).
+pub fn json_bytes<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// Serializes `value` with [`json_bytes`] and publishes it with
+/// [`write_atomic`].
 pub fn write_json_atomic<T: serde::Serialize>(
     path: &Path,
     value: &T,
     opts: WriteOptions,
 ) -> Result<WriteOutcome, AtomicWriteError> {
-    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| AtomicWriteError {
+    let bytes = json_bytes(value).map_err(|e| AtomicWriteError {
         path: path.to_path_buf(),
         step: "serialize",
         source: std::io::Error::other(e),
     })?;
-    bytes.push(b'\n');
     write_atomic(path, &bytes, opts)
 }
 

@@ -1,8 +1,10 @@
 //! A TCP proxy for fault injection: put it between a client and a server,
 //! then [`cut`](TcpProxy::cut) the link (live connections dropped, new ones
 //! accepted and closed at once), [`restore`](TcpProxy::restore) it, or slow
-//! it down ([`set_delay`](TcpProxy::set_delay)). Runs on the tokio runtime
-//! that started it; dropping it closes everything.
+//! it down ([`set_delay`](TcpProxy::set_delay)), point it at another
+//! upstream ([`set_upstream`](TcpProxy::set_upstream)), and count the
+//! connections it carries at once ([`peak`](TcpProxy::peak)). Runs on the
+//! tokio runtime that started it; dropping it closes everything.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,8 +23,11 @@ pub struct TcpProxy {
 }
 
 struct Inner {
-    upstream: SocketAddr,
+    upstream: std::sync::Mutex<SocketAddr>,
     cut: AtomicBool,
+    /// Connections forwarded now, and the most at once.
+    active: AtomicU64,
+    peak: AtomicU64,
     delay_us: AtomicU64,
     /// Bumped to make every live connection close.
     epoch: watch::Sender<u64>,
@@ -34,8 +39,10 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
-            upstream,
+            upstream: std::sync::Mutex::new(upstream),
             cut: AtomicBool::new(false),
+            active: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
             delay_us: AtomicU64::new(0),
             epoch: watch::channel(0).0,
         });
@@ -64,6 +71,29 @@ impl TcpProxy {
         self.inner
             .delay_us
             .store(d.as_micros().min(u64::MAX as u128) as u64, Ordering::SeqCst);
+    }
+
+    /// Sends new connections to `upstream` and drops the live ones (as a
+    /// load balancer moving a client to another backend).
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        *self.inner.upstream.lock().unwrap() = upstream;
+        self.inner.epoch.send_modify(|e| *e += 1);
+    }
+
+    /// The most client connections carried at once since the start or the
+    /// last [`reset_peak`](TcpProxy::reset_peak).
+    pub fn peak(&self) -> u64 {
+        self.inner.peak.load(Ordering::SeqCst)
+    }
+
+    /// Client connections carried now.
+    pub fn active(&self) -> u64 {
+        self.inner.active.load(Ordering::SeqCst)
+    }
+
+    /// Starts counting the peak again from the connections carried now.
+    pub fn reset_peak(&self) {
+        self.inner.peak.store(self.active(), Ordering::SeqCst);
     }
 
     /// Whether the link is cut.
@@ -99,10 +129,30 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
     }
 }
 
+/// Counts one carried connection until its upstream has closed (a server
+/// that ends a session is seen here before the client can open another).
+struct Carried(Arc<Inner>);
+
+impl Carried {
+    fn new(inner: &Arc<Inner>) -> Carried {
+        let now = inner.active.fetch_add(1, Ordering::SeqCst) + 1;
+        inner.peak.fetch_max(now, Ordering::SeqCst);
+        Carried(inner.clone())
+    }
+}
+
+impl Drop for Carried {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn serve(client: TcpStream, inner: Arc<Inner>) {
+    let carried = Carried::new(&inner);
     let mut epoch = inner.epoch.subscribe();
     epoch.mark_unchanged();
-    let Ok(upstream) = TcpStream::connect(inner.upstream).await else {
+    let upstream_addr = *inner.upstream.lock().unwrap();
+    let Ok(upstream) = TcpStream::connect(upstream_addr).await else {
         return;
     };
     if inner.cut.load(Ordering::SeqCst) {
@@ -113,7 +163,10 @@ async fn serve(client: TcpStream, inner: Arc<Inner>) {
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
     let both = async {
-        tokio::join!(pump(cr, uw, &inner), pump(ur, cw, &inner));
+        tokio::join!(pump(cr, uw, &inner), async {
+            pump(ur, cw, &inner).await;
+            drop(carried);
+        });
     };
     tokio::select! {
         _ = both => {}

@@ -720,7 +720,7 @@ async fn bootstrap_sh_sets_up_the_same_roles_as_the_harness() {
         &[],
     )
     .await;
-    assert_eq!(limit, 50);
+    assert_eq!(limit, 100);
     // rotate-root: the bootstrap password no longer works for vault_admin.
     assert!(p
         .connect_as("vault_admin", &pg.vault_admin_password)

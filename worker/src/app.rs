@@ -49,6 +49,10 @@ pub struct App {
     pub fallback: AtomicBool,
     /// Replica lag in ms as last measured; -1 until measured.
     pub lag_ms: AtomicI64,
+    /// Milliseconds since `started` when the lag measurement began to fail;
+    /// -1 while it works. Failing for longer than `lag_check_interval_ms`
+    /// makes the lag unknown, and unknown counts as over the limit.
+    pub lag_failing_since_ms: AtomicI64,
     pub lag_error: Mutex<Option<LastError>>,
     pub credential_error: Mutex<Option<LastError>>,
     pub config_error: Mutex<Option<LastError>>,
@@ -67,7 +71,10 @@ pub struct App {
 pub struct ReadContext {
     pub use_primary: bool,
     pub stale: bool,
+    /// None until measured, and while the measurement fails.
     pub lag_ms: Option<u64>,
+    /// The lag measurement has failed for longer than its interval.
+    pub lag_unknown: bool,
 }
 
 impl App {
@@ -75,6 +82,7 @@ impl App {
     pub fn new(cfg: Config, tls: PgTls) -> Self {
         let pool_settings = PoolSettings {
             size: cfg.pool_size,
+            fallback_size: cfg.fallback_pool_size,
             wait_timeout: Config::ms(cfg.pool_wait_timeout_ms),
             connect_timeout: Config::ms(cfg.connect_timeout_ms),
             statement_timeout: Config::ms(cfg.statement_timeout_ms),
@@ -93,6 +101,7 @@ impl App {
             params: ArcSwap::from_pointee(FeatureParams::default()),
             fallback: AtomicBool::new(false),
             lag_ms: AtomicI64::new(-1),
+            lag_failing_since_ms: AtomicI64::new(-1),
             lag_error: Mutex::new(None),
             credential_error: Mutex::new(None),
             config_error: Mutex::new(None),
@@ -104,29 +113,41 @@ impl App {
         }
     }
 
-    /// The lag policy decision for a request made now.
+    /// Milliseconds since `started`.
+    pub fn now_ms(&self) -> i64 {
+        self.started.elapsed().as_millis() as i64
+    }
+
+    /// The lag policy decision for a request made now. A lag that cannot
+    /// be measured (failing for longer than `lag_check_interval_ms`) is
+    /// treated as over the limit: the answer says stale, or the primary
+    /// is read.
     pub fn read_context(&self) -> ReadContext {
+        let since = self.lag_failing_since_ms.load(Ordering::Relaxed);
+        let lag_unknown =
+            since >= 0 && self.now_ms() - since > self.cfg.lag_check_interval_ms as i64;
         let lag = self.lag_ms.load(Ordering::Relaxed);
-        let lag_ms = (lag >= 0).then_some(lag as u64);
-        let over = lag_ms.is_some_and(|l| l > self.cfg.max_replica_lag_ms);
-        match (over, self.cfg.lag_policy) {
-            (true, LagPolicy::Primary) => ReadContext {
-                use_primary: true,
-                stale: false,
-                lag_ms,
-            },
-            (over, _) => ReadContext {
-                use_primary: false,
-                stale: over,
-                lag_ms,
-            },
+        let lag_ms = (lag >= 0 && !lag_unknown).then_some(lag as u64);
+        let over = lag_unknown || lag_ms.is_some_and(|l| l > self.cfg.max_replica_lag_ms);
+        let use_primary = over && self.cfg.lag_policy == LagPolicy::Primary;
+        ReadContext {
+            use_primary,
+            stale: over && !use_primary,
+            lag_ms,
+            lag_unknown,
         }
     }
 
+    /// Whether the lag is over the limit (or unknown), whatever the policy.
+    pub fn lag_over(&self) -> bool {
+        let ctx = self.read_context();
+        ctx.stale || ctx.use_primary
+    }
+
     /// Runs a feature query on the pools in use; a connection error is
-    /// retried once on a fresh connection (of the pools in use by then,
-    /// which may be a newer generation). Returns the rows and the
-    /// generation that answered.
+    /// retried once through the pools in use by then (which may be a newer
+    /// generation), never on a connection outside them. Returns the rows
+    /// and the generation that answered.
     pub async fn query(
         &self,
         ctx: ReadContext,
@@ -145,7 +166,7 @@ impl App {
                 drop(pools);
                 self.metrics.db_retries.inc();
                 let pools = self.pools.load_full().ok_or(QueryFailure::NoCredential)?;
-                tracing::debug!(error = %e, generation = pools.generation, "retrying on a fresh connection");
+                tracing::debug!(error = %e, generation = pools.generation, "retrying through the pool");
                 pools
                     .query(ctx.use_primary, sql, params, true)
                     .await

@@ -36,6 +36,10 @@ pub struct Config {
     pub listen: String,
     pub namespace: String,
     pub pool_size: usize,
+    /// Pool size while the credential in use is the static fallback: every
+    /// pod then shares that one login and its `CONNECTION LIMIT`
+    /// (k8s/bootstrap/postgres/02-fallback.sql, docs/operations.md).
+    pub fallback_pool_size: usize,
     pub pool_wait_timeout_ms: u64,
     pub connect_timeout_ms: u64,
     pub statement_timeout_ms: u64,
@@ -70,6 +74,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             namespace: "features".into(),
             pool_size: 8,
+            fallback_pool_size: 4,
             pool_wait_timeout_ms: 2000,
             connect_timeout_ms: 3000,
             statement_timeout_ms: 2000,
@@ -145,6 +150,12 @@ impl Config {
         }
         if !(1..=1024).contains(&self.pool_size) {
             out.push(format!("pool_size = {}: expected 1..=1024", self.pool_size));
+        }
+        if !(1..=1024).contains(&self.fallback_pool_size) {
+            out.push(format!(
+                "fallback_pool_size = {}: expected 1..=1024",
+                self.fallback_pool_size
+            ));
         }
         if !(1..=10_000).contains(&self.max_batch) {
             out.push(format!(

@@ -81,6 +81,7 @@ impl HealthSource for Health {
                 "max_ms": app.cfg.max_replica_lag_ms,
                 "policy": app.cfg.lag_policy,
                 "stale": ctx.stale,
+                "measurement_failing": ctx.lag_unknown,
                 "reading_from": if ctx.use_primary { "primary" } else { "replica" },
                 "error": App::get_error(&app.lag_error),
             },

@@ -5,7 +5,10 @@
 //! LSN: an idle primary is not lag) or is not in recovery. The value feeds
 //! `replica_lag_ms` in every response, the `riskfeat_worker_replica_lag_seconds`
 //! gauge, and the policy in [`crate::app::App::read_context`]. When a
-//! measurement fails the last value is kept and the error shown in `/status`.
+//! measurement fails (an error, or no answer within 2 s) the error is shown
+//! in `/status`; once it has failed for longer than `lag_check_interval_ms`
+//! the lag is unknown and treated as over the limit (answers `stale: true`,
+//! or read from the primary), until a measurement succeeds again.
 
 use crate::app::{App, LastError};
 use crate::pool::SQL_LAG;
@@ -19,13 +22,12 @@ pub async fn run(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>
     let mut was_stale = false;
     loop {
         measure(&app).await;
-        let stale = app.read_context().stale || {
-            let l = app.lag_ms.load(Ordering::Relaxed);
-            l >= 0 && l as u64 > app.cfg.max_replica_lag_ms
-        };
+        let stale = app.lag_over();
         if stale != was_stale {
             let lag_ms = app.lag_ms.load(Ordering::Relaxed);
-            if stale {
+            if stale && app.read_context().lag_unknown {
+                tracing::warn!(every_ms = app.cfg.lag_check_interval_ms, policy = ?app.cfg.lag_policy, "replica lag cannot be measured; applying the lag policy");
+            } else if stale {
                 tracing::warn!(lag_ms, max_ms = app.cfg.max_replica_lag_ms, policy = ?app.cfg.lag_policy, "replica lag above the limit; applying the lag policy");
             } else {
                 tracing::info!(lag_ms, "replica lag back under the limit");
@@ -66,10 +68,17 @@ async fn measure(app: &App) {
         Ok(ms) => {
             let ms = if ms.is_finite() { ms.max(0.0) } else { 0.0 };
             app.lag_ms.store(ms.round() as i64, Ordering::Relaxed);
+            app.lag_failing_since_ms.store(-1, Ordering::Relaxed);
             app.metrics.replica_lag.set(ms / 1000.0);
             App::set_error(&app.lag_error, None);
         }
         Err(e) => {
+            let _ = app.lag_failing_since_ms.compare_exchange(
+                -1,
+                app.now_ms(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             App::set_error(
                 &app.lag_error,
                 Some(LastError::now(

@@ -102,7 +102,7 @@ impl Metrics {
             )),
             pool_max_size: reg!(IntGauge::new(
                 "riskfeat_worker_pool_max_connections",
-                "Configured replica pool size."
+                "Replica pool size in use (fallback_pool_size under the fallback credential)."
             )),
             pool_waiting: reg!(IntGauge::new(
                 "riskfeat_worker_pool_waiting_requests",
@@ -152,7 +152,7 @@ impl Metrics {
             )),
             replica_stale: reg!(IntGauge::new(
                 "riskfeat_worker_replica_stale",
-                "1 while the replica lag exceeds max_replica_lag_ms."
+                "1 while the replica lag exceeds max_replica_lag_ms or cannot be measured."
             )),
             db_retries: reg!(IntCounter::new(
                 "riskfeat_worker_db_retries_total",

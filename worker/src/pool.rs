@@ -12,7 +12,15 @@
 //!
 //! Queries are prepared once per connection (statement cache). A query that
 //! fails because its connection died (SQLSTATE 57P01/57P02/57P03, 28P01,
-//! class 08, closed socket) is retried once on a fresh connection.
+//! class 08, closed socket) is retried once, through the same pool: the dead
+//! connection is thrown away with every idle one already known closed, and
+//! an idle connection handed to the retry is checked with an empty query
+//! first (a dead one is thrown away too). So a retry never opens a
+//! connection outside the pool: however many requests fail at once (a
+//! failover), a pod holds at most `pool_size` connections per server.
+//!
+//! While the credential is the static fallback, the pools are
+//! `fallback_pool_size` (all pods share that one login's `CONNECTION LIMIT`).
 
 use crate::source::{FeatureSql, Source, SourceMismatch};
 use deadpool_postgres::{
@@ -39,6 +47,8 @@ pub const SQL_LAG: &str = "SELECT CASE \
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub size: usize,
+    /// The size instead of `size` for a fallback credential.
+    pub fallback_size: usize,
     pub wait_timeout: Duration,
     pub connect_timeout: Duration,
     pub statement_timeout: Duration,
@@ -81,16 +91,16 @@ impl DbError {
 pub struct DbPools {
     pub generation: u64,
     pub username: String,
+    /// Built for the static fallback credential (`fallback_size` pools).
+    pub fallback: bool,
     pub replica_endpoint: Endpoint,
     pub primary_endpoint: Endpoint,
     pub replica: Pool,
     pub primary: Pool,
-    replica_cfg: tokio_postgres::Config,
-    primary_cfg: tokio_postgres::Config,
     pub built_at_utc: chrono::DateTime<chrono::Utc>,
     settings: PoolSettings,
-    /// The TLS these pools were built with (a new CA file means new pools).
-    tls: PgTls,
+    /// Connections per pool: `size`, or `fallback_size` for a fallback.
+    size: usize,
 }
 
 impl std::fmt::Debug for DbPools {
@@ -132,7 +142,7 @@ fn pg_config(
     Ok(c)
 }
 
-fn make_pool(cfg: tokio_postgres::Config, s: &PoolSettings, tls: &PgTls) -> Pool {
+fn make_pool(cfg: tokio_postgres::Config, s: &PoolSettings, size: usize, tls: &PgTls) -> Pool {
     let mgr = Manager::from_config(
         cfg,
         tls.connector(),
@@ -141,7 +151,7 @@ fn make_pool(cfg: tokio_postgres::Config, s: &PoolSettings, tls: &PgTls) -> Pool
         },
     );
     Pool::builder(mgr)
-        .max_size(s.size)
+        .max_size(size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(s.wait_timeout))
         .create_timeout(Some(s.connect_timeout + Duration::from_millis(500)))
@@ -160,18 +170,22 @@ impl DbPools {
     pub fn new(cred: &DbCredential, settings: &PoolSettings, tls: &PgTls) -> Result<Self, DbError> {
         let replica_cfg = pg_config(&cred.replica, cred, settings, tls)?;
         let primary_cfg = pg_config(&cred.primary, cred, settings, tls)?;
+        let size = if cred.fallback {
+            settings.fallback_size.min(settings.size)
+        } else {
+            settings.size
+        };
         Ok(DbPools {
             generation: cred.generation,
             username: cred.username.clone(),
+            fallback: cred.fallback,
             replica_endpoint: cred.replica.clone(),
             primary_endpoint: cred.primary.clone(),
-            replica: make_pool(replica_cfg.clone(), settings, tls),
-            primary: make_pool(primary_cfg.clone(), settings, tls),
-            replica_cfg,
-            primary_cfg,
+            replica: make_pool(replica_cfg, settings, size, tls),
+            primary: make_pool(primary_cfg, settings, size, tls),
             built_at_utc: chrono::Utc::now(),
             settings: settings.clone(),
-            tls: tls.clone(),
+            size,
         })
     }
 
@@ -233,38 +247,26 @@ impl DbPools {
         self.primary.close();
     }
 
-    /// Runs a prepared query on `pool` (replica or primary). `fresh` skips
-    /// the pool and opens a new connection (the retry path).
+    /// Runs a prepared query on `pool` (replica or primary). `retry` is the
+    /// second attempt after a connection error: it drops the idle
+    /// connections known closed and checks an idle one before using it.
     pub async fn query(
         &self,
         use_primary: bool,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
-        fresh: bool,
+        retry: bool,
     ) -> Result<Vec<tokio_postgres::Row>, DbError> {
-        let (pool, ep, cfg) = if use_primary {
-            (&self.primary, &self.primary_endpoint, &self.primary_cfg)
+        let (pool, ep) = if use_primary {
+            (&self.primary, &self.primary_endpoint)
         } else {
-            (&self.replica, &self.replica_endpoint, &self.replica_cfg)
+            (&self.replica, &self.replica_endpoint)
         };
-        if fresh {
-            // Throw away idle connections that are already known dead.
-            pool.retain(|c, _| !c.is_closed());
-            let (client, connection) = cfg
-                .connect(self.tls.connector())
-                .await
-                .map_err(|e| self.pool_error(PoolError::Backend(e), ep))?;
-            let task = tokio::spawn(connection);
-            let result = async {
-                let stmt = client.prepare(sql).await?;
-                client.query(&stmt, params).await
-            }
-            .await;
-            drop(client);
-            let _ = task.await;
-            return result.map_err(query_err);
-        }
-        let conn: Object = pool.get().await.map_err(|e| self.pool_error(e, ep))?;
+        let conn = if retry {
+            self.live_connection(pool, ep).await?
+        } else {
+            pool.get().await.map_err(|e| self.pool_error(e, ep))?
+        };
         let result = async {
             let stmt = conn.prepare_cached(sql).await?;
             conn.query(&stmt, params).await
@@ -282,14 +284,30 @@ impl DbPools {
         }
     }
 
+    /// A connection of `pool` that answers: a new one, or an idle one that
+    /// answers an empty query (each that does not is thrown away; at most
+    /// the pool's size of them).
+    async fn live_connection(&self, pool: &Pool, ep: &Endpoint) -> Result<Object, DbError> {
+        pool.retain(|c, _| !c.is_closed());
+        for _ in 0..self.size {
+            let conn = pool.get().await.map_err(|e| self.pool_error(e, ep))?;
+            if Object::metrics(&conn).recycle_count == 0 || conn.simple_query("").await.is_ok() {
+                return Ok(conn);
+            }
+            drop(Object::take(conn));
+        }
+        Err(DbError::Closed)
+    }
+
     /// (size, available, waiting) of the replica pool.
     pub fn stats(&self) -> (usize, usize, usize) {
         let s = self.replica.status();
         (s.size, s.available, s.waiting)
     }
 
+    /// Connections per pool (smaller for a fallback credential).
     pub fn max_size(&self) -> usize {
-        self.settings.size
+        self.size
     }
 }
 

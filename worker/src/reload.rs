@@ -196,6 +196,7 @@ async fn reconcile_credential(app: &Arc<App>, seen: &mut Seen) {
         if cur.generation == cred.generation
             && cur.username == cred.username
             && cur.replica_endpoint == cred.replica
+            && cur.fallback == cred.fallback
         {
             // A renewal (new expiry) or a rewrite: nothing to rebuild.
             app.fallback.store(cred.fallback, Ordering::Relaxed);
@@ -255,6 +256,7 @@ async fn reconcile_credential(app: &Arc<App>, seen: &mut Seen) {
     seen.backoff = Duration::from_millis(app.cfg.retry_initial_ms);
     seen.rebuild = false;
     let generation = cred.generation;
+    app.metrics.pool_max_size.set(pools.max_size() as i64);
     let old = app.pools.swap(Some(Arc::new(pools)));
     app.fallback.store(cred.fallback, Ordering::Relaxed);
     app.metrics.credential_fallback.set(cred.fallback as i64);
@@ -286,7 +288,7 @@ async fn build_and_validate(
     let tls = app.pg_tls.load_full();
     let pools =
         DbPools::new(cred, &app.pool_settings, &tls).map_err(|e| ("connect", e.to_string()))?;
-    let warm = app.cfg.pool_size.min(8);
+    let warm = pools.max_size().min(8);
     let validated = tokio::time::timeout(
         app.pool_settings.connect_timeout * 2 + app.pool_settings.statement_timeout,
         pools.validate(warm),

@@ -39,7 +39,7 @@ mod auth;
 mod issue;
 mod leases;
 mod report;
-mod retry;
+pub(crate) mod retry;
 mod token;
 
 use crate::config::Config;

@@ -1,5 +1,6 @@
 //! Backoff after failures: per-operation retry gates ([`Retry`]), the
 //! exponential delay with jitter, and the configured backoff settings.
+//! `config_sync` uses the same gate per namespace.
 
 use super::{secs, Lifecycle};
 use chrono::{DateTime, Duration, Utc};
@@ -7,20 +8,20 @@ use rand::Rng;
 
 /// Retry bookkeeping for one kind of operation.
 #[derive(Debug, Default, Clone)]
-pub(super) struct Retry {
-    pub(super) failures: u32,
-    pub(super) not_before: Option<DateTime<Utc>>,
+pub(crate) struct Retry {
+    pub(crate) failures: u32,
+    pub(crate) not_before: Option<DateTime<Utc>>,
 }
 
 impl Retry {
-    pub(super) fn ready(&self, now: DateTime<Utc>) -> bool {
+    pub(crate) fn ready(&self, now: DateTime<Utc>) -> bool {
         self.not_before.is_none_or(|t| now >= t)
     }
-    pub(super) fn ok(&mut self) {
+    pub(crate) fn ok(&mut self) {
         self.failures = 0;
         self.not_before = None;
     }
-    pub(super) fn fail(&mut self, now: DateTime<Utc>, initial_s: f64, max_s: f64) -> DateTime<Utc> {
+    pub(crate) fn fail(&mut self, now: DateTime<Utc>, initial_s: f64, max_s: f64) -> DateTime<Utc> {
         let d = backoff_delay(self.failures, initial_s, max_s);
         self.failures = self.failures.saturating_add(1);
         let at = now + d;
@@ -31,7 +32,7 @@ impl Retry {
 
 /// Exponential backoff with jitter: `initial * 2^n` capped at `max`, then a
 /// random factor in [0.5, 1].
-pub(super) fn backoff_delay(failures: u32, initial_s: f64, max_s: f64) -> Duration {
+pub(crate) fn backoff_delay(failures: u32, initial_s: f64, max_s: f64) -> Duration {
     let base = (initial_s * 2f64.powi(failures.min(30) as i32)).min(max_s);
     let factor = rand::rng().random_range(0.5..=1.0);
     secs(base * factor)

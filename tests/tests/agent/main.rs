@@ -23,8 +23,11 @@
 //!   container restart under load, crash windows, the state file;
 //! - [`telemetry`]: no secret in logs, `/status` or `/metrics`; promtool;
 //! - [`soak`]: a 2-minute soak of the whole pod, and its checks shown to fail;
+//! - [`bounds`]: the config sync's bounded inputs (namespace and answer
+//!   sizes, a gzip bomb, a configd replica behind the agent, backoff);
 //! - [`support`]: what they share.
 
+mod bounds;
 mod guards;
 mod inputs;
 mod login;

@@ -197,3 +197,46 @@ fn dockerfile_targets_match_the_manifests() {
         }
     }
 }
+
+/// The fallback login's `CONNECTION LIMIT` (k8s/bootstrap/postgres/02-fallback.sql)
+/// fits the prod fleet on it: every worker pod at once on the fallback,
+/// each with one `fallback_pool_size` pool per server, twice during the
+/// swap from one fallback generation to the next (old pool draining), for
+/// the most pods prod may run: `replicas + maxSurge` of the Deployment, or
+/// the example HPA's `maxReplicas` when it is enabled.
+///
+/// Checked: with the old `CONNECTION LIMIT 50` this test fails with
+/// "2 x 12 pods x 4 connections = 96 > CONNECTION LIMIT 50".
+#[test]
+fn the_fallback_connection_limit_fits_the_prod_fleet() {
+    let sql = riskfeat_tests::bootstrap::FALLBACK_SQL;
+    let limit: i64 = sql
+        .split("CONNECTION LIMIT")
+        .nth(1)
+        .and_then(|rest| {
+            rest.trim_start()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+        })
+        .and_then(|n| n.parse().ok())
+        .expect("02-fallback.sql sets a CONNECTION LIMIT");
+    let docs = rendered("prod");
+    let deployment = object(docs, "Deployment", "riskfeat-worker");
+    let replicas = deployment["spec"]["replicas"].as_i64().unwrap();
+    let surge = deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+        .as_i64()
+        .unwrap();
+    let hpa_file =
+        riskfeat_tests::process::workspace_root().join("k8s/overlays/prod/worker-hpa.yaml");
+    let hpa = parse_docs(&std::fs::read_to_string(hpa_file).unwrap());
+    let hpa_max = hpa[0]["spec"]["maxReplicas"].as_i64().unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let worker = config_file(docs, pod, "worker-config", "worker.toml");
+    let per_pod = toml_int(&worker, &["fallback_pool_size"]).unwrap_or(4);
+    let pods = (replicas + surge).max(hpa_max);
+    assert!(
+        2 * pods * per_pod <= limit,
+        "2 x {pods} pods x {per_pod} connections = {} > CONNECTION LIMIT {limit}",
+        2 * pods * per_pod
+    );
+}

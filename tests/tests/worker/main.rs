@@ -20,10 +20,13 @@
 //!   cases against the reference, a mapping that does not fit;
 //! - [`api`]: the API's errors, probes, SIGTERM drain, exit codes, OpenAPI;
 //! - [`hostile`]: stalled request heads closed while requests are served;
+//! - [`bounds`]: retries inside the pool, a failing lag measurement, two
+//!   workers on the fallback login's connection limit;
 //! - [`support`]: what they share (the worker's test config, publishing
 //!   credentials and config, a request load).
 
 mod api;
+mod bounds;
 mod features;
 mod hostile;
 mod lag;
