@@ -188,7 +188,7 @@ pub async fn serve(
         while tasks.try_join_next().is_some() {}
         let serve = serve.clone();
         let stop = stop_rx.clone();
-        tasks.spawn(async move {
+        let fut = async move {
             let _permit = permit;
             match &serve.tls {
                 None => connection(stream, &serve, stop).await,
@@ -207,7 +207,11 @@ pub async fn serve(
                     }
                 }
             }
-        });
+        };
+        if std::env::var_os("RISKFEAT_EXP_SIZES").is_some() {
+            eprintln!("EXP connection task future: {} bytes", std::mem::size_of_val(&fut));
+        }
+        tasks.spawn(fut);
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -258,6 +262,12 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(serve.limits.header_read())
         .keep_alive(true);
+    if std::env::var_os("RISKFEAT_EXP_HALF_CLOSE").is_some() {
+        builder.half_close(true);
+    }
+    if std::env::var_os("RISKFEAT_EXP_WRITEV").is_some() {
+        builder.writev(false);
+    }
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     let mut conn = std::pin::pin!(conn);
     let idle = serve.limits.idle();

@@ -5,7 +5,7 @@
 //! The map: [`run`] wires [`watch`] to [`reload`] (the one code path for
 //! start-up and reload: new pools from [`pool`] validated and swapped into
 //! [`app`], parameters from [`params`]); [`http`] serves the API with the
-//! math of [`features`]; [`lag`] measures replica lag; [`health`] and
+//! math of [`features`]; [`lag`] measures replica lag; [`stall`] watches the runtime threads; [`health`] and
 //! [`metrics`] report; [`config`] is the worker's config file.
 
 pub mod app;
@@ -20,4 +20,5 @@ pub mod pool;
 pub mod reload;
 pub mod run;
 pub mod source;
+pub mod stall;
 pub mod watch;

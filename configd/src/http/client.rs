@@ -141,7 +141,11 @@ pub async fn watch_one(
             .transpose()?,
     );
     let seen = BTreeMap::from([(ns.clone(), version)]);
-    let changed = wait_any(&st, &token, &seen, |_| "version".to_string(), timeout).await?;
+    let fut = wait_any(&st, &token, &seen, |_| "version".to_string(), timeout);
+    if std::env::var_os("RISKFEAT_EXP_SIZES").is_some() {
+        eprintln!("EXP wait_any future: {} bytes", std::mem::size_of_val(&fut));
+    }
+    let changed = fut.await?;
     Ok(match changed.get(&ns) {
         Some(v) => Json(json!({"namespace": ns, "version": v})).into_response(),
         None => StatusCode::NOT_MODIFIED.into_response(),

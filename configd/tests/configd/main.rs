@@ -7,6 +7,7 @@
 //! - [`cache`]: PostgreSQL down, cold misses, the loaded log;
 //! - [`api`]: bad input, the OpenAPI document;
 //! - [`hostile`]: unauthenticated bodies, stalled connections, audit;
+//! - [`memory`]: resident memory per held long-poll;
 //! - [`pg_tls`]: configd to PostgreSQL over verify-full TLS;
 //! - [`support`]: the tokens, starting configd, checked requests, a
 //!   client's local copy.
@@ -14,6 +15,7 @@
 mod api;
 mod cache;
 mod hostile;
+mod memory;
 mod pg_tls;
 mod support;
 mod sync;

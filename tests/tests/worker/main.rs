@@ -20,6 +20,7 @@
 //!   cases against the reference, a mapping that does not fit;
 //! - [`api`]: the API's errors, probes, SIGTERM drain, exit codes, OpenAPI;
 //! - [`hostile`]: stalled request heads closed while requests are served;
+//! - [`runtime`]: no runtime thread blocks inside a task under load;
 //! - [`support`]: what they share (the worker's test config, publishing
 //!   credentials and config, a request load).
 
@@ -28,5 +29,6 @@ mod features;
 mod hostile;
 mod lag;
 mod rotation;
+mod runtime;
 mod source;
 mod support;

@@ -1,0 +1,48 @@
+//! The latency guard of issue 17.3: under a fixed moderate load, with a
+//! credential rotation (the reload path) in the middle, no runtime thread
+//! of the worker blocks inside a task (`riskfeat_worker_runtime_blocked_seconds`,
+//! worker/src/stall.rs). A blocking call on the runtime holds up every
+//! request queued on that thread; the guard counts blocked threads, not
+//! request times, so a busy machine (threads waiting for a CPU) does not
+//! fail it.
+
+use crate::support::{insert_rows, rotate, spawn_worker, start_stack, Load, READY_TIMEOUT};
+use chrono::Utc;
+use std::time::Duration;
+
+/// Checked: with a `std::thread::sleep(Duration::from_millis(300))` added
+/// at the top of the single-user handler (`one` in worker/src/http.rs)
+/// this test fails: stretches over 250 ms were counted (and the ticker's
+/// p-max went past 250 ms too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_runtime_thread_blocks_inside_a_task_under_load() {
+    let stack = start_stack().await;
+    insert_rows(&stack, 1, &[(10.0, Utc::now()), (20.0, Utc::now())]).await;
+    rotate(&stack, 1).await;
+    let w = spawn_worker(&stack, "pool_size = 4");
+    w.wait_generation(1, READY_TIMEOUT).await.unwrap();
+    let metric = |series: &'static str| {
+        let w = &w;
+        async move { w.http().metric(series).await.unwrap().unwrap_or(0.0) }
+    };
+    let load = Load::start(w.http().base(), 4, vec![1, 2, 3]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rotate(&stack, 2).await;
+    w.wait_generation(2, READY_TIMEOUT).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (ok, failures) = load.finish().await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(ok >= 100, "only {ok} answers: not the load this guard is for");
+    // The sampler looked at the runtime threads, and the ticker ran.
+    let ticks = metric("riskfeat_worker_runtime_stall_seconds_count").await;
+    assert!(ticks >= 100.0, "the ticker ran {ticks} times");
+    let blocked = metric("riskfeat_worker_runtime_blocked_seconds_count").await;
+    let short = metric("riskfeat_worker_runtime_blocked_seconds_bucket{le=\"0.25\"}").await;
+    assert_eq!(
+        blocked - short,
+        0.0,
+        "{} stretches over 250 ms in which a runtime thread slept inside a task \
+         ({blocked} over 20 ms; {ok} answers)",
+        blocked - short
+    );
+}
