@@ -188,30 +188,31 @@ pub async fn serve(
         while tasks.try_join_next().is_some() {}
         let serve = serve.clone();
         let stop = stop_rx.clone();
-        let fut = async move {
+        tasks.spawn(async move {
             let _permit = permit;
+            // Each connection's future in its own box, sized for its own
+            // stream type: inline, every plain connection's task would be
+            // as large as a TLS one (rustls' state, the handshake).
             match &serve.tls {
-                None => connection(stream, &serve, stop).await,
+                None => Box::pin(connection(stream, &serve, stop)).await,
                 Some(tls) => {
                     let config = match tls.read() {
                         Ok(c) => c.clone(),
                         Err(poisoned) => poisoned.into_inner().clone(),
                     };
                     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                    let hs =
-                        tokio::time::timeout(serve.limits.header_read(), acceptor.accept(stream));
+                    let hs = Box::pin(tokio::time::timeout(
+                        serve.limits.header_read(),
+                        acceptor.accept(stream),
+                    ));
                     match hs.await {
-                        Ok(Ok(tls_stream)) => connection(tls_stream, &serve, stop).await,
+                        Ok(Ok(tls_stream)) => Box::pin(connection(tls_stream, &serve, stop)).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
                 }
             }
-        };
-        if std::env::var_os("RISKFEAT_EXP_SIZES").is_some() {
-            eprintln!("EXP connection task future: {} bytes", std::mem::size_of_val(&fut));
-        }
-        tasks.spawn(fut);
+        });
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -262,12 +263,7 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(serve.limits.header_read())
         .keep_alive(true);
-    if std::env::var_os("RISKFEAT_EXP_HALF_CLOSE").is_some() {
-        builder.half_close(true);
-    }
-    if std::env::var_os("RISKFEAT_EXP_WRITEV").is_some() {
-        builder.writev(false);
-    }
+
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     let mut conn = std::pin::pin!(conn);
     let idle = serve.limits.idle();

@@ -76,7 +76,9 @@ async fn wait_any(
 ) -> Result<BTreeMap<String, u64>, ApiError> {
     // Load (single-flight) and validate every namespace first.
     for (ns, v) in seen {
-        let state = st.cache.get(ns).await.map_err(|e| {
+        // Boxed: a cold load's future is large and would otherwise size
+        // every held long-poll's future.
+        let state = Box::pin(st.cache.get(ns)).await.map_err(|e| {
             let mut e = ApiError::store(e, ns);
             if e.status == StatusCode::NOT_FOUND {
                 e.field = Some(field_of(ns));
@@ -141,11 +143,7 @@ pub async fn watch_one(
             .transpose()?,
     );
     let seen = BTreeMap::from([(ns.clone(), version)]);
-    let fut = wait_any(&st, &token, &seen, |_| "version".to_string(), timeout);
-    if std::env::var_os("RISKFEAT_EXP_SIZES").is_some() {
-        eprintln!("EXP wait_any future: {} bytes", std::mem::size_of_val(&fut));
-    }
-    let changed = fut.await?;
+    let changed = wait_any(&st, &token, &seen, |_| "version".to_string(), timeout).await?;
     Ok(match changed.get(&ns) {
         Some(v) => Json(json!({"namespace": ns, "version": v})).into_response(),
         None => StatusCode::NOT_MODIFIED.into_response(),
