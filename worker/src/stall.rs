@@ -171,10 +171,7 @@ fn sample_forever(blocked: &Histogram) {
     let mut watched: Vec<Watched> = Vec::new();
     loop {
         std::thread::sleep(SAMPLE);
-        let known: Vec<Arc<Slot>> = registry()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let known: Vec<Arc<Slot>> = registry().lock().unwrap_or_else(|p| p.into_inner()).clone();
         for slot in known.into_iter().skip(watched.len()) {
             match Watched::open(slot) {
                 Ok(w) => watched.push(w),

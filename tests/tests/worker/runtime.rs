@@ -32,7 +32,10 @@ async fn no_runtime_thread_blocks_inside_a_task_under_load() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (ok, failures) = load.finish().await;
     assert!(failures.is_empty(), "{failures:?}");
-    assert!(ok >= 100, "only {ok} answers: not the load this guard is for");
+    assert!(
+        ok >= 100,
+        "only {ok} answers: not the load this guard is for"
+    );
     // The sampler looked at the runtime threads, and the ticker ran.
     let ticks = metric("riskfeat_worker_runtime_stall_seconds_count").await;
     assert!(ticks >= 100.0, "the ticker ran {ticks} times");
