@@ -32,8 +32,14 @@ async fn watchers(c: &Configd) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Checked: with the fix reverted (PLACEHOLDER) this test fails with
-/// PLACEHOLDER KB per watcher.
+/// NOT YET CALIBRATED: written on 2026-12-01 but not run before the
+/// deadline (the machine's builds were too slow). The release build
+/// measured 22.5 KB per watcher before the change and 12.7 KB after
+/// (docs/benchmarks.md); the debug build this test runs has larger
+/// futures, so the bound must be set from a debug run with and without the
+/// change (boxed connection futures in shared/src/http_server.rs, jemalloc
+/// in configd/src/main.rs) before this is un-ignored.
+#[ignore = "bound not yet calibrated on the debug build (see the doc comment)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_watchers_cost_little_resident_memory_each() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
