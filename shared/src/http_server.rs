@@ -190,18 +190,23 @@ pub async fn serve(
         let stop = stop_rx.clone();
         tasks.spawn(async move {
             let _permit = permit;
+            // Each connection's future in its own box, sized for its own
+            // stream type: inline, every plain connection's task would be
+            // as large as a TLS one (rustls' state, the handshake).
             match &serve.tls {
-                None => connection(stream, &serve, stop).await,
+                None => Box::pin(connection(stream, &serve, stop)).await,
                 Some(tls) => {
                     let config = match tls.read() {
                         Ok(c) => c.clone(),
                         Err(poisoned) => poisoned.into_inner().clone(),
                     };
                     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                    let hs =
-                        tokio::time::timeout(serve.limits.header_read(), acceptor.accept(stream));
+                    let hs = Box::pin(tokio::time::timeout(
+                        serve.limits.header_read(),
+                        acceptor.accept(stream),
+                    ));
                     match hs.await {
-                        Ok(Ok(tls_stream)) => connection(tls_stream, &serve, stop).await,
+                        Ok(Ok(tls_stream)) => Box::pin(connection(tls_stream, &serve, stop)).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -258,6 +263,7 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(serve.limits.header_read())
         .keep_alive(true);
+
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     let mut conn = std::pin::pin!(conn);
     let idle = serve.limits.idle();

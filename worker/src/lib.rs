@@ -6,7 +6,7 @@
 //! start-up and reload: new pools from [`pool`] validated and swapped into
 //! [`app`], parameters from [`params`], whose rules [`params_schema`] turns into
 //! configd's schema of the `features` namespace); [`http`] serves the API with the
-//! math of [`features`]; [`lag`] measures replica lag; [`health`] and
+//! math of [`features`]; [`lag`] measures replica lag; [`stall`] watches the runtime threads; [`health`] and
 //! [`metrics`] report; [`config`] is the worker's config file.
 
 pub mod app;
@@ -22,4 +22,5 @@ pub mod pool;
 pub mod reload;
 pub mod run;
 pub mod source;
+pub mod stall;
 pub mod watch;

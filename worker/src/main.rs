@@ -94,6 +94,7 @@ fn main() -> ExitCode {
             if cfg.worker_threads > 0 {
                 builder.worker_threads(cfg.worker_threads);
             }
+            riskfeat_worker::stall::install(&mut builder);
             let rt = match builder.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {

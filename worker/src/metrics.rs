@@ -2,8 +2,8 @@
 //! carry a username, a password or a user id.
 
 use prometheus::{
-    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// Every metric the worker exports.
@@ -31,6 +31,10 @@ pub struct Metrics {
     pub skipped_latest: IntCounter,
     /// Rows the window aggregates skipped for the same reason.
     pub skipped_windows: IntCounter,
+    /// How late the runtime's ticker woke ([`crate::stall`]).
+    pub runtime_stall: Histogram,
+    /// Runtime threads asleep inside a task ([`crate::stall`]).
+    pub runtime_blocked: Histogram,
 }
 
 impl Metrics {
@@ -80,7 +84,28 @@ impl Metrics {
             ),
             &["part"]
         ));
+        let runtime_stall = reg!(Histogram::with_opts(
+            HistogramOpts::new(
+                "riskfeat_worker_runtime_stall_seconds",
+                "How late a 10 ms ticker task on the runtime woke: what any task waits for a \
+                 runtime thread (blocking calls, long polls, threads waiting for a CPU)."
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
+            ])
+        ));
+        let runtime_blocked = reg!(Histogram::with_opts(
+            HistogramOpts::new(
+                "riskfeat_worker_runtime_blocked_seconds",
+                "Stretches during which a runtime thread was asleep in the kernel inside a task \
+                 (a blocking call on the runtime), sampled every 20 ms; waiting for a CPU does \
+                 not count."
+            )
+            .buckets(vec![0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+        ));
         Metrics {
+            runtime_stall,
+            runtime_blocked,
             skipped_latest: skipped.with_label_values(&["latest"]),
             skipped_windows: skipped.with_label_values(&["windows"]),
             reads_replica: reads.with_label_values(&["replica"]),

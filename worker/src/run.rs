@@ -1,8 +1,8 @@
 //! Wiring: core dumps off (`riskfeat_shared::no_core`), shared-dir check, HTTP listener (served by
 //! [`riskfeat_shared::http_server`] with the `[http]` timeouts and
-//! connection cap), health socket, the reload and lag loops, and the
-//! SIGTERM drain (stop accepting, finish in-flight requests, close pools,
-//! exit).
+//! connection cap), health socket, the reload and lag loops, the runtime
+//! stall watch, and the SIGTERM drain (stop accepting, finish in-flight
+//! requests, close pools, exit).
 
 use crate::app::App;
 use crate::config::Config;
@@ -87,6 +87,10 @@ pub async fn run(cfg: Config) -> Result<(), Fatal> {
     ));
     let reload = tokio::spawn(crate::reload::run(app.clone(), ca_file, stop_rx.clone()));
     let lag = tokio::spawn(crate::lag::run(app.clone(), stop_rx.clone()));
+    crate::stall::start(
+        app.metrics.runtime_stall.clone(),
+        app.metrics.runtime_blocked.clone(),
+    );
 
     tracing::info!(%local, socket = %socket.display(), namespace = %app.cfg.namespace, "riskfeat-worker listening");
     let (http_stop_tx, http_stop_rx) = tokio::sync::watch::channel(false);

@@ -77,7 +77,9 @@ async fn wait_any(
 ) -> Result<BTreeMap<String, u64>, ApiError> {
     // Load (single-flight) and validate every namespace first.
     for (ns, v) in seen {
-        let state = st.cache.get(ns).await.map_err(|e| {
+        // Boxed: a cold load's future is large and would otherwise size
+        // every held long-poll's future.
+        let state = Box::pin(st.cache.get(ns)).await.map_err(|e| {
             let mut e = ApiError::store(e, ns);
             if e.status == StatusCode::NOT_FOUND {
                 e.field = Some(field_of(ns));

@@ -9,6 +9,7 @@
 //! - [`cache`]: PostgreSQL down, cold misses, the loaded log;
 //! - [`api`]: bad input, the OpenAPI document;
 //! - [`hostile`]: unauthenticated bodies, stalled connections, audit;
+//! - [`memory`]: resident memory per held long-poll;
 //! - [`pg_tls`]: configd to PostgreSQL over verify-full TLS;
 //! - [`ctl`]: `riskfeatctl` and its exit codes;
 //! - [`release`]: schemas, gray release, replace, the rollout view;
@@ -20,6 +21,7 @@ mod cache;
 mod ctl;
 mod fanout;
 mod hostile;
+mod memory;
 mod pg_tls;
 mod release;
 mod support;

@@ -22,6 +22,7 @@
 //! - [`hostile`]: stalled request heads closed while requests are served;
 //! - [`bounds`]: retries inside the pool, a failing lag measurement, two
 //!   workers on the fallback login's connection limit;
+//! - [`runtime`]: no runtime thread blocks inside a task under load;
 //! - [`support`]: what they share (the worker's test config, publishing
 //!   credentials and config, a request load).
 
@@ -31,5 +32,6 @@ mod features;
 mod hostile;
 mod lag;
 mod rotation;
+mod runtime;
 mod source;
 mod support;

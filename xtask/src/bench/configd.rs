@@ -3,6 +3,10 @@
 //! different process from the server; both raise RLIMIT_NOFILE to the hard
 //! limit).
 //!
+//! 0. Memory: configd freshly started, idle long-poll watchers held at each
+//!    of `--memory-steps` (default 1,000 / 10,000 / 20,000, capped by
+//!    RLIMIT_NOFILE): its resident set (VmRSS) at each step, and per
+//!    watcher above the resident set with none.
 //! 1. Watchers: N long-poll watchers (default 10,000, each on its own TCP
 //!    connection), one publish of one item; time from the publish request
 //!    until 50/99/100% of watchers got the new version.
@@ -44,6 +48,12 @@ pub struct Args {
     /// Clients starting at once in scenario 3.
     #[arg(long, default_value_t = 1000)]
     clients: usize,
+    /// Idle watchers held for the memory table (scenario 0), ascending.
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000, 10_000, 20_000])]
+    memory_steps: Vec<usize>,
+    /// Scenarios 0 and 1 only (memory and publish to watchers).
+    #[arg(long)]
+    watchers_only: bool,
     /// Do not append to docs/benchmarks.md.
     #[arg(long)]
     no_record: bool,
@@ -53,7 +63,6 @@ const ADMIN: &str = "bench-admin-token-0123456789";
 const READER: &str = "bench-reader-token-0123456789";
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    raise_nofile();
     super::run_bench(
         "configd",
         &["riskfeat-configd"],
@@ -62,12 +71,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     )
 }
 
-fn raise_nofile() {
+/// Raises RLIMIT_NOFILE to the hard limit (configd inherits it); the
+/// limit now in force.
+fn raise_nofile() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft)
 }
+
+/// File descriptors each process keeps for everything but the watchers
+/// (PostgreSQL connections, the harness, the listener).
+const SPARE_FDS: u64 = 300;
 
 /// How long configd may take to become ready (a cold start loads nothing,
 /// but the machine is shared).
@@ -94,7 +110,8 @@ impl Server {
     async fn start(&mut self, warm_up: bool) -> anyhow::Result<()> {
         self.configd.spawn(&format!(
             "max_value_bytes = 16384\nmax_body_bytes = 134217728\nwarm_up = {warm_up}\n\
-             max_poll_timeout_s = 600"
+             max_poll_timeout_s = 600\nmax_watchers_per_token = 100000\n\
+             [http]\nmax_connections = 100000"
         ))?;
         self.configd.wait_ready(READY_TIMEOUT).await
     }
@@ -264,6 +281,7 @@ async fn load_namespace(
 }
 
 async fn bench(args: &Args, bin: &Path) -> anyhow::Result<String> {
+    let nofile = raise_nofile();
     let total = Instant::now();
     eprintln!("bench configd: starting PostgreSQL");
     let pg = PgCluster::start(false).await?;
@@ -279,14 +297,20 @@ async fn bench(args: &Args, bin: &Path) -> anyhow::Result<String> {
         machine()
     ));
 
-    // 1. Watchers.
-    eprintln!("bench configd: {} watchers", args.watchers);
     server
         .admin(reqwest::Method::PUT, "/v1/admin/namespaces/watched", None)
         .await?;
     server
         .publish("watched", json!([{"op": "upsert", "key": "k", "value": 0}]))
         .await?;
+
+    // 0. Memory per idle watcher, on a fresh process.
+    server.start(true).await?;
+    out.push_str(&memory(&server, &args.memory_steps, nofile).await?);
+    server.start(true).await?;
+
+    // 1. Watchers.
+    eprintln!("bench configd: {} watchers", args.watchers);
     let port = server.port();
     let sem = Arc::new(tokio::sync::Semaphore::new(200));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Result<(u16, Instant)>>();
@@ -356,6 +380,10 @@ async fn bench(args: &Args, bin: &Path) -> anyhow::Result<String> {
         ms(quantile(&lat, 0.99)),
         ms(quantile(&lat, 1.0))
     );
+
+    if args.watchers_only {
+        return Ok(out);
+    }
 
     // 2 + 3. Big namespaces.
     let names: Vec<String> = (0..args.namespaces.max(1))
@@ -473,4 +501,77 @@ async fn storm(
         }
     }
     Ok((done, wire, failed))
+}
+
+/// Scenario 0: idle watchers held at each of `steps` (at most what
+/// RLIMIT_NOFILE `nofile` leaves), configd's VmRSS at each; a markdown
+/// section.
+async fn memory(server: &Server, steps: &[usize], nofile: u64) -> anyhow::Result<String> {
+    let cap = nofile.saturating_sub(SPARE_FDS) as usize;
+    let port = server.port();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let base = vm_kb(server.pid(), "VmRSS:");
+    let mut held: Vec<TcpStream> = Vec::new();
+    let mut rows = String::new();
+    let mut last = (0usize, base);
+    for &want in steps {
+        let step = want.min(cap);
+        if step <= held.len() {
+            continue;
+        }
+        eprintln!("bench configd: memory, {step} idle watchers");
+        let mut opening = tokio::task::JoinSet::new();
+        let sem = Arc::new(tokio::sync::Semaphore::new(200));
+        for _ in held.len()..step {
+            let sem = sem.clone();
+            opening.spawn(async move {
+                let _permit = sem.acquire_owned().await?;
+                let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+                let req = format!(
+                    "GET /v1/namespaces/watched/watch?version=1&timeout_s=600 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {READER}\r\n\r\n"
+                );
+                s.write_all(req.as_bytes()).await?;
+                anyhow::Ok(s)
+            });
+        }
+        while let Some(s) = opening.join_next().await {
+            held.push(s??);
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while (server.metric("riskfeat_configd_watchers").await as usize) < step {
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} of {step} watchers registered",
+                    server.metric("riskfeat_configd_watchers").await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss = vm_kb(server.pid(), "VmRSS:");
+        let per = |kb: u64, n: usize| kb as f64 / n.max(1) as f64;
+        rows.push_str(&format!(
+            "| {} | {:.0} MB | {:.1} KB | {:.1} KB |\n",
+            step,
+            rss as f64 / 1024.0,
+            per(rss.saturating_sub(base), step),
+            per(rss.saturating_sub(last.1), step - last.0),
+        ));
+        last = (step, rss);
+    }
+    let capped = if steps.iter().any(|&s| s > cap) {
+        format!(" (steps above {cap} capped: RLIMIT_NOFILE {nofile} less {SPARE_FDS} spare)")
+    } else {
+        String::new()
+    };
+    drop(held);
+    Ok(format!(
+        "### configd memory per idle long-poll watcher\n\n\
+         Fresh configd (namespace `watched` only), watchers each on its own TCP connection, \
+         held until configd's `riskfeat_configd_watchers` counts them all, then 1 s; \
+         VmRSS from /proc/<pid>/status. RSS with no watcher: {:.1} MB{capped}.\n\n\
+         | idle watchers | configd VmRSS | per watcher (above none) | per watcher (above the previous step) |\n\
+         |---|---|---|---|\n{rows}\n",
+        base as f64 / 1024.0
+    ))
 }
