@@ -551,8 +551,7 @@ async fn gray_release_reaches_only_the_canary_agent_then_promote_reaches_both() 
                     )
                 })
                 .collect();
-            ids.iter().any(|c| *c == ("pod-canary", promoted))
-                && ids.iter().any(|c| *c == ("pod-plain", promoted))
+            ids.contains(&("pod-canary", promoted)) && ids.contains(&("pod-plain", promoted))
         },
     )
     .await

@@ -145,7 +145,7 @@ impl Watched {
             at: Instant::now(),
             parks,
             on_cpu_ns,
-            blocked: parks == again && parks % 2 == 0 && matches!(state, 'S' | 'D'),
+            blocked: parks == again && parks.is_multiple_of(2) && matches!(state, 'S' | 'D'),
         })
     }
 

@@ -56,12 +56,16 @@ impl Default for SoakOptions {
     }
 }
 
-/// The fault kinds a soak injects unless told otherwise. Agent restarts
-/// are left out until the agent keeps its lease on a container restart
-/// (issue 19 item 1): today its SIGTERM revokes the credential the worker
-/// uses, and every restart fails requests. `--faults ...,agent` adds them.
+/// The fault kinds a soak injects unless told otherwise: all of them,
+/// agent container restarts included (the agent keeps its lease on a
+/// SIGTERM next to a live worker, issue 19 item 1).
 pub fn default_faults() -> Vec<FaultKind> {
-    vec![FaultKind::Vault, FaultKind::Configd, FaultKind::Replica]
+    vec![
+        FaultKind::Vault,
+        FaultKind::Configd,
+        FaultKind::Replica,
+        FaultKind::Agent,
+    ]
 }
 
 /// How long the leases and roles may take to settle before they are

@@ -1,6 +1,6 @@
 //! The soak (issue 19 item 6) in the suite: two minutes of the whole pod
-//! under load with Vault outages, configd kills and replica restarts (and
-//! agent restarts once the agent keeps its lease on a container restart),
+//! under load with Vault outages, configd kills, replica restarts and
+//! agent container restarts,
 //! asserting a clean report; and the soak's checks on a real stack, shown
 //! to find what they look for, so a clean report cannot be vacuous.
 
@@ -16,8 +16,8 @@ use std::time::Duration;
 /// ones, 0 leases or roles the agent does not know, 0 left after the
 /// shutdown, 0 secrets in any log; at least one credential rotation.
 ///
-/// Checked: with agent restarts enabled on main's agent, which revokes its
-/// lease on SIGTERM (issue 19 item 1 not in yet), the soak fails:
+/// Checked: with agent restarts on the agent from before issue 19 item 1,
+/// which revoked its lease on SIGTERM, the soak fails:
 /// `cargo xtask soak --minutes 2 --seed 5 --faults agent,vault` reported
 /// 2,350 `500 database_error` answers during the five agent faults and
 /// exited 1. The checks themselves are shown to fail in
