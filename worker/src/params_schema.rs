@@ -25,13 +25,8 @@ pub enum Rule {
 /// The rule of every key the worker reads ([`KNOWN_KEYS`], same order).
 pub const RULES: [(&str, Rule); 9] = [
     ("lookback", Rule::Int { min: 1, max: 1000 }),
-    (
-        "ma_window",
-        Rule::Int {
-            min: 1,
-            max: i64::MAX,
-        },
-    ),
+    // At most lookback, so at most lookback's maximum.
+    ("ma_window", Rule::Int { min: 1, max: 1000 }),
     ("zscore_above", Rule::Number { min: 0.0 }),
     (
         "count_1h_above",
