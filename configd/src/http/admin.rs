@@ -97,11 +97,7 @@ pub async fn items(
     State(st): State<Arc<AppState>>,
     Reader(Caller { ns, .. }): Reader,
 ) -> Result<Response, ApiError> {
-    let state = st
-        .cache
-        .get(&ns)
-        .await
-        .map_err(|e| ApiError::store(e, &ns))?;
+    let state = st.ns_state(&ns).await?;
     let bytes = state.snapshot(false, &st.metrics).await;
     Ok((
         [(header::CONTENT_TYPE, "application/json")],

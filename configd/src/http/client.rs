@@ -265,11 +265,7 @@ pub async fn changes(
 ) -> Result<Response, ApiError> {
     let q = query(q, &["from"])?;
     let from = param_u64(&q, "from", None)?;
-    let state = st
-        .cache
-        .get(&ns)
-        .await
-        .map_err(|e| ApiError::store(e, &ns))?;
+    let state = st.ns_state(&ns).await?;
     if from > state.version {
         return Err(ApiError::bad(
             "from",

@@ -23,11 +23,7 @@ pub async fn get_gray(
     State(st): State<Arc<AppState>>,
     Reader(Caller { ns, .. }): Reader,
 ) -> Result<Response, ApiError> {
-    let state = st
-        .cache
-        .get(&ns)
-        .await
-        .map_err(|e| ApiError::store(e, &ns))?;
+    let state = st.ns_state(&ns).await?;
     let gray = state.gray.as_ref().map(
         |g| json!({"version": g.version, "selector": g.selector, "changes": g.changes_json()}),
     );

@@ -43,6 +43,14 @@ pub struct AppState {
     pub rollout: Arc<crate::rollout::Rollout>,
 }
 
+impl AppState {
+    /// The namespace's current state from the cache (loaded on first use);
+    /// a store error is the answer for `ns`.
+    pub async fn ns_state(&self, ns: &str) -> Result<Arc<crate::cache::NsState>, ApiError> {
+        self.cache.get(ns).await.map_err(|e| ApiError::store(e, ns))
+    }
+}
+
 /// A client not seen for this long is `gone` (stale): twice the longest
 /// long-poll plus a minute.
 pub fn stale_after_s(cfg: &Config) -> f64 {

@@ -43,11 +43,7 @@ pub async fn replace(
         check_key(k, &field)?;
         wanted.insert(k.as_str(), value_text(&st, k, v, field)?);
     }
-    let state = st
-        .cache
-        .get(&ns)
-        .await
-        .map_err(|e| ApiError::store(e, &ns))?;
+    let state = st.ns_state(&ns).await?;
     if let Some(expected) = req.expected_version.filter(|e| *e != state.version) {
         return Err(ApiError::store(
             StoreError::Conflict {

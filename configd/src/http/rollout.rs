@@ -20,11 +20,7 @@ pub async fn rollout(
     State(st): State<Arc<AppState>>,
     Reader(Caller { ns, .. }): Reader,
 ) -> Result<Response, ApiError> {
-    let state = st
-        .cache
-        .get(&ns)
-        .await
-        .map_err(|e| ApiError::store(e, &ns))?;
+    let state = st.ns_state(&ns).await?;
     // This instance's newest reports first.
     let _ = st.rollout.flush(st.cache.store()).await;
     let rows = st

@@ -48,11 +48,7 @@ pub async fn put_schema(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let state = st
-            .cache
-            .get(&ns)
-            .await
-            .map_err(|e| ApiError::store(e, &ns))?;
+        let state = st.ns_state(&ns).await?;
         if let Some(c) = &compiled {
             let mut violations = c.check(&object_after(&state.items, &[]));
             if let (true, Some(g)) = (violations.is_empty(), &state.gray) {

@@ -70,7 +70,8 @@ async fn notify_alone_carries_a_publish_to_another_instance() {
     let (s, ch) = get(b.url("/v1/namespaces/features/changes?from=1"), READER).await;
     assert_eq!(s, StatusCode::OK, "{ch}");
     assert_eq!(ch["ops"][0]["value"], json!(2), "{ch}");
-    assert!(metric(&b, "riskfeat_configd_notifications_total").await >= 1.0);
+    let notes = metric(&b, "riskfeat_configd_notifications_total").await;
+    assert!(notes >= 1.0, "{notes} notifications\n{}", b.logs());
     assert_eq!(
         metric(&b, "riskfeat_configd_scans_total").await,
         1.0,
