@@ -595,13 +595,7 @@ impl Store {
     /// Audit entries, newest first.
     pub async fn history(&self, ns: &str, limit: i64) -> Result<Vec<Audit>, StoreError> {
         let client = self.client().await?;
-        if client
-            .query_opt("SELECT 1 FROM configd_namespaces WHERE name = $1", &[&ns])
-            .await?
-            .is_none()
-        {
-            return Err(StoreError::NotFound(ns.to_string()));
-        }
+        namespace_exists(&client, ns).await?;
         let rows = client
             .query(
                 "SELECT version, who, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), comment, changes, token, kind \
@@ -658,5 +652,19 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(n)
+    }
+}
+
+/// `NotFound` unless namespace `ns` exists.
+pub(crate) async fn namespace_exists(
+    client: &deadpool_postgres::Object,
+    ns: &str,
+) -> Result<(), StoreError> {
+    match client
+        .query_opt("SELECT 1 FROM configd_namespaces WHERE name = $1", &[&ns])
+        .await?
+    {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NotFound(ns.to_string())),
     }
 }

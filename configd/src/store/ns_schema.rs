@@ -3,7 +3,7 @@
 //! under the namespace row's lock so a publish checked against version N is
 //! refused when N is no longer the latest.
 
-use super::{Store, StoreError};
+use super::{namespace_exists, Store, StoreError};
 
 /// One schema version of a namespace (`schema` None: no schema).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -38,13 +38,7 @@ impl Store {
     /// The latest schema of `ns` (version 0 when never set).
     pub async fn schema(&self, ns: &str) -> Result<NsSchema, StoreError> {
         let client = self.client().await?;
-        if client
-            .query_opt("SELECT 1 FROM configd_namespaces WHERE name = $1", &[&ns])
-            .await?
-            .is_none()
-        {
-            return Err(StoreError::NotFound(ns.to_string()));
-        }
+        namespace_exists(&client, ns).await?;
         let row = client
             .query_opt(
                 "SELECT version, schema::text, token, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
