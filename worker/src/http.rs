@@ -7,7 +7,7 @@ use crate::features::{compute, Features, Row, Windows};
 use crate::params::FeatureParams;
 use crate::pool::DbError;
 use axum::body::Bytes;
-use axum::extract::{MatchedPath, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -32,11 +32,7 @@ pub fn router(app: Arc<App>) -> Router {
 
 async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = riskfeat_shared::http_server::route_label(&req);
     let resp = next.run(req).await;
     app.metrics
         .request_duration

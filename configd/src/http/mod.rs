@@ -17,7 +17,7 @@ use crate::cache::Cache;
 use crate::config::{Config, Role, TokenEntry};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -302,11 +302,7 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 }
 
 async fn count(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
+    let route = riskfeat_shared::http_server::route_label(&req);
     let resp = next.run(req).await;
     st.metrics
         .requests
