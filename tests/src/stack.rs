@@ -60,6 +60,18 @@ impl Default for StackOptions {
     }
 }
 
+impl StackOptions {
+    /// The defaults, with the database role's `default_ttl` and `max_ttl`
+    /// (in seconds): how soon credentials need renewing and replacing.
+    pub fn with_ttls(default_ttl_s: u64, max_ttl_s: u64) -> StackOptions {
+        StackOptions {
+            default_ttl: Duration::from_secs(default_ttl_s),
+            max_ttl: Duration::from_secs(max_ttl_s),
+            ..Default::default()
+        }
+    }
+}
+
 /// What a test adds to [`Stack::agent_toml`]; every field is TOML text.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AgentToml<'a> {
@@ -205,6 +217,34 @@ impl Stack {
         Ok(path)
     }
 
+    /// Writes `dir/agent.toml` for an agent that follows configd: the
+    /// `[configd]` lines `configd` (`addr`, `namespaces`, any other), the
+    /// read token `token` in `dir/configd.token`, polls of 5 s, quick
+    /// backoffs (0.2 s to 1 s) and debug logs.
+    pub fn write_configd_agent_toml(
+        &self,
+        dir: &Path,
+        token: &str,
+        configd: &str,
+    ) -> anyhow::Result<PathBuf> {
+        let token_file = dir.join("configd.token");
+        std::fs::write(&token_file, token)
+            .with_context(|| format!("writing {}", token_file.display()))?;
+        let sections = format!(
+            "[configd]\n{configd}\ntoken_file = \"{}\"\npoll_timeout_s = 5\n\
+             backoff_initial_s = 0.2\nbackoff_max_s = 1.0\n",
+            token_file.display()
+        );
+        self.write_agent_toml(
+            dir,
+            AgentToml {
+                top: "log_level = \"info,riskfeat_agent=debug\"",
+                sections: &sections,
+                ..Default::default()
+            },
+        )
+    }
+
     /// `http://127.0.0.1:PORT` (`https://` with TLS), through the proxy
     /// when there is one (TLS passes through it untouched).
     pub fn vault_addr(&self) -> String {
@@ -287,6 +327,16 @@ impl Stack {
         let path = format!("auth/{APPROLE_MOUNT}/role/{APPROLE_ROLE}/secret-id");
         self.bao
             .api_str(Method::POST, &self.vault_path(&path), "secret_id")
+            .await
+    }
+
+    /// A new secret_id of the `riskfeat-agent` AppRole, response-wrapped
+    /// for `wrap_ttl` as a CI/CD system would hand it over: the wrapping
+    /// token.
+    pub async fn new_wrapped_secret_id(&self, wrap_ttl: &str) -> anyhow::Result<String> {
+        let path = format!("auth/{APPROLE_MOUNT}/role/{APPROLE_ROLE}/secret-id");
+        self.bao
+            .api_wrapped(Method::POST, &self.vault_path(&path), wrap_ttl)
             .await
     }
 

@@ -4,7 +4,7 @@
 use riskfeat_shared::config_file::ConfigSnapshot;
 use riskfeat_tests::tls::ServerCert;
 use riskfeat_tests::{
-    wait_until, Agent, AgentToml, Configd, ConfigdToken, Stack, StackOptions, TestCa, Worker,
+    wait_until, Agent, Configd, ConfigdToken, Stack, StackOptions, TestCa, Worker,
 };
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -33,22 +33,8 @@ fn agent_config(stack: &Stack, dir: &Path, configd_base: &str) -> PathBuf {
 
 /// The agent's config with `[configd]` lines `addr_lines` (addr, ca_file).
 fn agent_config_with(stack: &Stack, dir: &Path, addr_lines: &str) -> PathBuf {
-    std::fs::write(dir.join("configd.token"), READER).unwrap();
-    stack
-        .write_agent_toml(
-            dir,
-            AgentToml {
-                top: "log_level = \"info,riskfeat_agent=debug\"",
-                sections: &format!(
-                    "[configd]\n{addr_lines}\ntoken_file = \"{}\"\n\
-                     namespaces = [\"features\"]\npoll_timeout_s = 5\nbackoff_initial_s = 0.2\n\
-                     backoff_max_s = 1.0\n",
-                    dir.join("configd.token").display()
-                ),
-                ..Default::default()
-            },
-        )
-        .unwrap()
+    let lines = format!("{addr_lines}\nnamespaces = [\"features\"]");
+    stack.write_configd_agent_toml(dir, READER, &lines).unwrap()
 }
 
 /// An admin request through `client` (0 = no answer, e.g. TLS refused).
@@ -353,26 +339,29 @@ async fn a_publish_changes_the_features_the_worker_returns() {
         }
         r.json::<Value>().await.ok()
     };
-    wait_until(
-        Duration::from_secs(60),
-        "worker serves config version 1",
-        || async { features().await.is_some_and(|b| b["config_version"] == 1) },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\nagent:\n{}\nworker:\n{}", agent.logs(), worker.logs()));
-    let before = features().await.unwrap();
+    // The worker's answer once it serves config `version`.
+    let serving = |version: u64, timeout: Duration| {
+        let (features, agent, worker) = (&features, &agent, &worker);
+        async move {
+            let what = format!("worker serves config version {version}");
+            wait_until(timeout, &what, || async {
+                features()
+                    .await
+                    .is_some_and(|b| b["config_version"] == version)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                panic!("{e}\nagent:\n{}\nworker:\n{}", agent.logs(), worker.logs())
+            });
+            features().await.unwrap()
+        }
+    };
+    let before = serving(1, Duration::from_secs(60)).await;
     assert_eq!(before["features"]["flags"]["zscore_high"], true, "{before}");
     let worker_pid = worker.pid();
     // Publish a higher threshold: the flag drops, same processes.
     assert_eq!(publish(&http, &configd, threshold(1000.0)).await, 200);
-    wait_until(
-        Duration::from_secs(30),
-        "worker serves config version 2",
-        || async { features().await.is_some_and(|b| b["config_version"] == 2) },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\nagent:\n{}\nworker:\n{}", agent.logs(), worker.logs()));
-    let after = features().await.unwrap();
+    let after = serving(2, Duration::from_secs(30)).await;
     assert_eq!(after["features"]["flags"]["zscore_high"], false, "{after}");
     assert_eq!(
         after["features"]["zscore"], before["features"]["zscore"],

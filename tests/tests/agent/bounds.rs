@@ -10,7 +10,7 @@
 use crate::support::{spawn_agent, SECS};
 use riskfeat_shared::config_file::ConfigSnapshot;
 use riskfeat_tests::fixtures::sample;
-use riskfeat_tests::{wait_until, Agent, AgentToml, Configd, ConfigdToken, Stack, TcpProxy};
+use riskfeat_tests::{wait_until, Agent, Configd, ConfigdToken, Stack, TcpProxy};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -33,22 +33,8 @@ fn configd(dsn: &str) -> Configd {
 /// An agent config following configd at `addr` for `namespaces`, with
 /// quick backoffs (0.2 s to 1 s) and `extra` `[configd]` lines.
 fn agent_config(stack: &Stack, dir: &Path, addr: &str, namespaces: &str, extra: &str) -> PathBuf {
-    std::fs::write(dir.join("configd.token"), READER).unwrap();
-    stack
-        .write_agent_toml(
-            dir,
-            AgentToml {
-                top: "log_level = \"info,riskfeat_agent=debug\"",
-                sections: &format!(
-                    "[configd]\naddr = \"{addr}\"\ntoken_file = \"{}\"\n\
-                     namespaces = {namespaces}\npoll_timeout_s = 5\nbackoff_initial_s = 0.2\n\
-                     backoff_max_s = 1.0\n{extra}\n",
-                    dir.join("configd.token").display()
-                ),
-                ..Default::default()
-            },
-        )
-        .unwrap()
+    let lines = format!("addr = \"{addr}\"\nnamespaces = {namespaces}\n{extra}");
+    stack.write_configd_agent_toml(dir, READER, &lines).unwrap()
 }
 
 /// An admin request to `configd`: the HTTP status.
