@@ -111,17 +111,8 @@ async fn agent_container_restart_under_load_drops_nothing() {
     assert_eq!(st["published"]["generation"], 1, "{st}");
     // Keep the load on the resumed agent for a moment.
     tokio::time::sleep(SECS(2)).await;
-    let (ok, failures) = load.finish().await;
-    assert!(ok > 50, "the load made progress ({ok} answers)");
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed: {:?}\nworker:\n{}\nagent:\n{}",
-        failures.len(),
-        ok + failures.len() as u64,
-        &failures[..failures.len().min(10)],
-        w.logs(),
-        agent.logs()
-    );
+    let logs = format!("worker:\n{}\nagent:\n{}", w.logs(), agent.logs());
+    load.finish_without_failures(50, &logs).await;
     let after = db_json(&stack).unwrap();
     assert_eq!(
         (after.generation, &after.lease_id),

@@ -5,8 +5,8 @@
 //! `CONNECTION LIMIT` with their `fallback_pool_size` pools.
 
 use crate::support::{
-    credential, get, insert_rows, publish, rotate, spawn_worker, start_stack, wait_for_answer,
-    Load, READY_TIMEOUT, SECS,
+    credential, get, insert_rows, kill_worker_connections, publish, rotate, spawn_worker,
+    start_stack, wait_for_answer, Load, READY_TIMEOUT, SECS,
 };
 use chrono::{Duration as ChronoDuration, Utc};
 use riskfeat_shared::atomic::{write_json_atomic, WriteOptions};
@@ -53,13 +53,7 @@ async fn retries_after_connection_errors_stay_inside_the_pool() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.reset_peak();
     for _ in 0..20 {
-        su.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE application_name = 'riskfeat-worker' AND backend_type = 'client backend'",
-            &[],
-        )
-        .await
-        .unwrap();
+        kill_worker_connections(&su).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
