@@ -124,9 +124,15 @@ impl Prometheus {
 
     /// `GET /api/v1/<path>`: the `data` of a successful answer.
     async fn api(&self, path: &str) -> anyhow::Result<Value> {
+        self.api_with(path, &[]).await
+    }
+
+    /// `GET /api/v1/<path>?<params>`: the `data` of a successful answer.
+    async fn api_with(&self, path: &str, params: &[(&str, &str)]) -> anyhow::Result<Value> {
         let v: Value = self
             .client
             .get(format!("{}/api/v1/{path}", self.base))
+            .query(params)
             .send()
             .await?
             .json()
@@ -137,19 +143,8 @@ impl Prometheus {
 
     /// An instant query's result vector.
     async fn query(&self, q: &str) -> Vec<Value> {
-        let mut url = reqwest::Url::parse(&format!("{}/api/v1/query", self.base)).unwrap();
-        url.query_pairs_mut().append_pair("query", q);
-        let v: Value = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(v["status"], "success", "{q}: {v}");
-        arr(&v["data"]["result"]).to_vec()
+        let data = self.api_with("query", &[("query", q)]).await.unwrap();
+        arr(&data["result"]).to_vec()
     }
 
     /// Waits until alert `name` is firing; returns it.
