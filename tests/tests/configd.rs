@@ -37,6 +37,20 @@ fn agent_config_with(stack: &Stack, dir: &Path, addr_lines: &str) -> PathBuf {
     stack.write_configd_agent_toml(dir, READER, &lines).unwrap()
 }
 
+/// `POST /v1/admin/namespaces/<path>` with `body`, which must answer 200:
+/// the version it made.
+async fn admin_post_version(
+    client: &reqwest::Client,
+    configd: &Configd,
+    path: &str,
+    body: Value,
+) -> u64 {
+    let url = configd.url(&format!("/v1/admin/namespaces/{path}"));
+    let (s, r) = admin_with(client, reqwest::Method::POST, url, Some(body)).await;
+    assert_eq!(s, 200, "{r}");
+    r["version"].as_u64().unwrap()
+}
+
 /// An admin request through `client` (0 = no answer, e.g. TLS refused).
 async fn admin_with(
     client: &reqwest::Client,
@@ -228,17 +242,17 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
         &format!("addr = \"{base}\"\nca_file = \"{}\"", ca_file.display()),
     );
     let agent = Agent::spawn(&cfg, stack.shared_dir.path(), &[]).unwrap();
-    wait_until(
-        Duration::from_secs(30),
-        "the agent names the TLS failure",
-        || async {
-            agent.status().await.unwrap_or_default()["config"]["last_error"]
-                .as_str()
-                .is_some_and(|e| e.to_lowercase().contains("certificate"))
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    agent
+        .wait_status(
+            Duration::from_secs(30),
+            "the agent names the TLS failure",
+            |st| {
+                st["config"]["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.to_lowercase().contains("certificate"))
+            },
+        )
+        .await;
     assert!(
         published(&stack).is_none(),
         "nothing published from an untrusted server"
@@ -246,19 +260,13 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
     // The CA file fixed in place (a ConfigMap update): no restart needed.
     // A file that is not a CA first: reported, the CA in use stays.
     std::fs::write(&ca_file, "not a certificate").unwrap();
-    wait_until(
-        Duration::from_secs(30),
-        "the bad CA file is named",
-        || async {
-            agent.status().await.unwrap_or_default()["config"]["ca_error"]
-                .as_str()
-                .is_some_and(|e| {
-                    e.contains("configd.ca_file") && e.contains("keeping the CA in use")
-                })
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    agent
+        .wait_status(Duration::from_secs(30), "the bad CA file is named", |st| {
+            st["config"]["ca_error"].as_str().is_some_and(|e| {
+                e.contains("configd.ca_file") && e.contains("keeping the CA in use")
+            })
+        })
+        .await;
     ca.write_cert(&ca_file).unwrap();
     wait_until(Duration::from_secs(30), "config over https", || async {
         published(&stack).is_some_and(|s| s.version == 1)
@@ -462,12 +470,9 @@ async fn gray_release_reaches_only_the_canary_agent_then_promote_reaches_both() 
     wait_zscore(b, 3.0, "plain at 3.0", &agent_b).await;
 
     // Gray to canary=true.
-    let url = configd.url("/v1/admin/namespaces/features/gray");
     let body = json!({"selector": {"labels": {"canary": "true"}},
                       "changes": [{"op": "upsert", "key": "zscore_above", "value": 2.5}]});
-    let (s, r) = admin_with(&http, reqwest::Method::POST, url, Some(body)).await;
-    assert_eq!(s, 200, "{r}");
-    let gray_version = r["version"].as_u64().unwrap();
+    let gray_version = admin_post_version(&http, &configd, "features/gray", body).await;
     wait_zscore(a, 2.5, "gray reaches the canary", &agent_a).await;
     // The plain agent has seen the gray start's version, with its items.
     wait_until(
@@ -501,10 +506,7 @@ async fn gray_release_reaches_only_the_canary_agent_then_promote_reaches_both() 
     );
 
     // Promote: both agents.
-    let url = configd.url("/v1/admin/namespaces/features/gray/promote");
-    let (s, r) = admin_with(&http, reqwest::Method::POST, url, Some(json!({}))).await;
-    assert_eq!(s, 200, "{r}");
-    let promoted = r["version"].as_u64().unwrap();
+    let promoted = admin_post_version(&http, &configd, "features/gray/promote", json!({})).await;
     wait_zscore(b, 2.5, "promote reaches the plain agent", &agent_b).await;
     wait_until(
         Duration::from_secs(30),
