@@ -331,10 +331,9 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
 async fn a_publish_changes_the_features_the_worker_returns() {
     let stack = Stack::start(StackOptions::default()).await.unwrap();
     // Steady amounts then a spike: a large z-score for user 7.
-    let db = stack.pg.primary.connect_superuser().await.unwrap();
-    let rows = riskfeat_tests::data::spike(7, chrono::Utc::now());
-    riskfeat_tests::data::load(&db, rows).await.unwrap();
-    stack.pg.wait_replica_caught_up().await.unwrap();
+    riskfeat_tests::data::load_spike(&stack.pg, 7)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut configd = configd(&stack);
     configd.start("").await.unwrap();
