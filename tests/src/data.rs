@@ -128,12 +128,14 @@ pub fn spike(user_id: i64, now: DateTime<Utc>) -> impl Iterator<Item = Txn> {
     })
 }
 
-/// [`spike`] for `user_id` loaded on `pg`'s primary, then the replica
-/// caught up (the worker reads the replica).
-pub async fn load_spike(pg: &crate::PgCluster, user_id: i64) -> anyhow::Result<()> {
-    let db = pg.primary.connect_superuser().await?;
+/// A default [`crate::Stack`] with a [`spike`] for `user_id` loaded on the
+/// primary, the replica caught up (the worker reads the replica).
+pub async fn stack_with_spike(user_id: i64) -> anyhow::Result<crate::Stack> {
+    let stack = crate::Stack::start(crate::StackOptions::default()).await?;
+    let db = stack.pg.primary.connect_superuser().await?;
     load(&db, spike(user_id, Utc::now())).await?;
-    pg.wait_replica_caught_up().await
+    stack.pg.wait_replica_caught_up().await?;
+    Ok(stack)
 }
 
 /// Appends `rows` to `transactions` with one text `COPY`; returns the

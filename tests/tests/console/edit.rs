@@ -8,7 +8,7 @@ use super::{
     admin, admin_get, configd, follow_features, rows, screenshot, sign_in, texts, type_draft,
 };
 use riskfeat_tests::browser::Browser;
-use riskfeat_tests::{wait_until, Agent, Stack, StackOptions, Worker};
+use riskfeat_tests::{wait_until, Agent, Worker};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -36,10 +36,7 @@ async fn features_at(worker: &Worker, agent: &Agent, version: u64) -> Value {
 /// test fails at "a concurrent publish is a conflict".
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_admin_edits_previews_and_publishes_and_the_worker_answers_with_it() {
-    let stack = Stack::start(StackOptions::default()).await.unwrap();
-    riskfeat_tests::data::load_spike(&stack.pg, 7)
-        .await
-        .unwrap();
+    let stack = riskfeat_tests::data::stack_with_spike(7).await.unwrap();
     let configd = configd(&stack.pg.primary).await;
     super::seed(
         &configd,
