@@ -501,9 +501,11 @@ async function rollbackPreview(ns, current, target, pane) {
           : `Rolled back to version ${r.rolled_back_to}: published as version ${r.version}.`);
       } catch (e) {
         confirm.disabled = false;
-        const msg = e.code === "version_conflict"
-          ? "Conflict: someone published meanwhile; nothing was rolled back. Reload the history and try again." : e.message;
-        pane.appendChild(el("p", { class: "error", id: "rollback-error" }, msg));
+        // A schema refusal names its rules, as a publish's does.
+        pane.appendChild(e.code === "version_conflict"
+          ? el("p", { class: "error", id: "rollback-error" },
+            "Conflict: someone published meanwhile; nothing was rolled back. Reload the history and try again.")
+          : errorBox("rollback-error", e, "nothing was rolled back"));
       }
     });
     pane.replaceChildren(el("h3", {}, `Roll back ${ns} from v${current} to v${target}: ${d.changes.length} change${d.changes.length === 1 ? "" : "s"}`),

@@ -1,6 +1,7 @@
-//! History, the diff of two versions, and rollback in the console.
+//! History, the diff of two versions, and rollback in the console (and a
+//! rollback the schema refuses).
 
-use super::{admin_get, rows, screenshot, seeded, sign_in, texts, ADMIN};
+use super::{admin, admin_get, rows, screenshot, seeded, sign_in, texts, ADMIN};
 use riskfeat_tests::browser::Browser;
 use serde_json::json;
 
@@ -74,4 +75,41 @@ async fn history_shows_who_and_why_diffs_two_versions_and_rolls_back() {
         texts(&b, "#history tbody tr td.comment").await[0],
         "back to the first rules"
     );
+}
+
+/// A rollback the namespace's schema refuses publishes nothing and names
+/// the key and the rule, as a refused publish does.
+///
+/// Checked: with the rollback's error shown as its message only (the
+/// console before `errorBox` in configd/ui/app.js), this test fails
+/// waiting for "Refused: nothing was rolled back" (only the server's
+/// one-line message was shown, with no key or rule table).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_the_schema_refuses_names_the_key_and_rule() {
+    // Version 1 has a = 0, which the schema set after version 2 refuses.
+    let a = |v: i64| json!([{"op": "upsert", "key": "a", "value": v}]);
+    let (_pg, configd) = seeded("limits", &[a(0), a(5)]).await;
+    let schema = json!({"schema": {"type": "object",
+        "properties": {"a": {"type": "integer", "minimum": 1}}}});
+    let path = "/v1/admin/namespaces/limits/schema";
+    let (s, r) = admin(&configd, reqwest::Method::PUT, path, Some(schema)).await;
+    assert_eq!(s, 200, "{r}");
+    let b = Browser::start().await.unwrap();
+    sign_in(&b, &configd, ADMIN, None).await;
+    b.goto(&configd.url("/ui#/ns/limits/history"))
+        .await
+        .unwrap();
+    b.click(".rollback[data-version='1']").await.unwrap();
+    b.click("#confirm-rollback").await.unwrap();
+    b.wait_text("#rollback-error", "Refused: nothing was rolled back")
+        .await
+        .unwrap();
+    assert_eq!(texts(&b, "#rollback-error td.key").await, ["a"]);
+    assert_eq!(
+        texts(&b, "#rollback-error td.rule").await,
+        ["minimum"],
+        "the rule named"
+    );
+    let (_, items) = admin_get(&configd, "/v1/admin/namespaces/limits/items").await;
+    assert_eq!(items["to"], 2, "nothing published: {items}");
 }
