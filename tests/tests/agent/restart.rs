@@ -86,6 +86,12 @@ async fn pod() -> Pod {
     }
 }
 
+/// Panics, with the log, unless `agent` has logged `line`.
+fn assert_logged(agent: &Agent, line: &str) {
+    let logs = agent.logs();
+    assert!(logs.contains(line), "{line:?} not in the log:\n{logs}");
+}
+
 /// Superseded leases `agent` revoked after the worker's ack of a newer
 /// generation (`riskfeat_agent_lease_retirements_total{result="acked"}`):
 /// only a lease the agent knows is counted, one Vault let expire is not.
@@ -151,11 +157,7 @@ async fn agent_container_restart_under_load_drops_nothing() {
         .await
         .unwrap()
         .contains(&before.username));
-    assert!(
-        agent.logs().contains("the worker is alive"),
-        "{}",
-        agent.logs()
-    );
+    assert_logged(agent, "the worker is alive");
     // Down for a while, as a restart with its back-off would be.
     tokio::time::sleep(SECS(5)).await;
 
@@ -227,7 +229,7 @@ fn wait_aborted(agent: &mut Agent, what: &str) {
         .wait_exit(CRASH_ROTATE_AFTER + SECS(30))
         .unwrap_or_else(|| panic!("the agent did not abort {what}\n{}", agent.logs()));
     assert_eq!(status.code(), None, "killed by SIGABRT: {}", agent.logs());
-    assert!(agent.logs().contains("test fault hook"), "{}", agent.logs());
+    assert_logged(agent, "test fault hook");
 }
 
 /// The crash test's credentials: issued for their whole max_ttl (40 s, no
@@ -411,7 +413,7 @@ async fn a_corrupt_state_and_stale_temp_files_lose_no_lease() {
         why.contains("unreadable agent state") && why.contains(&aside[0]),
         "{st}"
     );
-    assert!(agent.logs().contains("unreadable agent state"));
+    assert_logged(&agent, "unreadable agent state");
     assert!(
         !st.to_string().contains(first.password.expose()),
         "no secret in /status"
@@ -430,9 +432,5 @@ async fn a_corrupt_state_and_stale_temp_files_lose_no_lease() {
         .await
         .unwrap()
         .contains(&first.username));
-    assert!(
-        agent.logs().contains("taking over the lease db.json names"),
-        "{}",
-        agent.logs()
-    );
+    assert_logged(&agent, "taking over the lease db.json names");
 }
