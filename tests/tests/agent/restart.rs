@@ -94,7 +94,8 @@ fn assert_logged(agent: &Agent, line: &str) {
 
 /// Superseded leases `agent` revoked after the worker's ack of a newer
 /// generation (`riskfeat_agent_lease_retirements_total{result="acked"}`):
-/// only a lease the agent knows is counted, one Vault let expire is not.
+/// only a lease the agent knows is counted (an orphan that Vault lets
+/// expire never is).
 async fn acked_retirements(agent: &Agent) -> f64 {
     let m = agent.metrics().await.unwrap_or_default();
     sample(
