@@ -63,6 +63,8 @@ impl Default for StackOptions {
 /// What a test adds to [`Stack::agent_toml`]; every field is TOML text.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AgentToml<'a> {
+    /// `shared_dir` (default the stack's), e.g. for a second agent.
+    pub shared_dir: Option<&'a Path>,
     /// `metrics_addr` (default `127.0.0.1:0`).
     pub metrics_addr: Option<&'a str>,
     /// More top-level keys (e.g. `log_level = "debug"`).
@@ -182,7 +184,7 @@ impl Stack {
              [vault]\naddr = \"{vault}\"\nrole_id_file = \"{role_id}\"\n\
              secret_id_file = \"{secret_id}\"\nrequest_timeout_s = 2.0\n{vault_extra}\n\n\
              [database]\nprimary = {primary}\nreplica = {replica}\n{database}\n\n{sections}\n",
-            shared = self.shared_dir.path().display(),
+            shared = t.shared_dir.unwrap_or(self.shared_dir.path()).display(),
             metrics = t.metrics_addr.unwrap_or("127.0.0.1:0"),
             top = t.top,
             vault = self.vault_addr(),

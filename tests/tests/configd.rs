@@ -316,12 +316,8 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
 /// changes the features the worker returns, with no restart of anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_publish_changes_the_features_the_worker_returns() {
-    let stack = Stack::start(StackOptions::default()).await.unwrap();
     // Steady amounts then a spike: a large z-score for user 7.
-    let db = stack.pg.primary.connect_superuser().await.unwrap();
-    let rows = riskfeat_tests::data::spike(7, chrono::Utc::now());
-    riskfeat_tests::data::load(&db, rows).await.unwrap();
-    stack.pg.wait_replica_caught_up().await.unwrap();
+    let stack = riskfeat_tests::data::stack_with_spike(7).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut configd = configd(&stack);
     configd.start("").await.unwrap();
