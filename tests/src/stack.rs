@@ -207,6 +207,63 @@ impl Stack {
         Ok(path)
     }
 
+    /// An agent config following configd, written to `<dir>/agent.toml`
+    /// (path returned): read token `token` in `<dir>/configd.token`, and a
+    /// `[configd]` section of `lines` (`addr`, `namespaces`, any other key)
+    /// and the test defaults for what `lines` does not set: a 5 s long-poll
+    /// and backoffs from 0.2 s to 1 s. Debug logs of the agent.
+    pub fn write_configd_agent_toml(
+        &self,
+        dir: &Path,
+        token: &str,
+        lines: &str,
+    ) -> anyhow::Result<PathBuf> {
+        let token_file = dir.join("configd.token");
+        std::fs::write(&token_file, token)
+            .with_context(|| format!("writing {}", token_file.display()))?;
+        let sets = |key: &str| {
+            lines
+                .lines()
+                .any(|l| l.split('=').next().is_some_and(|k| k.trim() == key))
+        };
+        let defaults: String = [
+            ("poll_timeout_s", "5"),
+            ("backoff_initial_s", "0.2"),
+            ("backoff_max_s", "1.0"),
+        ]
+        .iter()
+        .filter(|(key, _)| !sets(key))
+        .map(|(key, value)| format!("{key} = {value}\n"))
+        .collect();
+        let sections = format!(
+            "[configd]\n{lines}\ntoken_file = \"{}\"\n{defaults}",
+            token_file.display()
+        );
+        self.write_agent_toml(
+            dir,
+            AgentToml {
+                top: "log_level = \"info,riskfeat_agent=debug\"",
+                sections: &sections,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Revokes lease `lease_id` as root, as the agent (or an operator)
+    /// would: Vault runs the role's revocation statements (ends its
+    /// sessions on the primary, drops the role).
+    pub async fn revoke_lease(&self, lease_id: &str) -> anyhow::Result<()> {
+        self.bao
+            .api(
+                Method::PUT,
+                &self.vault_path("sys/leases/revoke"),
+                Some(json!({ "lease_id": lease_id })),
+            )
+            .await
+            .with_context(|| format!("revoking lease {lease_id}"))?;
+        Ok(())
+    }
+
     /// `http://127.0.0.1:PORT` (`https://` with TLS), through the proxy
     /// when there is one (TLS passes through it untouched).
     pub fn vault_addr(&self) -> String {

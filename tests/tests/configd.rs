@@ -4,7 +4,7 @@
 use riskfeat_shared::config_file::ConfigSnapshot;
 use riskfeat_tests::tls::ServerCert;
 use riskfeat_tests::{
-    wait_until, Agent, AgentToml, Configd, ConfigdToken, Stack, StackOptions, TestCa, Worker,
+    wait_until, Agent, Configd, ConfigdToken, Stack, StackOptions, TestCa, Worker,
 };
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -31,24 +31,11 @@ fn agent_config(stack: &Stack, dir: &Path, configd_base: &str) -> PathBuf {
     agent_config_with(stack, dir, &format!("addr = \"{configd_base}\""))
 }
 
-/// The agent's config with `[configd]` lines `addr_lines` (addr, ca_file).
+/// The agent's config with `[configd]` lines `addr_lines` (addr, ca_file),
+/// following `features`.
 fn agent_config_with(stack: &Stack, dir: &Path, addr_lines: &str) -> PathBuf {
-    std::fs::write(dir.join("configd.token"), READER).unwrap();
-    stack
-        .write_agent_toml(
-            dir,
-            AgentToml {
-                top: "log_level = \"info,riskfeat_agent=debug\"",
-                sections: &format!(
-                    "[configd]\n{addr_lines}\ntoken_file = \"{}\"\n\
-                     namespaces = [\"features\"]\npoll_timeout_s = 5\nbackoff_initial_s = 0.2\n\
-                     backoff_max_s = 1.0\n",
-                    dir.join("configd.token").display()
-                ),
-                ..Default::default()
-            },
-        )
-        .unwrap()
+    let lines = format!("{addr_lines}\nnamespaces = [\"features\"]");
+    stack.write_configd_agent_toml(dir, READER, &lines).unwrap()
 }
 
 /// An admin request through `client` (0 = no answer, e.g. TLS refused).
