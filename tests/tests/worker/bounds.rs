@@ -54,7 +54,8 @@ fn publish_in(dir: &Path, cred: &DbCredential) {
 /// Sampled every few ms, the proxy carried 3 or 4 while
 /// `pg_stat_activity` showed at most 2 of the worker's backends (often 0)
 /// and the pool at most 2 open, and it opened 34 connections for 35
-/// killed sessions (32 retries): the count was wrong, not the pool.
+/// killed sessions (32 retries): the count was wrong, not the pool. The
+/// bound allows one pool's size (2) over the kills.
 ///
 /// Checked: with the old retry path (a fresh connection outside the pool
 /// per retry) this test fails with "73 connections opened for 41 killed
@@ -90,8 +91,10 @@ async fn retries_after_connection_errors_stay_inside_the_pool() {
     let (ok, _failures) = load.finish().await;
     assert!(ok > 0);
     let opened = proxy.opened() - opened_before;
+    // Slack of one pool's size: a connection being opened when a kill
+    // lands can be opened again without a kill of its own.
     assert!(
-        opened <= killed,
+        opened <= killed + 2,
         "{opened} connections opened for {killed} killed (pool_size 2; the proxy carried {} \
          at once, dying sessions included)\n{}",
         proxy.peak(),
