@@ -31,7 +31,8 @@ fn agent_config(stack: &Stack, dir: &Path, configd_base: &str) -> PathBuf {
     agent_config_with(stack, dir, &format!("addr = \"{configd_base}\""))
 }
 
-/// The agent's config with `[configd]` lines `addr_lines` (addr, ca_file).
+/// The agent's config with `[configd]` lines `addr_lines` (addr, ca_file),
+/// following `features`.
 fn agent_config_with(stack: &Stack, dir: &Path, addr_lines: &str) -> PathBuf {
     let lines = format!("{addr_lines}\nnamespaces = [\"features\"]");
     stack.write_configd_agent_toml(dir, READER, &lines).unwrap()
@@ -323,12 +324,8 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
 /// changes the features the worker returns, with no restart of anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_publish_changes_the_features_the_worker_returns() {
-    let stack = Stack::start(StackOptions::default()).await.unwrap();
     // Steady amounts then a spike: a large z-score for user 7.
-    let db = stack.pg.primary.connect_superuser().await.unwrap();
-    let rows = riskfeat_tests::data::spike(7, chrono::Utc::now());
-    riskfeat_tests::data::load(&db, rows).await.unwrap();
-    stack.pg.wait_replica_caught_up().await.unwrap();
+    let stack = riskfeat_tests::data::stack_with_spike(7).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut configd = configd(&stack);
     configd.start("").await.unwrap();

@@ -12,7 +12,7 @@
 //! dir and is killed with the test (a [`ChildProc`]).
 
 use crate::support::*;
-use riskfeat_tests::fixtures::sample;
+use riskfeat_tests::fixtures::{json_answer, sample};
 use riskfeat_tests::{
     free_port, wait_until, AgentToml, ChildProc, Configd, ConfigdToken, Stack, StackOptions, Worker,
 };
@@ -129,14 +129,8 @@ impl Prometheus {
 
     /// `GET /api/v1/<path>?<params>`: the `data` of a successful answer.
     async fn api_with(&self, path: &str, params: &[(&str, &str)]) -> anyhow::Result<Value> {
-        let v: Value = self
-            .client
-            .get(format!("{}/api/v1/{path}", self.base))
-            .query(params)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let url = format!("{}/api/v1/{path}", self.base);
+        let v = json_answer(self.client.get(url).query(params)).await?;
         anyhow::ensure!(v["status"] == "success", "{path}: {v}");
         Ok(v["data"].clone())
     }

@@ -4,8 +4,8 @@
 //! refused, and rotations by the real agent.
 
 use crate::support::{
-    ack, get, insert_rows, kill_worker_connections, publish, rotate, spawn_worker, start_stack,
-    wait_only_role, Load, READY_TIMEOUT, SECS,
+    ack, get, insert_rows, publish, rotate, spawn_worker, start_stack, wait_only_role, Load,
+    READY_TIMEOUT, SECS,
 };
 use anyhow::Context;
 use chrono::Utc;
@@ -13,6 +13,7 @@ use riskfeat_shared::atomic::{write_atomic, WriteOptions};
 use riskfeat_shared::creds::DbCredential;
 use riskfeat_shared::health::ProbeKind;
 use riskfeat_shared::Secret;
+use riskfeat_tests::pg::terminate_backends;
 use riskfeat_tests::{wait_until, Agent, AgentToml, Stack, StackOptions, Worker};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -56,7 +57,7 @@ async fn credential_swaps_under_load_fail_no_request() {
     let su = stack.pg.replica().connect_superuser().await.unwrap();
     let mut retries = 0.0;
     for _ in 0..30 {
-        kill_worker_connections(&su).await;
+        terminate_backends(&su, "riskfeat-worker").await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         retries = w.http().count("riskfeat_worker_db_retries_total").await;
         if retries >= 1.0 {

@@ -152,18 +152,6 @@ pub async fn wait_only_role(stack: &Stack, w: &Worker, user: &str) {
     .unwrap_or_else(|e| panic!("{e}\nworker:\n{}", w.logs()));
 }
 
-/// Terminates every worker connection on the replica, as the superuser
-/// `su` there: a query in flight fails with SQLSTATE 57P01.
-pub async fn kill_worker_connections(su: &tokio_postgres::Client) {
-    su.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE application_name = 'riskfeat-worker' AND backend_type = 'client backend'",
-        &[],
-    )
-    .await
-    .unwrap();
-}
-
 /// Worker connections on the replica, by role (a backend still
 /// authenticating has no role yet and is left out).
 async fn worker_roles(stack: &Stack) -> Vec<String> {
