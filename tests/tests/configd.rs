@@ -2,6 +2,7 @@
 //! agent (real OpenBao + PostgreSQL via the harness) and the real configd.
 
 use riskfeat_shared::config_file::ConfigSnapshot;
+use riskfeat_tests::fixtures::sample;
 use riskfeat_tests::tls::ServerCert;
 use riskfeat_tests::{
     wait_until, Agent, AgentToml, Configd, ConfigdToken, Stack, StackOptions, TestCa, Worker,
@@ -353,26 +354,29 @@ async fn a_publish_changes_the_features_the_worker_returns() {
         }
         r.json::<Value>().await.ok()
     };
-    wait_until(
-        Duration::from_secs(60),
-        "worker serves config version 1",
-        || async { features().await.is_some_and(|b| b["config_version"] == 1) },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\nagent:\n{}\nworker:\n{}", agent.logs(), worker.logs()));
-    let before = features().await.unwrap();
+    // The features once the worker serves config `version`.
+    let served = |version: u64| {
+        let what = format!("worker serves config version {version}");
+        let (features, agent, worker) = (&features, &agent, &worker);
+        async move {
+            wait_until(Duration::from_secs(60), &what, || async {
+                features()
+                    .await
+                    .is_some_and(|b| b["config_version"] == version)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                panic!("{e}\nagent:\n{}\nworker:\n{}", agent.logs(), worker.logs())
+            });
+            features().await.unwrap()
+        }
+    };
+    let before = served(1).await;
     assert_eq!(before["features"]["flags"]["zscore_high"], true, "{before}");
     let worker_pid = worker.pid();
     // Publish a higher threshold: the flag drops, same processes.
     assert_eq!(publish(&http, &configd, threshold(1000.0)).await, 200);
-    wait_until(
-        Duration::from_secs(30),
-        "worker serves config version 2",
-        || async { features().await.is_some_and(|b| b["config_version"] == 2) },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\nagent:\n{}\nworker:\n{}", agent.logs(), worker.logs()));
-    let after = features().await.unwrap();
+    let after = served(2).await;
     assert_eq!(after["features"]["flags"]["zscore_high"], false, "{after}");
     assert_eq!(
         after["features"]["zscore"], before["features"]["zscore"],
@@ -415,18 +419,43 @@ async fn wait_zscore(shared: &Path, want: f64, what: &str, agent: &Agent) {
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
 }
 
+/// Waits until `worker` has config `version` in force, failing at once
+/// when it rejects a config file instead (its error and log).
+async fn wait_worker_at(worker: &Worker, version: u64) {
+    let config = || async { worker.status().await.unwrap_or_default()["config"].clone() };
+    let what = format!("the worker at config version {version}, or rejecting one");
+    wait_until(Duration::from_secs(30), &what, || async {
+        let c = config().await;
+        c["version"] == version || !c["error"].is_null()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", worker.logs()));
+    let c = config().await;
+    assert!(
+        c["version"] == version && c["error"].is_null(),
+        "the worker rejected a config: {c}\n{}",
+        worker.logs()
+    );
+}
+
 /// Two agents on the bootstrapped `features` namespace (its schema
 /// installed from k8s/bootstrap/configd/, as production does), one
 /// labelled `canary=true` through a downward-API labels file: a gray
 /// release to `canary=true` reaches only that agent's config file, the
 /// other stays; promote reaches both; a publish the schema refuses is a
-/// 400 naming the key and never reaches either agent; the rollout view
-/// lists both agents by client id with the version they applied.
+/// 400 naming the key and never reaches either agent nor the canary's
+/// worker (configd -> agent -> worker: the worker applies the gray and the
+/// promoted versions and rejects nothing); the rollout view lists both
+/// agents by client id with the version they applied.
 ///
-/// Checked: with the selector match removed from configd's `/changes`
+/// Checked: with the selector match in configd's `/changes` always true
 /// the plain agent gets the gray value and this test fails at "the plain
-/// agent stays"; without the agent's identity headers the canary never
-/// gets it ("gray reaches the canary" times out).
+/// agent stays" (2.5, not 3.0); without the agent's identity headers the
+/// canary never gets it ("gray reaches the canary" times out); with the
+/// schema check at publish skipped, at the 400 (`(200, None)`); with every
+/// schema check skipped and that 400 assertion taken out, the worker
+/// fails it: "the worker rejected a config: ... config version 4
+/// rejected: lookback = 0: expected 1..=1000".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gray_release_reaches_only_the_canary_agent_then_promote_reaches_both() {
     let stack = Stack::start(StackOptions::default()).await.unwrap();
@@ -454,6 +483,8 @@ async fn gray_release_reaches_only_the_canary_agent_then_promote_reaches_both() 
     );
     let cfg_a = agent_config_with(&stack, dir_a.path(), &lines);
     let agent_a = Agent::spawn(&cfg_a, stack.shared_dir.path(), &[]).unwrap();
+    // The canary's worker: it reads what agent A publishes.
+    let worker = Worker::spawn(stack.shared_dir.path(), "recheck_interval_ms = 1000").unwrap();
     // The plain agent: a shared dir of its own.
     let dir_b = tempfile::tempdir().unwrap();
     let shared_b = riskfeat_tests::stack::shared_dir().unwrap();
@@ -480,6 +511,7 @@ async fn gray_release_reaches_only_the_canary_agent_then_promote_reaches_both() 
     assert_eq!(s, 200, "{r}");
     let gray_version = r["version"].as_u64().unwrap();
     wait_zscore(a, 2.5, "gray reaches the canary", &agent_a).await;
+    wait_worker_at(&worker, gray_version).await;
     // The plain agent has seen the gray start's version, with its items.
     wait_until(
         Duration::from_secs(30),
@@ -494,7 +526,8 @@ async fn gray_release_reaches_only_the_canary_agent_then_promote_reaches_both() 
         "the plain agent stays"
     );
 
-    // A value the schema refuses: 400 naming the key, neither agent sees it.
+    // A value the schema refuses: 400 naming the key; neither agent nor
+    // the worker ever sees it.
     let url = configd.url("/v1/admin/namespaces/features/publish");
     let bad = json!({"changes": [{"op": "upsert", "key": "lookback", "value": 0}]});
     let (s, r) = admin_with(&http, reqwest::Method::POST, url, Some(bad)).await;
@@ -527,6 +560,12 @@ async fn gray_release_reaches_only_the_canary_agent_then_promote_reaches_both() 
     )
     .await
     .unwrap();
+    // The worker applied every version it was given (the gray view, then
+    // the promoted one) and rejected none: it never saw the refused value.
+    wait_worker_at(&worker, promoted).await;
+    let m = worker.metrics().await.unwrap();
+    let rejected = "riskfeat_worker_config_reloads_total{result=\"rejected\"}";
+    assert_eq!(sample(&m, rejected).unwrap_or(0.0), 0.0, "{m}");
     for s in [published_in(a).unwrap(), published_in(b).unwrap()] {
         assert!(
             !s.items.contains_key("lookback"),
