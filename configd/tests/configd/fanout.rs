@@ -44,6 +44,14 @@ async fn notify_alone_carries_a_publish_to_another_instance() {
     a.start(&hourly).await.unwrap();
     let mut b = prepared(&pg.primary);
     b.start(&hourly).await.unwrap();
+    // Ready is not yet listening: wait for B's LISTEN and its catch-up
+    // scan, or that scan may be what brings B the publish.
+    wait_until(Duration::from_secs(20), "B listening", || async {
+        b.logs().contains("listening for namespace changes")
+            && metric(&b, "riskfeat_configd_scans_total").await == 1.0
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
     create(&a, "features").await;
     upsert(&a, "features", "k", json!(1)).await;
     // B loads version 1 on its first request, then holds a watch on it.
