@@ -5,7 +5,7 @@ use riskfeat_shared::config_file::ConfigSnapshot;
 use riskfeat_tests::fixtures::sample;
 use riskfeat_tests::tls::ServerCert;
 use riskfeat_tests::{
-    wait_until, Agent, AgentToml, Configd, ConfigdToken, Stack, StackOptions, TestCa, Worker,
+    wait_until, Agent, Configd, ConfigdToken, Stack, StackOptions, TestCa, Worker,
 };
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -32,24 +32,11 @@ fn agent_config(stack: &Stack, dir: &Path, configd_base: &str) -> PathBuf {
     agent_config_with(stack, dir, &format!("addr = \"{configd_base}\""))
 }
 
-/// The agent's config with `[configd]` lines `addr_lines` (addr, ca_file).
+/// The agent's config with `[configd]` lines `addr_lines` (addr, ca_file),
+/// following `features`.
 fn agent_config_with(stack: &Stack, dir: &Path, addr_lines: &str) -> PathBuf {
-    std::fs::write(dir.join("configd.token"), READER).unwrap();
-    stack
-        .write_agent_toml(
-            dir,
-            AgentToml {
-                top: "log_level = \"info,riskfeat_agent=debug\"",
-                sections: &format!(
-                    "[configd]\n{addr_lines}\ntoken_file = \"{}\"\n\
-                     namespaces = [\"features\"]\npoll_timeout_s = 5\nbackoff_initial_s = 0.2\n\
-                     backoff_max_s = 1.0\n",
-                    dir.join("configd.token").display()
-                ),
-                ..Default::default()
-            },
-        )
-        .unwrap()
+    let lines = format!("{addr_lines}\nnamespaces = [\"features\"]");
+    stack.write_configd_agent_toml(dir, READER, &lines).unwrap()
 }
 
 /// An admin request through `client` (0 = no answer, e.g. TLS refused).
@@ -330,12 +317,8 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
 /// changes the features the worker returns, with no restart of anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_publish_changes_the_features_the_worker_returns() {
-    let stack = Stack::start(StackOptions::default()).await.unwrap();
     // Steady amounts then a spike: a large z-score for user 7.
-    let db = stack.pg.primary.connect_superuser().await.unwrap();
-    let rows = riskfeat_tests::data::spike(7, chrono::Utc::now());
-    riskfeat_tests::data::load(&db, rows).await.unwrap();
-    stack.pg.wait_replica_caught_up().await.unwrap();
+    let stack = riskfeat_tests::data::stack_with_spike(7).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut configd = configd(&stack);
     configd.start("").await.unwrap();

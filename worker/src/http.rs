@@ -94,6 +94,13 @@ impl From<QueryFailure> for ApiError {
                 "database_unavailable",
                 "the database cannot be reached; retry later",
             ),
+            // A credential that lost its rights (revoked under the worker)
+            // is no more usable than one that no longer logs in.
+            QueryFailure::Db(DbError::Refused(_)) => (
+                unavailable,
+                "database_unavailable",
+                "the database refused the credential in use; retry later",
+            ),
             QueryFailure::Db(DbError::Query(_)) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "database_error",
@@ -371,6 +378,13 @@ mod tests {
                 )),
                 500,
                 "database_error",
+            ),
+            (
+                QueryFailure::Db(DbError::Refused(
+                    "permission denied for table secret_table (SQLSTATE 42501)".into(),
+                )),
+                503,
+                "database_unavailable",
             ),
         ] {
             let e = ApiError::from(f);

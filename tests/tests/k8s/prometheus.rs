@@ -12,7 +12,7 @@
 //! dir and is killed with the test (a [`ChildProc`]).
 
 use crate::support::*;
-use riskfeat_tests::fixtures::sample;
+use riskfeat_tests::fixtures::{json_answer, sample};
 use riskfeat_tests::{
     free_port, wait_until, AgentToml, ChildProc, Configd, ConfigdToken, Stack, StackOptions, Worker,
 };
@@ -139,15 +139,7 @@ impl Prometheus {
     async fn query(&self, q: &str) -> Vec<Value> {
         let mut url = reqwest::Url::parse(&format!("{}/api/v1/query", self.base)).unwrap();
         url.query_pairs_mut().append_pair("query", q);
-        let v: Value = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = json_answer(self.client.get(url)).await.unwrap();
         assert_eq!(v["status"], "success", "{q}: {v}");
         arr(&v["data"]["result"]).to_vec()
     }

@@ -13,6 +13,7 @@ use riskfeat_shared::atomic::{write_atomic, WriteOptions};
 use riskfeat_shared::creds::DbCredential;
 use riskfeat_shared::health::ProbeKind;
 use riskfeat_shared::Secret;
+use riskfeat_tests::pg::terminate_backends;
 use riskfeat_tests::{wait_until, Agent, AgentToml, Stack, StackOptions};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -56,13 +57,7 @@ async fn credential_swaps_under_load_fail_no_request() {
     let su = stack.pg.replica().connect_superuser().await.unwrap();
     let mut retries = 0.0;
     for _ in 0..30 {
-        su.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE application_name = 'riskfeat-worker' AND backend_type = 'client backend'",
-            &[],
-        )
-        .await
-        .unwrap();
+        terminate_backends(&su, "riskfeat-worker").await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         retries = w
             .http()
