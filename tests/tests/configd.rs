@@ -179,6 +179,18 @@ async fn served_cert(ca: &TestCa, base: &str) -> Option<Vec<u8>> {
     info.peer_certificate().map(<[u8]>::to_vec)
 }
 
+/// Waits until the agent's `/status` has a `config.<field>` text that `ok`
+/// accepts.
+async fn wait_config_text(agent: &Agent, field: &str, what: &str, ok: impl Fn(&str) -> bool) {
+    wait_until(Duration::from_secs(30), what, || async {
+        agent.status().await.unwrap_or_default()["config"][field]
+            .as_str()
+            .is_some_and(&ok)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+}
+
 /// configd over HTTPS: the agent trusts exactly `configd.ca_file` (a wrong
 /// CA is named in its status and nothing is published; the file fixed in
 /// place applies without a restart), plain HTTP is refused, a renewed certificate is served to new connections without a
@@ -230,17 +242,13 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
         &format!("addr = \"{base}\"\nca_file = \"{}\"", ca_file.display()),
     );
     let agent = Agent::spawn(&cfg, stack.shared_dir.path(), &[]).unwrap();
-    wait_until(
-        Duration::from_secs(30),
+    wait_config_text(
+        &agent,
+        "last_error",
         "the agent names the TLS failure",
-        || async {
-            agent.status().await.unwrap_or_default()["config"]["last_error"]
-                .as_str()
-                .is_some_and(|e| e.to_lowercase().contains("certificate"))
-        },
+        |e| e.to_lowercase().contains("certificate"),
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    .await;
     assert!(
         published(&stack).is_none(),
         "nothing published from an untrusted server"
@@ -248,19 +256,10 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
     // The CA file fixed in place (a ConfigMap update): no restart needed.
     // A file that is not a CA first: reported, the CA in use stays.
     std::fs::write(&ca_file, "not a certificate").unwrap();
-    wait_until(
-        Duration::from_secs(30),
-        "the bad CA file is named",
-        || async {
-            agent.status().await.unwrap_or_default()["config"]["ca_error"]
-                .as_str()
-                .is_some_and(|e| {
-                    e.contains("configd.ca_file") && e.contains("keeping the CA in use")
-                })
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    wait_config_text(&agent, "ca_error", "the bad CA file is named", |e| {
+        e.contains("configd.ca_file") && e.contains("keeping the CA in use")
+    })
+    .await;
     ca.write_cert(&ca_file).unwrap();
     wait_until(Duration::from_secs(30), "config over https", || async {
         published(&stack).is_some_and(|s| s.version == 1)
