@@ -49,6 +49,17 @@ impl AppState {
     pub async fn ns_state(&self, ns: &str) -> Result<Arc<crate::cache::NsState>, ApiError> {
         self.cache.get(ns).await.map_err(|e| ApiError::store(e, ns))
     }
+
+    /// The store (through the cache, which tracks whether it answers).
+    pub fn store(&self) -> &crate::store::Store {
+        self.cache.store()
+    }
+
+    /// A store answer: noted for `/readyz` ([`Cache::track`]); an error is
+    /// the answer for `ns`.
+    pub fn stored<T>(&self, ns: &str, r: Result<T, StoreError>) -> Result<T, ApiError> {
+        self.cache.track(r).map_err(|e| ApiError::store(e, ns))
+    }
 }
 
 /// A client not seen for this long is `gone` (stale): twice the longest
@@ -370,9 +381,12 @@ pub fn router(st: Arc<AppState>) -> Router {
         )
         .route(
             "/v1/admin/namespaces/{ns}/gray/promote",
-            post(gray::promote),
+            post(gray::end::<true>),
         )
-        .route("/v1/admin/namespaces/{ns}/gray/abort", post(gray::abort))
+        .route(
+            "/v1/admin/namespaces/{ns}/gray/abort",
+            post(gray::end::<false>),
+        )
         .route("/v1/admin/namespaces/{ns}/rollout", get(rollout::rollout))
         .route("/ui", get(ui::index))
         .route("/ui/{file}", get(ui::file))

@@ -4,7 +4,7 @@
 //! set with none). Release figures at 1k/10k/20k watchers: `cargo xtask
 //! bench configd` (docs/benchmarks.md).
 
-use crate::support::{create, start, upsert, READER};
+use crate::support::{create, metric, start, upsert, READER};
 use riskfeat_tests::{wait_until, Configd, PgCluster};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -25,11 +25,7 @@ fn vm_rss_kb(pid: u32) -> f64 {
 }
 
 async fn watchers(c: &Configd) -> f64 {
-    c.http()
-        .metric("riskfeat_configd_watchers")
-        .await
-        .unwrap()
-        .unwrap_or(0.0)
+    metric(c, "riskfeat_configd_watchers").await
 }
 
 /// NOT YET CALIBRATED: written on 2026-12-01 but not run before the
