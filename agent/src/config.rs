@@ -122,7 +122,8 @@ pub struct DatabaseSettings {
 pub struct LifecycleSettings {
     /// Renew a lease at this fraction of its duration.
     pub renew_fraction: f64,
-    /// Relative jitter applied to every schedule (0.1 = +-10%).
+    /// Relative jitter on renewal times (0.1: up to 10% earlier than
+    /// `renew_fraction`, never later).
     pub jitter: f64,
     /// Issue the next credential this long before the current one's hard end
     /// (lease max_ttl or the creating token's end); clamped to half the
