@@ -473,10 +473,12 @@ fn tracing_filter_invalid(level: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    pub(super) const MINIMAL: &str = r#"
+    /// The smallest valid config: Vault and the database, every other key
+    /// at its default.
+    pub(crate) const MINIMAL: &str = r#"
         [vault]
         addr = "http://127.0.0.1:8200"
         role_id_file = "/etc/riskfeat/role_id"

@@ -313,19 +313,32 @@ impl Syncer {
         }
     }
 
+    /// A request to configd's `path` (`/v1/...`) with the token and the
+    /// client identity headers every call carries.
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &Secret,
+    ) -> reqwest::RequestBuilder {
+        let url = format!("{}{path}", self.settings.addr.trim_end_matches('/'));
+        self.http
+            .request(method, url)
+            .bearer_auth(token.expose())
+            .headers(crate::config_identity::headers(&self.settings))
+    }
+
     /// Fetches and applies the changes of `ns` after the local version; an
     /// answer behind that version is refused ([`SyncError::Behind`]).
     async fn fetch(&mut self, ns: &str, token: &Secret) -> Result<(), SyncError> {
         let local = self.locals.get(ns).cloned().unwrap_or_default();
         let from = local.version;
         let resp = self
-            .http
-            .get(format!(
-                "{}/v1/namespaces/{ns}/changes?from={from}",
-                self.settings.addr.trim_end_matches('/')
-            ))
-            .bearer_auth(token.expose())
-            .headers(crate::config_identity::headers(&self.settings))
+            .request(
+                reqwest::Method::GET,
+                &format!("/v1/namespaces/{ns}/changes?from={from}"),
+                token,
+            )
             .header(reqwest::header::ACCEPT_ENCODING, "gzip")
             .send()
             .await?;
@@ -453,13 +466,7 @@ impl Syncer {
         let applied = watch.iter().map(|(ns, v)| (ns.to_string(), *v)).collect();
         let report = crate::config_identity::report(&self.shared, &applied).await;
         let resp = self
-            .http
-            .post(format!(
-                "{}/v1/watch",
-                self.settings.addr.trim_end_matches('/')
-            ))
-            .bearer_auth(token.expose())
-            .headers(crate::config_identity::headers(&self.settings))
+            .request(reqwest::Method::POST, "/v1/watch", &token)
             .timeout(Duration::from_secs(timeout + 15))
             .json(&serde_json::json!({"namespaces": watch, "timeout_s": timeout, "report": report}))
             .send()

@@ -3,7 +3,8 @@
 //! Labels are limited to `result` and `op`: never a username, a lease id or
 //! a secret.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{HistogramVec, IntCounterVec, IntGauge, Registry};
+use riskfeat_shared::metrics::Registrar;
 
 /// Every metric the lifecycle updates.
 #[derive(Clone)]
@@ -33,148 +34,114 @@ pub struct AgentMetrics {
     pub vault_consecutive_failures: IntGauge,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), &["result"]).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
-    for r in ["ok", "error"] {
-        c.with_label_values(&[r]);
+/// A counter by `result`, its `ok` and `error` series shown from the start
+/// (with `more` results besides).
+fn by_result(r: &Registrar, name: &str, help: &str, more: &[&str]) -> IntCounterVec {
+    let c = r.counter_vec(name, help, &["result"]);
+    for result in ["ok", "error"].iter().chain(more) {
+        c.with_label_values(&[result]);
     }
     c
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("unique metric");
-    g
 }
 
 impl AgentMetrics {
     /// Registers every metric in a new registry.
     pub fn new() -> Self {
-        let registry = Registry::new();
-        riskfeat_shared::metrics::register_common(
-            &registry,
-            "riskfeat_agent_build_info",
-            env!("CARGO_PKG_VERSION"),
-        );
-        let r = &registry;
-        let vault_request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "riskfeat_agent_vault_request_duration_seconds",
-                "Duration of Vault HTTP requests, by operation.",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-            &["op"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(vault_request_duration.clone()))
-            .expect("unique metric");
-        let issuances = counter(
-            r,
-            "riskfeat_agent_credential_issuances_total",
-            "Dynamic database credentials requested from Vault, by result (capped = refused by the per-minute cap).",
-        );
-        issuances.with_label_values(&["capped"]);
-        let replica_checks = counter(
-            r,
-            "riskfeat_agent_replica_checks_total",
-            "Login checks of a new credential on the replica, by result.",
-        );
-        let output_writes = counter(
-            r,
-            "riskfeat_agent_output_writes_total",
-            "[[output]] files (pgpass, dsn, env, jdbc) per publish, by result (ok = written, unchanged = same bytes, not rewritten).",
-        );
-        output_writes.with_label_values(&["unchanged"]);
-        let lease_retirements = IntCounterVec::new(
-            Opts::new(
-                "riskfeat_agent_lease_retirements_total",
-                "Superseded leases revoked, by result: acked = after the worker's ack of a newer generation, grace = without it (ack_grace_s or the lease's deadline came first).",
-            ),
+        let r = &Registrar::new("riskfeat_agent_build_info", env!("CARGO_PKG_VERSION"));
+        let lease_retirements = r.counter_vec(
+            "riskfeat_agent_lease_retirements_total",
+            "Superseded leases revoked, by result: acked = after the worker's ack of a newer generation, grace = without it (ack_grace_s or the lease's deadline came first).",
             &["result"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(lease_retirements.clone()))
-            .expect("unique metric");
-        for r in ["acked", "grace"] {
-            lease_retirements.with_label_values(&[r]);
+        );
+        for result in ["acked", "grace"] {
+            lease_retirements.with_label_values(&[result]);
         }
         Self {
+            vault_request_duration: r.histogram_vec(
+                "riskfeat_agent_vault_request_duration_seconds",
+                "Duration of Vault HTTP requests, by operation.",
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                &["op"],
+            ),
+            issuances: by_result(
+                r,
+                "riskfeat_agent_credential_issuances_total",
+                "Dynamic database credentials requested from Vault, by result (capped = refused by the per-minute cap).",
+                &["capped"],
+            ),
+            replica_checks: by_result(
+                r,
+                "riskfeat_agent_replica_checks_total",
+                "Login checks of a new credential on the replica, by result.",
+                &[],
+            ),
+            output_writes: by_result(
+                r,
+                "riskfeat_agent_output_writes_total",
+                "[[output]] files (pgpass, dsn, env, jdbc) per publish, by result (ok = written, unchanged = same bytes, not rewritten).",
+                &["unchanged"],
+            ),
             lease_retirements,
-            output_writes,
-            output_notifications: counter(
+            output_notifications: by_result(
                 r,
                 "riskfeat_agent_output_notifications_total",
                 "Reload signals sent to the notify_pid_file program after its outputs changed, by result.",
+                &[],
             ),
-            logins: counter(
+            logins: by_result(
                 r,
                 "riskfeat_agent_vault_logins_total",
                 "Vault logins (AppRole, JWT or Kubernetes), by result.",
+                &[],
             ),
-            token_renewals: counter(
+            token_renewals: by_result(
                 r,
                 "riskfeat_agent_token_renewals_total",
                 "Vault token renewals, by result.",
+                &[],
             ),
-            lease_renewals: counter(
+            lease_renewals: by_result(
                 r,
                 "riskfeat_agent_lease_renewals_total",
                 "Database lease renewals, by result.",
+                &[],
             ),
-            issuances,
-            revocations: counter(
+            revocations: by_result(
                 r,
                 "riskfeat_agent_lease_revocations_total",
                 "Database lease revocations, by result.",
+                &[],
             ),
-            replica_checks,
-            vault_request_duration,
-            credential_expiry: gauge(
-                r,
+            credential_expiry: r.gauge(
                 "riskfeat_agent_credential_expiry_timestamp_seconds",
                 "Unix time at which the published credential expires (0 = none).",
             ),
-            token_expiry: gauge(
-                r,
+            token_expiry: r.gauge(
                 "riskfeat_agent_token_expiry_timestamp_seconds",
                 "Unix time at which the Vault token expires (0 = none).",
             ),
-            generation: gauge(
-                r,
+            generation: r.gauge(
                 "riskfeat_agent_published_generation",
                 "Generation of the credential published in db.json (0 = none).",
             ),
-            fallback: gauge(
-                r,
+            fallback: r.gauge(
                 "riskfeat_agent_fallback_active",
                 "1 while the static fallback credential is published.",
             ),
-            ready: gauge(r, "riskfeat_agent_ready", "1 while the agent is ready."),
-            vault_up: gauge(
-                r,
+            ready: r.gauge("riskfeat_agent_ready", "1 while the agent is ready."),
+            vault_up: r.gauge(
                 "riskfeat_agent_vault_up",
                 "1 when the last Vault request got an answer, 0 during an outage.",
             ),
-            vault_last_success: gauge(
-                r,
+            vault_last_success: r.gauge(
                 "riskfeat_agent_vault_last_success_timestamp_seconds",
                 "Unix time of the last successful Vault request.",
             ),
-            vault_consecutive_failures: gauge(
-                r,
+            vault_consecutive_failures: r.gauge(
                 "riskfeat_agent_vault_consecutive_failures",
                 "Vault requests failed in a row since the last success.",
             ),
-            registry,
+            registry: r.registry(),
         }
     }
 }

@@ -46,6 +46,11 @@ impl Target {
         })
     }
 
+    /// `GET path`; see [`Target::call`].
+    pub async fn get(&self, path: &str) -> Result<Value, Fatal> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
     /// One request; a non-2xx answer becomes the [`Fatal`] of its status.
     pub async fn call(
         &self,
@@ -199,9 +204,9 @@ pub enum Command {
 pub async fn run(t: &Target, cmd: Command) -> Result<String, Fatal> {
     use reqwest::Method as M;
     Ok(match cmd {
-        Command::List => pretty(&t.call(M::GET, "/v1/admin/namespaces", None).await?),
+        Command::List => pretty(&t.get("/v1/admin/namespaces").await?),
         Command::Get { ns, key } => {
-            let v = t.call(M::GET, &ns_path(&ns, "/items"), None).await?;
+            let v = t.get(&ns_path(&ns, "/items")).await?;
             match key {
                 None => pretty(&v),
                 Some(k) => match v["items"].get(&k) {
@@ -217,21 +222,13 @@ pub async fn run(t: &Target, cmd: Command) -> Result<String, Fatal> {
         }
         Command::Diff { ns, from, to } => {
             let v = t
-                .call(
-                    M::GET,
-                    &ns_path(&ns, &format!("/diff?from={from}&to={to}")),
-                    None,
-                )
+                .get(&ns_path(&ns, &format!("/diff?from={from}&to={to}")))
                 .await?;
             show_changes(&v["changes"])
         }
         Command::History { ns, limit } => {
             let v = t
-                .call(
-                    M::GET,
-                    &ns_path(&ns, &format!("/history?limit={limit}")),
-                    None,
-                )
+                .get(&ns_path(&ns, &format!("/history?limit={limit}")))
                 .await?;
             let mut out = String::new();
             for h in v["history"].as_array().into_iter().flatten() {
@@ -324,7 +321,7 @@ pub async fn run(t: &Target, cmd: Command) -> Result<String, Fatal> {
             }
             pretty(&t.call(M::POST, &ns_path(&ns, "/gray"), Some(body)).await?)
         }
-        Command::GrayShow { ns } => pretty(&t.call(M::GET, &ns_path(&ns, "/gray"), None).await?),
+        Command::GrayShow { ns } => pretty(&t.get(&ns_path(&ns, "/gray")).await?),
         Command::GrayPromote { ns } => pretty(
             &t.call(M::POST, &ns_path(&ns, "/gray/promote"), Some(json!({})))
                 .await?,
@@ -333,7 +330,7 @@ pub async fn run(t: &Target, cmd: Command) -> Result<String, Fatal> {
             &t.call(M::POST, &ns_path(&ns, "/gray/abort"), Some(json!({})))
                 .await?,
         ),
-        Command::SchemaGet { ns } => pretty(&t.call(M::GET, &ns_path(&ns, "/schema"), None).await?),
+        Command::SchemaGet { ns } => pretty(&t.get(&ns_path(&ns, "/schema")).await?),
         Command::SchemaSet { ns, file } => {
             let schema = read_json(&file)?;
             pretty(
@@ -345,7 +342,7 @@ pub async fn run(t: &Target, cmd: Command) -> Result<String, Fatal> {
                 .await?,
             )
         }
-        Command::Rollout { ns } => pretty(&t.call(M::GET, &ns_path(&ns, "/rollout"), None).await?),
+        Command::Rollout { ns } => pretty(&t.get(&ns_path(&ns, "/rollout")).await?),
     })
 }
 

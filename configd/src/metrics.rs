@@ -1,6 +1,7 @@
 //! Prometheus metrics `riskfeat_configd_*`.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use riskfeat_shared::metrics::Registrar;
 
 /// Every configd metric.
 #[derive(Clone)]
@@ -23,126 +24,74 @@ pub struct Metrics {
     pub clients_rejected: IntGaugeVec,
 }
 
-fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric");
-    r.register(Box::new(g.clone())).expect("register");
-    g
-}
-
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("metric");
-    r.register(Box::new(c.clone())).expect("register");
-    c
-}
-
 impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Metrics {
-        let registry = Registry::new();
-        riskfeat_shared::metrics::register_common(
-            &registry,
-            "riskfeat_configd_build_info",
-            env!("CARGO_PKG_VERSION"),
-        );
-        let requests = IntCounterVec::new(
-            Opts::new(
+        let r = Registrar::new("riskfeat_configd_build_info", env!("CARGO_PKG_VERSION"));
+        Metrics {
+            requests: r.counter_vec(
                 "riskfeat_configd_http_requests_total",
                 "HTTP requests by route and status",
+                &["route", "status"],
             ),
-            &["route", "status"],
-        )
-        .expect("metric");
-        registry
-            .register(Box::new(requests.clone()))
-            .expect("register");
-        let response_bytes = IntCounterVec::new(
-            Opts::new(
+            response_bytes: r.counter_vec(
                 "riskfeat_configd_changes_response_bytes_total",
                 "Bytes of /changes bodies sent, by kind (ops, snapshot, snapshot_gzip)",
+                &["kind"],
             ),
-            &["kind"],
-        )
-        .expect("metric");
-        registry
-            .register(Box::new(response_bytes.clone()))
-            .expect("register");
-        let watchers =
-            IntGauge::new("riskfeat_configd_watchers", "Long-poll requests held").expect("metric");
-        registry
-            .register(Box::new(watchers.clone()))
-            .expect("register");
-        let pg_up = IntGauge::new(
-            "riskfeat_configd_pg_up",
-            "1 when PostgreSQL answers, 0 when degraded",
-        )
-        .expect("metric");
-        registry
-            .register(Box::new(pg_up.clone()))
-            .expect("register");
-        Metrics {
-            clients: gauge_vec(
-                &registry,
+            watchers: r.gauge("riskfeat_configd_watchers", "Long-poll requests held"),
+            pg_up: r.gauge(
+                "riskfeat_configd_pg_up",
+                "1 when PostgreSQL answers, 0 when degraded",
+            ),
+            clients: r.gauge_vec(
                 "riskfeat_configd_clients",
                 "Clients reporting per namespace and applied version (newest 5 versions; others as version=\"older\")",
                 &["config_namespace", "version"],
             ),
-            clients_stale: gauge_vec(
-                &registry,
+            clients_stale: r.gauge_vec(
                 "riskfeat_configd_clients_stale",
                 "Clients behind the namespace's version or no longer reporting",
                 &["config_namespace"],
             ),
-            clients_rejected: gauge_vec(
-                &registry,
+            clients_rejected: r.gauge_vec(
                 "riskfeat_configd_clients_rejected",
                 "Clients whose worker rejected the version they applied",
                 &["config_namespace"],
             ),
-            snapshot_queries: counter(
-                &registry,
+            snapshot_queries: r.counter(
                 "riskfeat_configd_db_snapshot_queries_total",
                 "Full namespace loads from PostgreSQL (cache misses)",
             ),
-            incremental_queries: counter(
-                &registry,
+            incremental_queries: r.counter(
                 "riskfeat_configd_db_incremental_queries_total",
                 "Change-log reads from PostgreSQL (cache refreshes)",
             ),
-            publishes: counter(
-                &registry,
+            publishes: r.counter(
                 "riskfeat_configd_publishes_total",
                 "Versions published through this instance",
             ),
-            notifications: counter(
-                &registry,
+            notifications: r.counter(
                 "riskfeat_configd_notifications_total",
                 "NOTIFY messages received",
             ),
-            scans: counter(
-                &registry,
+            scans: r.counter(
                 "riskfeat_configd_scans_total",
                 "Periodic namespace scans completed",
             ),
-            wakeups: counter(
-                &registry,
+            wakeups: r.counter(
                 "riskfeat_configd_wakeups_total",
                 "Watchers woken by a new version",
             ),
-            snapshot_builds: counter(
-                &registry,
+            snapshot_builds: r.counter(
                 "riskfeat_configd_snapshot_builds_total",
                 "Pre-serialized snapshot buffers built (one per version and encoding)",
             ),
-            compacted_rows: counter(
-                &registry,
+            compacted_rows: r.counter(
                 "riskfeat_configd_compacted_rows_total",
                 "Change-log rows removed by compaction",
             ),
-            registry,
-            requests,
-            watchers,
-            pg_up,
-            response_bytes,
+            registry: r.registry(),
         }
     }
 }

@@ -93,6 +93,8 @@ class ApiError extends Error {
     this.status = status;
     this.code = e.code || "";
     this.field = e.field || "";
+    // schema_violation: every broken rule, [{key, rule, message}].
+    this.violations = Array.isArray(e.violations) ? e.violations : [];
   }
 }
 
@@ -159,7 +161,7 @@ async function signIn(token) {
   return me;
 }
 
-// ---------- routing: #/, #/ns/NAME, #/ns/NAME/history ----------
+// ---------- routing: #/, #/ns/NAME, #/ns/NAME/{history,gray,rollout} ----------
 
 async function route() {
   if (!state.token) return;
@@ -168,6 +170,8 @@ async function route() {
   try {
     if (parts[0] === "ns" && parts[1]) {
       if (parts[2] === "history") await viewHistory(parts[1]);
+      else if (parts[2] === "gray") await viewGray(parts[1]);
+      else if (parts[2] === "rollout") await viewRollout(parts[1]);
       else await viewItems(parts[1]);
     } else {
       await viewNamespaces();
@@ -189,11 +193,16 @@ async function viewNamespaces() {
     el("tr", { "data-ns": n.namespace },
       el("td", {}, el("a", { href: "#/ns/" + encodeURIComponent(n.namespace), class: "ns-link" }, n.namespace)),
       el("td", { class: "num version" }, n.version),
+      el("td", { class: "gray" }, n.gray === null || n.gray === undefined ? "\u2014"
+        : el("a", { href: "#/ns/" + encodeURIComponent(n.namespace) + "/gray" }, "from v" + n.gray)),
       el("td", { class: "num clients" }, n.clients),
+      el("td", { class: "num stale" }, n.stale),
       el("td", { class: "num" }, n.compacted_to)));
   const table = el("table", { id: "namespaces" },
     el("thead", {}, el("tr", {}, el("th", {}, "Namespace"), el("th", {}, "Version"),
-      el("th", { title: "long-polls held on this configd instance now" }, "Clients"),
+      el("th", { title: "the gray release in progress, by the version that started it" }, "Gray release"),
+      el("th", { title: "clients that reported lately (every configd instance)" }, "Clients"),
+      el("th", { title: "clients behind the current version or no longer reporting" }, "Stale"),
       el("th", { title: "versions up to this one are compacted" }, "Compacted to"))),
     el("tbody", {}, rows));
   const parts = [el("h2", {}, "Namespaces"),
@@ -228,7 +237,9 @@ function nsHeader(ns, version, tab) {
       " ", el("span", { class: "badge", id: "ns-version" }, "v" + version)),
     el("nav", { class: "tabs" },
       tabLink("items", "Items", "#/ns/" + encodeURIComponent(ns)),
-      tabLink("history", "History", "#/ns/" + encodeURIComponent(ns) + "/history")));
+      tabLink("history", "History", "#/ns/" + encodeURIComponent(ns) + "/history"),
+      tabLink("gray", "Gray release", "#/ns/" + encodeURIComponent(ns) + "/gray"),
+      tabLink("rollout", "Rollout", "#/ns/" + encodeURIComponent(ns) + "/rollout")));
 }
 
 async function loadItems(ns) {
@@ -316,6 +327,12 @@ function changeSet(current, next) {
   return out;
 }
 
+// A change set as the API's ops.
+function toOps(changes) {
+  return changes.map((c) => (c.kind === "removed"
+    ? { op: "delete", key: c.key } : { op: "upsert", key: c.key, value: c.after }));
+}
+
 function diffTable(id, changes) {
   return el("table", { id, class: "diff" },
     el("thead", {}, el("tr", {}, el("th", {}, "Change"), el("th", {}, "Key"), el("th", {}, "Before"), el("th", {}, "After"))),
@@ -374,8 +391,7 @@ function preview(pane, next) {
     const body = {
       expected_version: state.version,
       comment: comment.value,
-      changes: changes.map((c) => (c.kind === "removed"
-        ? { op: "delete", key: c.key } : { op: "upsert", key: c.key, value: c.after })),
+      changes: toOps(changes),
     };
     if (author.value) body.author = author.value;
     try {
@@ -386,13 +402,29 @@ function preview(pane, next) {
     } catch (e) {
       publishBtn.disabled = false;
       if (e.code === "version_conflict") showConflict(result);
-      else result.replaceChildren(el("p", { class: "error", id: "publish-error" }, e.message));
+      else result.replaceChildren(errorBox("publish-error", e));
     }
   });
   pane.replaceChildren(
     el("h3", {}, `${changes.length} change${changes.length === 1 ? "" : "s"} against version ${state.version}`),
     diffTable("change-set", changes),
-    el("div", { class: "tools" }, comment, author, publishBtn), result);
+    el("div", { class: "tools" }, comment, author, publishBtn), result,
+    grayStartForm(changes, comment, author)); // release.js
+}
+
+// An API error as a box: the message, the field it names and, for a
+// schema refusal, every broken rule with its key.
+function errorBox(id, e, what) {
+  const box = el("div", { id, class: "error" }, el("strong", {}, `Refused: ${what || "nothing was published"}. `), e.message);
+  if (e.field) box.appendChild(el("p", { class: "field" }, "Field: ", el("code", {}, e.field)));
+  if (e.violations.length) {
+    box.appendChild(el("table", { class: "violations" },
+      el("thead", {}, el("tr", {}, el("th", {}, "Key"), el("th", {}, "Rule"), el("th", {}, "Problem"))),
+      el("tbody", {}, e.violations.map((v) => el("tr", {},
+        el("td", { class: "key" }, v.key === null ? "(the whole namespace)" : v.key),
+        el("td", { class: "rule" }, v.rule), el("td", { class: "message" }, v.message))))));
+  }
+  return box;
 }
 
 function showConflict(box) {
@@ -438,14 +470,14 @@ async function viewHistory(ns) {
   const rows = h.history.map((a) => {
     const cells = [el("td", { class: "num" }, "v" + a.version), el("td", {}, a.at), el("td", { class: "who" }, a.who),
       el("td", { class: "token" }, a.token === null ? "\u2014" : a.token), el("td", { class: "comment" }, a.comment),
-      el("td", { class: "num" }, a.changes)];
+      el("td", { class: "num" }, a.changes), el("td", { class: "kind" }, a.kind || "")];
     const canRoll = isAdmin() && a.version < row.version && a.version >= row.compacted_to;
     cells.push(el("td", {}, canRoll ? el("button", { type: "button", class: "rollback secondary", "data-version": a.version,
       on: { click: () => rollbackPreview(ns, row.version, a.version, pane) } }, "Roll back to v" + a.version) : ""));
     return el("tr", { "data-version": a.version }, cells);
   });
   setView(nsHeader(ns, row.version, "history"),
-    el("table", { id: "history" }, el("thead", {}, el("tr", {}, ["Version", "At", "Author", "Token", "Comment", "Changes", ""].map((t) => el("th", {}, t)))),
+    el("table", { id: "history" }, el("thead", {}, el("tr", {}, ["Version", "At", "Author", "Token", "Comment", "Changes", "Kind", ""].map((t) => el("th", {}, t)))),
       el("tbody", {}, rows)),
     pane,
     el("h3", {}, "Diff two versions"),
@@ -469,9 +501,11 @@ async function rollbackPreview(ns, current, target, pane) {
           : `Rolled back to version ${r.rolled_back_to}: published as version ${r.version}.`);
       } catch (e) {
         confirm.disabled = false;
-        const msg = e.code === "version_conflict"
-          ? "Conflict: someone published meanwhile; nothing was rolled back. Reload the history and try again." : e.message;
-        pane.appendChild(el("p", { class: "error", id: "rollback-error" }, msg));
+        // A schema refusal names its rules, as a publish's does.
+        pane.appendChild(e.code === "version_conflict"
+          ? el("p", { class: "error", id: "rollback-error" },
+            "Conflict: someone published meanwhile; nothing was rolled back. Reload the history and try again.")
+          : errorBox("rollback-error", e, "nothing was rolled back"));
       }
     });
     pane.replaceChildren(el("h3", {}, `Roll back ${ns} from v${current} to v${target}: ${d.changes.length} change${d.changes.length === 1 ? "" : "s"}`),

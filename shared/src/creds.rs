@@ -83,6 +83,32 @@ pub enum CredentialError {
 }
 
 impl DbCredential {
+    /// A valid credential for tests and examples: generation 1, user
+    /// `v-approle-feature-abc`, password `pw`, primary `127.0.0.1:5432` and
+    /// replica `127.0.0.1:5433` (database `riskfeat`, no TLS), an hour left.
+    pub fn example() -> DbCredential {
+        let now = Utc::now();
+        let ep = |port| Endpoint {
+            host: "127.0.0.1".into(),
+            port,
+            dbname: "riskfeat".into(),
+            sslmode: SslMode::Disable,
+        };
+        DbCredential {
+            generation: 1,
+            username: "v-approle-feature-abc".into(),
+            password: Secret::new("pw"),
+            lease_id: "database/creds/feature-reader/xyz".into(),
+            lease_duration_s: 3600,
+            renewable: true,
+            issued_at: now,
+            expires_at: now + chrono::Duration::hours(1),
+            fallback: false,
+            primary: ep(5432),
+            replica: ep(5433),
+        }
+    }
+
     /// Every problem with the fields, all at once; empty when valid.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -171,26 +197,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn sample() -> DbCredential {
-        let now = Utc::now();
-        let ep = |port| Endpoint {
-            host: "127.0.0.1".into(),
-            port,
-            dbname: "riskfeat".into(),
-            sslmode: SslMode::Disable,
-        };
-        DbCredential {
-            generation: 1,
-            username: "v-approle-feature-abc".into(),
-            password: Secret::new("pw"),
-            lease_id: "database/creds/feature-reader/xyz".into(),
-            lease_duration_s: 3600,
-            renewable: true,
-            issued_at: now,
-            expires_at: now + chrono::Duration::hours(1),
-            fallback: false,
-            primary: ep(5432),
-            replica: ep(5433),
-        }
+        DbCredential::example()
     }
 
     #[test]

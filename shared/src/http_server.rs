@@ -32,6 +32,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+/// The route a request matched, as its pattern (`/v1/features/{user_id}`):
+/// the `route` label of both servers' request metrics, `unmatched` for a
+/// request no route took (so a scan of random paths adds no series).
+pub fn route_label<B>(req: &Request<B>) -> String {
+    req.extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned())
+}
+
 /// The `[http]` table of configd's and the worker's config files.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]

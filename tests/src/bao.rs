@@ -375,6 +375,32 @@ impl Bao {
         Ok((status, value))
     }
 
+    /// A root-token call without a body whose answer Vault wraps for
+    /// `wrap_ttl` (`X-Vault-Wrap-TTL`): the wrapping token.
+    pub async fn api_wrapped(
+        &self,
+        method: Method,
+        path: &str,
+        wrap_ttl: &str,
+    ) -> anyhow::Result<String> {
+        let url = format!("{}/v1/{}", self.addr, trim_path(path));
+        let v: Value = self
+            .http
+            .request(method.clone(), &url)
+            .header("X-Vault-Token", &self.root_token)
+            .header("X-Vault-Wrap-TTL", wrap_ttl)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("Vault {method} {url}"))?
+            .json()
+            .await?;
+        v["wrap_info"]["token"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("Vault {method} {url}: no wrap_info.token in {v}"))
+    }
+
     /// The string at `data.<key>` of a root-token call without a body.
     pub async fn api_str(&self, method: Method, path: &str, key: &str) -> anyhow::Result<String> {
         let v = self.api(method, path, None).await?;

@@ -211,6 +211,16 @@ impl Browser {
         }
     }
 
+    /// Waits for the displayed `css` element and clicks it.
+    pub async fn click(&self, css: &str) -> anyhow::Result<()> {
+        self.find(css).await?.click().await
+    }
+
+    /// Waits for the displayed `css` element and types `text` into it.
+    pub async fn type_into(&self, css: &str, text: &str) -> anyhow::Result<()> {
+        self.find(css).await?.type_text(text).await
+    }
+
     /// Waits until the text of a displayed `css` element contains `want`;
     /// returns that text.
     pub async fn wait_text(&self, css: &str, want: &str) -> anyhow::Result<String> {
@@ -329,21 +339,26 @@ impl Element<'_> {
             .await
     }
 
-    /// Whether it is displayed.
-    pub async fn displayed(&self) -> anyhow::Result<bool> {
+    /// A yes/no state of the element: `displayed`, `enabled`, `selected`.
+    async fn state(&self, what: &str) -> anyhow::Result<bool> {
         let v = self
             .browser
-            .cmd(reqwest::Method::GET, &self.path("/displayed"), Value::Null)
+            .cmd(
+                reqwest::Method::GET,
+                &self.path(&format!("/{what}")),
+                Value::Null,
+            )
             .await?;
         Ok(v == true)
     }
 
+    /// Whether it is displayed.
+    pub async fn displayed(&self) -> anyhow::Result<bool> {
+        self.state("displayed").await
+    }
+
     /// Whether it is enabled.
     pub async fn enabled(&self) -> anyhow::Result<bool> {
-        let v = self
-            .browser
-            .cmd(reqwest::Method::GET, &self.path("/enabled"), Value::Null)
-            .await?;
-        Ok(v == true)
+        self.state("enabled").await
     }
 }

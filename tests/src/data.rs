@@ -128,6 +128,16 @@ pub fn spike(user_id: i64, now: DateTime<Utc>) -> impl Iterator<Item = Txn> {
     })
 }
 
+/// A default [`crate::Stack`] with a [`spike`] for `user_id` loaded on the
+/// primary, the replica caught up (the worker reads the replica).
+pub async fn stack_with_spike(user_id: i64) -> anyhow::Result<crate::Stack> {
+    let stack = crate::Stack::start(crate::StackOptions::default()).await?;
+    let db = stack.pg.primary.connect_superuser().await?;
+    load(&db, spike(user_id, Utc::now())).await?;
+    stack.pg.wait_replica_caught_up().await?;
+    Ok(stack)
+}
+
 /// Appends `rows` to `transactions` with one text `COPY`; returns the
 /// number of rows copied.
 pub async fn load(

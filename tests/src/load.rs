@@ -90,4 +90,20 @@ impl Load {
         let failures = self.failures.lock().unwrap().clone();
         (self.ok.load(Ordering::Relaxed), failures)
     }
+
+    /// [`finish`](Load::finish) for a load under which no request may fail:
+    /// panics unless more than `min_ok` requests succeeded and none failed
+    /// (naming the first ten failures, then `logs`); returns the successes.
+    pub async fn finish_without_failures(self, min_ok: u64, logs: &str) -> u64 {
+        let (ok, failures) = self.finish().await;
+        assert!(ok > min_ok, "the load made progress ({ok} answers)\n{logs}");
+        assert!(
+            failures.is_empty(),
+            "{} failed requests of {}: {:?}\n{logs}",
+            failures.len(),
+            ok + failures.len() as u64,
+            &failures[..failures.len().min(10)],
+        );
+        ok
+    }
 }

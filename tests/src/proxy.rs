@@ -2,9 +2,17 @@
 //! then [`cut`](TcpProxy::cut) the link (live connections dropped, new ones
 //! accepted and closed at once), [`restore`](TcpProxy::restore) it, or slow
 //! it down ([`set_delay`](TcpProxy::set_delay)), point it at another
-//! upstream ([`set_upstream`](TcpProxy::set_upstream)), and count the
-//! connections it carries at once ([`peak`](TcpProxy::peak)). Runs on the
-//! tokio runtime that started it; dropping it closes everything.
+//! upstream ([`set_upstream`](TcpProxy::set_upstream)), count the
+//! connections it carries at once ([`peak`](TcpProxy::peak)) and those it
+//! was asked to open ([`opened`](TcpProxy::opened)). Runs on the tokio
+//! runtime that started it; dropping it closes everything.
+//!
+//! A connection is carried from its accept until its upstream closes it:
+//! so a session the server ended (a PostgreSQL backend terminated with
+//! `pg_terminate_backend`) still counts while the server process exits,
+//! after its client was told and may already have connected again. The
+//! peak therefore includes the server's dying sessions; the number of
+//! connections a client opened is [`opened`](TcpProxy::opened), exact.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,6 +36,8 @@ struct Inner {
     /// Connections forwarded now, and the most at once.
     active: AtomicU64,
     peak: AtomicU64,
+    /// Client connections accepted and forwarded, ever.
+    opened: AtomicU64,
     delay_us: AtomicU64,
     /// Bumped to make every live connection close.
     epoch: watch::Sender<u64>,
@@ -43,6 +53,7 @@ impl TcpProxy {
             cut: AtomicBool::new(false),
             active: AtomicU64::new(0),
             peak: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
             delay_us: AtomicU64::new(0),
             epoch: watch::channel(0).0,
         });
@@ -86,6 +97,12 @@ impl TcpProxy {
         self.inner.peak.load(Ordering::SeqCst)
     }
 
+    /// Client connections accepted (and not refused by a cut) since the
+    /// start: every connection a client opened through the proxy.
+    pub fn opened(&self) -> u64 {
+        self.inner.opened.load(Ordering::SeqCst)
+    }
+
     /// Client connections carried now.
     pub fn active(&self) -> u64 {
         self.inner.active.load(Ordering::SeqCst)
@@ -125,6 +142,7 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
             drop(client);
             continue;
         }
+        inner.opened.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(serve(client, inner.clone()));
     }
 }

@@ -67,32 +67,13 @@ mod tests {
     use super::*;
     use riskfeat_shared::ack::WorkerAck;
     use riskfeat_shared::config_file::ConfigSnapshot;
-    use riskfeat_shared::creds::{DbCredential, Endpoint, SslMode};
-    use riskfeat_shared::Secret;
+    use riskfeat_shared::creds::{DbCredential, SslMode};
     use serde_json::json;
 
     fn db() -> Value {
-        let now = chrono::Utc::now();
-        let ep = |port, sslmode| Endpoint {
-            host: "pg".into(),
-            port,
-            dbname: "riskfeat".into(),
-            sslmode,
-        };
-        serde_json::to_value(DbCredential {
-            generation: 3,
-            username: "v-x".into(),
-            password: Secret::new("pw"),
-            lease_id: "database/creds/r/1".into(),
-            lease_duration_s: 60,
-            renewable: true,
-            issued_at: now,
-            expires_at: now,
-            fallback: false,
-            primary: ep(5432, SslMode::Disable),
-            replica: ep(5433, SslMode::VerifyFull),
-        })
-        .unwrap()
+        let mut c = DbCredential::example();
+        c.replica.sslmode = SslMode::VerifyFull;
+        serde_json::to_value(c).unwrap()
     }
 
     /// What the Rust types write passes; each kind of drift the readers

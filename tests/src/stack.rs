@@ -60,9 +60,23 @@ impl Default for StackOptions {
     }
 }
 
+impl StackOptions {
+    /// The defaults, with the database role's `default_ttl` and `max_ttl`
+    /// (in seconds): how soon credentials need renewing and replacing.
+    pub fn with_ttls(default_ttl_s: u64, max_ttl_s: u64) -> StackOptions {
+        StackOptions {
+            default_ttl: Duration::from_secs(default_ttl_s),
+            max_ttl: Duration::from_secs(max_ttl_s),
+            ..Default::default()
+        }
+    }
+}
+
 /// What a test adds to [`Stack::agent_toml`]; every field is TOML text.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AgentToml<'a> {
+    /// `shared_dir` (default the stack's), e.g. for a second agent.
+    pub shared_dir: Option<&'a Path>,
     /// `metrics_addr` (default `127.0.0.1:0`).
     pub metrics_addr: Option<&'a str>,
     /// More top-level keys (e.g. `log_level = "debug"`).
@@ -182,7 +196,7 @@ impl Stack {
              [vault]\naddr = \"{vault}\"\nrole_id_file = \"{role_id}\"\n\
              secret_id_file = \"{secret_id}\"\nrequest_timeout_s = 2.0\n{vault_extra}\n\n\
              [database]\nprimary = {primary}\nreplica = {replica}\n{database}\n\n{sections}\n",
-            shared = self.shared_dir.path().display(),
+            shared = t.shared_dir.unwrap_or(self.shared_dir.path()).display(),
             metrics = t.metrics_addr.unwrap_or("127.0.0.1:0"),
             top = t.top,
             vault = self.vault_addr(),
@@ -203,6 +217,63 @@ impl Stack {
         std::fs::write(&path, self.agent_toml(t))
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
+    }
+
+    /// An agent config following configd, written to `<dir>/agent.toml`
+    /// (path returned): read token `token` in `<dir>/configd.token`, and a
+    /// `[configd]` section of `lines` (`addr`, `namespaces`, any other key)
+    /// and the test defaults for what `lines` does not set: a 5 s long-poll
+    /// and backoffs from 0.2 s to 1 s. Debug logs of the agent.
+    pub fn write_configd_agent_toml(
+        &self,
+        dir: &Path,
+        token: &str,
+        lines: &str,
+    ) -> anyhow::Result<PathBuf> {
+        let token_file = dir.join("configd.token");
+        std::fs::write(&token_file, token)
+            .with_context(|| format!("writing {}", token_file.display()))?;
+        let sets = |key: &str| {
+            lines
+                .lines()
+                .any(|l| l.split('=').next().is_some_and(|k| k.trim() == key))
+        };
+        let defaults: String = [
+            ("poll_timeout_s", "5"),
+            ("backoff_initial_s", "0.2"),
+            ("backoff_max_s", "1.0"),
+        ]
+        .iter()
+        .filter(|(key, _)| !sets(key))
+        .map(|(key, value)| format!("{key} = {value}\n"))
+        .collect();
+        let sections = format!(
+            "[configd]\n{lines}\ntoken_file = \"{}\"\n{defaults}",
+            token_file.display()
+        );
+        self.write_agent_toml(
+            dir,
+            AgentToml {
+                top: "log_level = \"info,riskfeat_agent=debug\"",
+                sections: &sections,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Revokes lease `lease_id` as root, as the agent (or an operator)
+    /// would: Vault runs the role's revocation statements (ends its
+    /// sessions on the primary, drops the role).
+    pub async fn revoke_lease(&self, lease_id: &str) -> anyhow::Result<()> {
+        self.bao
+            .api(
+                Method::PUT,
+                &self.vault_path("sys/leases/revoke"),
+                Some(json!({ "lease_id": lease_id })),
+            )
+            .await
+            .with_context(|| format!("revoking lease {lease_id}"))?;
+        Ok(())
     }
 
     /// `http://127.0.0.1:PORT` (`https://` with TLS), through the proxy
@@ -287,6 +358,16 @@ impl Stack {
         let path = format!("auth/{APPROLE_MOUNT}/role/{APPROLE_ROLE}/secret-id");
         self.bao
             .api_str(Method::POST, &self.vault_path(&path), "secret_id")
+            .await
+    }
+
+    /// A new secret_id of the `riskfeat-agent` AppRole, response-wrapped
+    /// for `wrap_ttl` as a CI/CD system would hand it over: the wrapping
+    /// token.
+    pub async fn new_wrapped_secret_id(&self, wrap_ttl: &str) -> anyhow::Result<String> {
+        let path = format!("auth/{APPROLE_MOUNT}/role/{APPROLE_ROLE}/secret-id");
+        self.bao
+            .api_wrapped(Method::POST, &self.vault_path(&path), wrap_ttl)
             .await
     }
 

@@ -2,9 +2,10 @@
 //! agent (real OpenBao + PostgreSQL via the harness) and the real configd.
 
 use riskfeat_shared::config_file::ConfigSnapshot;
+use riskfeat_tests::fixtures::sample;
 use riskfeat_tests::tls::ServerCert;
 use riskfeat_tests::{
-    wait_until, Agent, AgentToml, Configd, ConfigdToken, Stack, StackOptions, TestCa, Worker,
+    wait_until, Agent, Configd, ConfigdToken, Stack, StackOptions, TestCa, Worker,
 };
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -31,24 +32,25 @@ fn agent_config(stack: &Stack, dir: &Path, configd_base: &str) -> PathBuf {
     agent_config_with(stack, dir, &format!("addr = \"{configd_base}\""))
 }
 
-/// The agent's config with `[configd]` lines `addr_lines` (addr, ca_file).
+/// The agent's config with `[configd]` lines `addr_lines` (addr, ca_file),
+/// following `features`.
 fn agent_config_with(stack: &Stack, dir: &Path, addr_lines: &str) -> PathBuf {
-    std::fs::write(dir.join("configd.token"), READER).unwrap();
-    stack
-        .write_agent_toml(
-            dir,
-            AgentToml {
-                top: "log_level = \"info,riskfeat_agent=debug\"",
-                sections: &format!(
-                    "[configd]\n{addr_lines}\ntoken_file = \"{}\"\n\
-                     namespaces = [\"features\"]\npoll_timeout_s = 5\nbackoff_initial_s = 0.2\n\
-                     backoff_max_s = 1.0\n",
-                    dir.join("configd.token").display()
-                ),
-                ..Default::default()
-            },
-        )
-        .unwrap()
+    let lines = format!("{addr_lines}\nnamespaces = [\"features\"]");
+    stack.write_configd_agent_toml(dir, READER, &lines).unwrap()
+}
+
+/// `POST /v1/admin/namespaces/<path>` with `body`, which must answer 200:
+/// the version it made.
+async fn admin_post_version(
+    client: &reqwest::Client,
+    configd: &Configd,
+    path: &str,
+    body: Value,
+) -> u64 {
+    let url = configd.url(&format!("/v1/admin/namespaces/{path}"));
+    let (s, r) = admin_with(client, reqwest::Method::POST, url, Some(body)).await;
+    assert_eq!(s, 200, "{r}");
+    r["version"].as_u64().unwrap()
 }
 
 /// An admin request through `client` (0 = no answer, e.g. TLS refused).
@@ -191,6 +193,18 @@ async fn served_cert(ca: &TestCa, base: &str) -> Option<Vec<u8>> {
     info.peer_certificate().map(<[u8]>::to_vec)
 }
 
+/// Waits until the agent's `/status` has a `config.<field>` text that `ok`
+/// accepts.
+async fn wait_config_text(agent: &Agent, field: &str, what: &str, ok: impl Fn(&str) -> bool) {
+    wait_until(Duration::from_secs(30), what, || async {
+        agent.status().await.unwrap_or_default()["config"][field]
+            .as_str()
+            .is_some_and(&ok)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+}
+
 /// configd over HTTPS: the agent trusts exactly `configd.ca_file` (a wrong
 /// CA is named in its status and nothing is published; the file fixed in
 /// place applies without a restart), plain HTTP is refused, a renewed certificate is served to new connections without a
@@ -242,17 +256,13 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
         &format!("addr = \"{base}\"\nca_file = \"{}\"", ca_file.display()),
     );
     let agent = Agent::spawn(&cfg, stack.shared_dir.path(), &[]).unwrap();
-    wait_until(
-        Duration::from_secs(30),
+    wait_config_text(
+        &agent,
+        "last_error",
         "the agent names the TLS failure",
-        || async {
-            agent.status().await.unwrap_or_default()["config"]["last_error"]
-                .as_str()
-                .is_some_and(|e| e.to_lowercase().contains("certificate"))
-        },
+        |e| e.to_lowercase().contains("certificate"),
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    .await;
     assert!(
         published(&stack).is_none(),
         "nothing published from an untrusted server"
@@ -260,19 +270,10 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
     // The CA file fixed in place (a ConfigMap update): no restart needed.
     // A file that is not a CA first: reported, the CA in use stays.
     std::fs::write(&ca_file, "not a certificate").unwrap();
-    wait_until(
-        Duration::from_secs(30),
-        "the bad CA file is named",
-        || async {
-            agent.status().await.unwrap_or_default()["config"]["ca_error"]
-                .as_str()
-                .is_some_and(|e| {
-                    e.contains("configd.ca_file") && e.contains("keeping the CA in use")
-                })
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    wait_config_text(&agent, "ca_error", "the bad CA file is named", |e| {
+        e.contains("configd.ca_file") && e.contains("keeping the CA in use")
+    })
+    .await;
     ca.write_cert(&ca_file).unwrap();
     wait_until(Duration::from_secs(30), "config over https", || async {
         published(&stack).is_some_and(|s| s.version == 1)
@@ -329,12 +330,8 @@ async fn configd_over_tls_trusts_the_configured_ca_and_renews_without_a_restart(
 /// changes the features the worker returns, with no restart of anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_publish_changes_the_features_the_worker_returns() {
-    let stack = Stack::start(StackOptions::default()).await.unwrap();
     // Steady amounts then a spike: a large z-score for user 7.
-    let db = stack.pg.primary.connect_superuser().await.unwrap();
-    let rows = riskfeat_tests::data::spike(7, chrono::Utc::now());
-    riskfeat_tests::data::load(&db, rows).await.unwrap();
-    stack.pg.wait_replica_caught_up().await.unwrap();
+    let stack = riskfeat_tests::data::stack_with_spike(7).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut configd = configd(&stack);
     configd.start("").await.unwrap();
@@ -353,26 +350,29 @@ async fn a_publish_changes_the_features_the_worker_returns() {
         }
         r.json::<Value>().await.ok()
     };
-    wait_until(
-        Duration::from_secs(60),
-        "worker serves config version 1",
-        || async { features().await.is_some_and(|b| b["config_version"] == 1) },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\nagent:\n{}\nworker:\n{}", agent.logs(), worker.logs()));
-    let before = features().await.unwrap();
+    // The features once the worker serves config `version`.
+    let served = |version: u64| {
+        let what = format!("worker serves config version {version}");
+        let (features, agent, worker) = (&features, &agent, &worker);
+        async move {
+            wait_until(Duration::from_secs(60), &what, || async {
+                features()
+                    .await
+                    .is_some_and(|b| b["config_version"] == version)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                panic!("{e}\nagent:\n{}\nworker:\n{}", agent.logs(), worker.logs())
+            });
+            features().await.unwrap()
+        }
+    };
+    let before = served(1).await;
     assert_eq!(before["features"]["flags"]["zscore_high"], true, "{before}");
     let worker_pid = worker.pid();
     // Publish a higher threshold: the flag drops, same processes.
     assert_eq!(publish(&http, &configd, threshold(1000.0)).await, 200);
-    wait_until(
-        Duration::from_secs(30),
-        "worker serves config version 2",
-        || async { features().await.is_some_and(|b| b["config_version"] == 2) },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\nagent:\n{}\nworker:\n{}", agent.logs(), worker.logs()));
-    let after = features().await.unwrap();
+    let after = served(2).await;
     assert_eq!(after["features"]["flags"]["zscore_high"], false, "{after}");
     assert_eq!(
         after["features"]["zscore"], before["features"]["zscore"],
@@ -415,18 +415,43 @@ async fn wait_zscore(shared: &Path, want: f64, what: &str, agent: &Agent) {
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
 }
 
+/// Waits until `worker` has config `version` in force, failing at once
+/// when it rejects a config file instead (its error and log).
+async fn wait_worker_at(worker: &Worker, version: u64) {
+    let config = || async { worker.status().await.unwrap_or_default()["config"].clone() };
+    let what = format!("the worker at config version {version}, or rejecting one");
+    wait_until(Duration::from_secs(30), &what, || async {
+        let c = config().await;
+        c["version"] == version || !c["error"].is_null()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", worker.logs()));
+    let c = config().await;
+    assert!(
+        c["version"] == version && c["error"].is_null(),
+        "the worker rejected a config: {c}\n{}",
+        worker.logs()
+    );
+}
+
 /// Two agents on the bootstrapped `features` namespace (its schema
 /// installed from k8s/bootstrap/configd/, as production does), one
 /// labelled `canary=true` through a downward-API labels file: a gray
 /// release to `canary=true` reaches only that agent's config file, the
 /// other stays; promote reaches both; a publish the schema refuses is a
-/// 400 naming the key and never reaches either agent; the rollout view
-/// lists both agents by client id with the version they applied.
+/// 400 naming the key and never reaches either agent nor the canary's
+/// worker (configd -> agent -> worker: the worker applies the gray and the
+/// promoted versions and rejects nothing); the rollout view lists both
+/// agents by client id with the version they applied.
 ///
-/// Checked: with the selector match removed from configd's `/changes`
+/// Checked: with the selector match in configd's `/changes` always true
 /// the plain agent gets the gray value and this test fails at "the plain
-/// agent stays"; without the agent's identity headers the canary never
-/// gets it ("gray reaches the canary" times out).
+/// agent stays" (2.5, not 3.0); without the agent's identity headers the
+/// canary never gets it ("gray reaches the canary" times out); with the
+/// schema check at publish skipped, at the 400 (`(200, None)`); with every
+/// schema check skipped and that 400 assertion taken out, the worker
+/// fails it: "the worker rejected a config: ... config version 4
+/// rejected: lookback = 0: expected 1..=1000".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gray_release_reaches_only_the_canary_agent_then_promote_reaches_both() {
     let stack = Stack::start(StackOptions::default()).await.unwrap();
@@ -454,6 +479,8 @@ async fn gray_release_reaches_only_the_canary_agent_then_promote_reaches_both() 
     );
     let cfg_a = agent_config_with(&stack, dir_a.path(), &lines);
     let agent_a = Agent::spawn(&cfg_a, stack.shared_dir.path(), &[]).unwrap();
+    // The canary's worker: it reads what agent A publishes.
+    let worker = Worker::spawn(stack.shared_dir.path(), "recheck_interval_ms = 1000").unwrap();
     // The plain agent: a shared dir of its own.
     let dir_b = tempfile::tempdir().unwrap();
     let shared_b = riskfeat_tests::stack::shared_dir().unwrap();
@@ -473,13 +500,11 @@ async fn gray_release_reaches_only_the_canary_agent_then_promote_reaches_both() 
     wait_zscore(b, 3.0, "plain at 3.0", &agent_b).await;
 
     // Gray to canary=true.
-    let url = configd.url("/v1/admin/namespaces/features/gray");
     let body = json!({"selector": {"labels": {"canary": "true"}},
                       "changes": [{"op": "upsert", "key": "zscore_above", "value": 2.5}]});
-    let (s, r) = admin_with(&http, reqwest::Method::POST, url, Some(body)).await;
-    assert_eq!(s, 200, "{r}");
-    let gray_version = r["version"].as_u64().unwrap();
+    let gray_version = admin_post_version(&http, &configd, "features/gray", body).await;
     wait_zscore(a, 2.5, "gray reaches the canary", &agent_a).await;
+    wait_worker_at(&worker, gray_version).await;
     // The plain agent has seen the gray start's version, with its items.
     wait_until(
         Duration::from_secs(30),
@@ -494,7 +519,8 @@ async fn gray_release_reaches_only_the_canary_agent_then_promote_reaches_both() 
         "the plain agent stays"
     );
 
-    // A value the schema refuses: 400 naming the key, neither agent sees it.
+    // A value the schema refuses: 400 naming the key; neither agent nor
+    // the worker ever sees it.
     let url = configd.url("/v1/admin/namespaces/features/publish");
     let bad = json!({"changes": [{"op": "upsert", "key": "lookback", "value": 0}]});
     let (s, r) = admin_with(&http, reqwest::Method::POST, url, Some(bad)).await;
@@ -512,10 +538,7 @@ async fn gray_release_reaches_only_the_canary_agent_then_promote_reaches_both() 
     );
 
     // Promote: both agents.
-    let url = configd.url("/v1/admin/namespaces/features/gray/promote");
-    let (s, r) = admin_with(&http, reqwest::Method::POST, url, Some(json!({}))).await;
-    assert_eq!(s, 200, "{r}");
-    let promoted = r["version"].as_u64().unwrap();
+    let promoted = admin_post_version(&http, &configd, "features/gray/promote", json!({})).await;
     wait_zscore(b, 2.5, "promote reaches the plain agent", &agent_b).await;
     wait_until(
         Duration::from_secs(30),
@@ -527,6 +550,12 @@ async fn gray_release_reaches_only_the_canary_agent_then_promote_reaches_both() 
     )
     .await
     .unwrap();
+    // The worker applied every version it was given (the gray view, then
+    // the promoted one) and rejected none: it never saw the refused value.
+    wait_worker_at(&worker, promoted).await;
+    let m = worker.metrics().await.unwrap();
+    let rejected = "riskfeat_worker_config_reloads_total{result=\"rejected\"}";
+    assert_eq!(sample(&m, rejected).unwrap_or(0.0), 0.0, "{m}");
     for s in [published_in(a).unwrap(), published_in(b).unwrap()] {
         assert!(
             !s.items.contains_key("lookback"),

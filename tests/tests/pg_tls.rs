@@ -167,13 +167,7 @@ async fn features_status(w: &Worker) -> u16 {
 /// nothing and is named in /status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_rotation_applies_without_a_restart() {
-    let stack = Stack::start(StackOptions {
-        default_ttl: SECS(10),
-        max_ttl: SECS(30),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let stack = Stack::start(StackOptions::with_ttls(10, 30)).await.unwrap();
     let su = stack.pg.primary.connect_superuser().await.unwrap();
     data::load(&su, data::generate(3, 20, 7)).await.unwrap();
     stack.pg.wait_replica_caught_up().await.unwrap();

@@ -253,37 +253,39 @@ lag_policy = "fastest"
 pool_size = "many"
 max_batch = 1000
 "#;
-        let err = Config::parse("w.toml", text, &Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let err = parse_error(text);
         assert!(err.starts_with("w.toml: invalid config"), "{err}");
-        assert!(err.contains("pool_sise"), "{err}");
-        assert!(err.contains("lag_policy"), "{err}");
-        assert!(
-            err.contains("\n  - pool_size: invalid type: string \"many\", expected usize"),
-            "{err}"
-        );
-        assert!(
-            err.contains("\n  - pool_sise: unknown key, expected one of `shared_dir`, "),
-            "{err}"
-        );
-        assert!(
-            err.contains(
-                "\n  - lag_policy: unknown variant `fastest`, expected `mark_stale` or `primary`"
-            ),
-            "{err}"
+        assert_names(
+            &err,
+            &[
+                "\n  - pool_size: invalid type: string \"many\", expected usize",
+                "\n  - pool_sise: unknown key, expected one of `shared_dir`, ",
+                "\n  - lag_policy: unknown variant `fastest`, expected `mark_stale` or `primary`",
+            ],
         );
     }
 
     #[test]
     fn ranges_are_checked_together() {
         let text = "pool_size = 0\nlisten = \"nowhere\"\nnamespace = \"../x\"\n";
-        let err = Config::parse("w.toml", text, &Overrides::default())
+        assert_names(
+            &parse_error(text),
+            &["pool_size = 0", "listen", "namespace"],
+        );
+    }
+
+    /// The message of the error parsing `text` (no overrides) gives.
+    fn parse_error(text: &str) -> String {
+        Config::parse("w.toml", text, &Overrides::default())
             .unwrap_err()
-            .to_string();
-        assert!(err.contains("pool_size = 0"), "{err}");
-        assert!(err.contains("listen"), "{err}");
-        assert!(err.contains("namespace"), "{err}");
+            .to_string()
+    }
+
+    /// Asserts that `err` says every one of `parts`.
+    fn assert_names(err: &str, parts: &[&str]) {
+        for part in parts {
+            assert!(err.contains(part), "no {part:?} in:\n{err}");
+        }
     }
 
     #[test]

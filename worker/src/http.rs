@@ -7,7 +7,7 @@ use crate::features::{compute, Features, Row, Windows};
 use crate::params::FeatureParams;
 use crate::pool::DbError;
 use axum::body::Bytes;
-use axum::extract::{MatchedPath, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -32,11 +32,7 @@ pub fn router(app: Arc<App>) -> Router {
 
 async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = riskfeat_shared::http_server::route_label(&req);
     let resp = next.run(req).await;
     app.metrics
         .request_duration
@@ -93,6 +89,13 @@ impl From<QueryFailure> for ApiError {
                 unavailable,
                 "database_unavailable",
                 "the database cannot be reached; retry later",
+            ),
+            // A credential that lost its rights (revoked under the worker)
+            // is no more usable than one that no longer logs in.
+            QueryFailure::Db(DbError::Refused(_)) => (
+                unavailable,
+                "database_unavailable",
+                "the database refused the credential in use; retry later",
             ),
             QueryFailure::Db(DbError::Query(_)) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -371,6 +374,13 @@ mod tests {
                 )),
                 500,
                 "database_error",
+            ),
+            (
+                QueryFailure::Db(DbError::Refused(
+                    "permission denied for table secret_table (SQLSTATE 42501)".into(),
+                )),
+                503,
+                "database_unavailable",
             ),
         ] {
             let e = ApiError::from(f);

@@ -2,9 +2,9 @@
 //! carry a username, a password or a user id.
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry,
+    Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
 };
+use riskfeat_shared::metrics::Registrar;
 
 /// Every metric the worker exports.
 #[derive(Clone)]
@@ -49,141 +49,108 @@ impl Metrics {
     }
 
     pub fn new() -> Self {
-        let registry = Registry::new();
-        riskfeat_shared::metrics::register_common(
-            &registry,
-            "riskfeat_worker_build_info",
-            env!("CARGO_PKG_VERSION"),
+        let r = Registrar::new("riskfeat_worker_build_info", env!("CARGO_PKG_VERSION"));
+        let reads = r.counter_vec(
+            "riskfeat_worker_db_reads_total",
+            "Feature queries by source (replica, primary).",
+            &["source"],
         );
-        macro_rules! reg {
-            ($m:expr) => {{
-                let m = $m.expect("static metric definition");
-                registry
-                    .register(Box::new(m.clone()))
-                    .expect("unique metric name");
-                m
-            }};
-        }
-        let buckets = vec![
-            0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025,
-            0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-        ];
-        let reads = reg!(IntCounterVec::new(
-            Opts::new(
-                "riskfeat_worker_db_reads_total",
-                "Feature queries by source (replica, primary)."
-            ),
-            &["source"]
-        ));
-        let skipped = reg!(IntCounterVec::new(
-            Opts::new(
-                "riskfeat_worker_amounts_skipped_total",
-                "Transactions whose amount was NULL or not a finite number, skipped \
-                 (part: latest = among the newest lookback rows, windows = in the window \
-                 aggregates)."
-            ),
-            &["part"]
-        ));
-        let runtime_stall = reg!(Histogram::with_opts(
-            HistogramOpts::new(
+        let skipped = r.counter_vec(
+            "riskfeat_worker_amounts_skipped_total",
+            "Transactions whose amount was NULL or not a finite number, skipped \
+             (part: latest = among the newest lookback rows, windows = in the window \
+             aggregates).",
+            &["part"],
+        );
+        Metrics {
+            runtime_stall: r.histogram(
                 "riskfeat_worker_runtime_stall_seconds",
                 "How late a 10 ms ticker task on the runtime woke: what any task waits for a \
-                 runtime thread (blocking calls, long polls, threads waiting for a CPU)."
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
-            ])
-        ));
-        let runtime_blocked = reg!(Histogram::with_opts(
-            HistogramOpts::new(
+                 runtime thread (blocking calls, long polls, threads waiting for a CPU).",
+                &[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ],
+            ),
+            runtime_blocked: r.histogram(
                 "riskfeat_worker_runtime_blocked_seconds",
                 "Stretches during which a runtime thread was asleep in the kernel inside a task \
                  (a blocking call on the runtime), sampled every 20 ms; waiting for a CPU does \
-                 not count."
-            )
-            .buckets(vec![0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
-        ));
-        Metrics {
-            runtime_stall,
-            runtime_blocked,
+                 not count.",
+                &[0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+            ),
             skipped_latest: skipped.with_label_values(&["latest"]),
             skipped_windows: skipped.with_label_values(&["windows"]),
             reads_replica: reads.with_label_values(&["replica"]),
             reads_primary: reads.with_label_values(&["primary"]),
-            request_duration: reg!(HistogramVec::new(
-                HistogramOpts::new(
-                    "riskfeat_worker_http_request_duration_seconds",
-                    "HTTP request duration by route and status."
-                )
-                .buckets(buckets),
-                &["route", "status"]
-            )),
-            pool_connections: reg!(IntGaugeVec::new(
-                Opts::new(
-                    "riskfeat_worker_pool_connections",
-                    "Replica pool connections of the credential in use, by state (idle, in_use)."
-                ),
-                &["state"]
-            )),
-            pool_max_size: reg!(IntGauge::new(
+            request_duration: r.histogram_vec(
+                "riskfeat_worker_http_request_duration_seconds",
+                "HTTP request duration by route and status.",
+                &[
+                    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01,
+                    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ],
+                &["route", "status"],
+            ),
+            pool_connections: r.gauge_vec(
+                "riskfeat_worker_pool_connections",
+                "Replica pool connections of the credential in use, by state (idle, in_use).",
+                &["state"],
+            ),
+            pool_max_size: r.gauge(
                 "riskfeat_worker_pool_max_connections",
-                "Replica pool size in use (fallback_pool_size under the fallback credential)."
-            )),
-            pool_waiting: reg!(IntGauge::new(
+                "Replica pool size in use (fallback_pool_size under the fallback credential).",
+            ),
+            pool_waiting: r.gauge(
                 "riskfeat_worker_pool_waiting_requests",
-                "Requests waiting for a pooled connection now."
-            )),
-            pool_wait_timeouts: reg!(IntCounter::new(
+                "Requests waiting for a pooled connection now.",
+            ),
+            pool_wait_timeouts: r.counter(
                 "riskfeat_worker_pool_wait_timeouts_total",
-                "Requests that found no free connection within pool_wait_timeout_ms."
-            )),
-            pools_draining: reg!(IntGauge::new(
+                "Requests that found no free connection within pool_wait_timeout_ms.",
+            ),
+            pools_draining: r.gauge(
                 "riskfeat_worker_pools_draining",
-                "Pools of older credentials still finishing in-flight queries."
-            )),
-            credential_generation: reg!(IntGauge::new(
+                "Pools of older credentials still finishing in-flight queries.",
+            ),
+            credential_generation: r.gauge(
                 "riskfeat_worker_credential_generation",
-                "Generation of the credential the pool uses (0: none yet)."
-            )),
-            credential_swaps: reg!(IntCounter::new(
+                "Generation of the credential the pool uses (0: none yet).",
+            ),
+            credential_swaps: r.counter(
                 "riskfeat_worker_credential_swaps_total",
-                "Pools swapped in for a new credential generation."
-            )),
-            credential_failures: reg!(IntCounterVec::new(
-                Opts::new(
-                    "riskfeat_worker_credential_failures_total",
-                    "db.json files or credentials rejected (the previous pool stays), by reason."
-                ),
-                &["reason"]
-            )),
-            credential_fallback: reg!(IntGauge::new(
+                "Pools swapped in for a new credential generation.",
+            ),
+            credential_failures: r.counter_vec(
+                "riskfeat_worker_credential_failures_total",
+                "db.json files or credentials rejected (the previous pool stays), by reason.",
+                &["reason"],
+            ),
+            credential_fallback: r.gauge(
                 "riskfeat_worker_credential_fallback",
-                "1 while the credential in use is the static fallback (responses degraded)."
-            )),
-            config_version: reg!(IntGauge::new(
+                "1 while the credential in use is the static fallback (responses degraded).",
+            ),
+            config_version: r.gauge(
                 "riskfeat_worker_config_version",
-                "Version of the feature config in force (0: built-in defaults)."
-            )),
-            config_reloads: reg!(IntCounterVec::new(
-                Opts::new(
-                    "riskfeat_worker_config_reloads_total",
-                    "Feature config files applied (ok) or rejected (rejected)."
-                ),
-                &["result"]
-            )),
-            replica_lag: reg!(Gauge::new(
+                "Version of the feature config in force (0: built-in defaults).",
+            ),
+            config_reloads: r.counter_vec(
+                "riskfeat_worker_config_reloads_total",
+                "Feature config files applied (ok) or rejected (rejected).",
+                &["result"],
+            ),
+            replica_lag: r.float_gauge(
                 "riskfeat_worker_replica_lag_seconds",
-                "Replica replay lag as last measured."
-            )),
-            replica_stale: reg!(IntGauge::new(
+                "Replica replay lag as last measured.",
+            ),
+            replica_stale: r.gauge(
                 "riskfeat_worker_replica_stale",
-                "1 while the replica lag exceeds max_replica_lag_ms or cannot be measured."
-            )),
-            db_retries: reg!(IntCounter::new(
+                "1 while the replica lag exceeds max_replica_lag_ms or cannot be measured.",
+            ),
+            db_retries: r.counter(
                 "riskfeat_worker_db_retries_total",
-                "Queries retried on a fresh connection after a connection error."
-            )),
-            registry,
+                "Queries retried on a fresh connection after a connection error.",
+            ),
+            registry: r.registry(),
         }
     }
 }

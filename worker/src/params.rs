@@ -118,6 +118,16 @@ impl FeatureParams {
                 None
             }
         };
+        // A number key that must not be negative.
+        let non_negative = |key: &str, problems: &mut Vec<String>| -> Option<f64> {
+            let x = float(key, problems)?;
+            if x >= 0.0 {
+                Some(x)
+            } else {
+                problems.push(format!("{key} = {x}: expected >= 0"));
+                None
+            }
+        };
         if let Some(n) = ranged("lookback", 1..=1000, "1..=1000", &mut problems) {
             p.lookback = n as usize;
         }
@@ -130,22 +140,14 @@ impl FeatureParams {
                 p.ma_window, p.lookback
             ));
         }
-        if let Some(x) = float("zscore_above", &mut problems) {
-            if x >= 0.0 {
-                p.zscore_above = x;
-            } else {
-                problems.push(format!("zscore_above = {x}: expected >= 0"));
-            }
+        if let Some(x) = non_negative("zscore_above", &mut problems) {
+            p.zscore_above = x;
         }
         if let Some(n) = ranged("count_1h_above", 0..=i64::MAX, ">= 0", &mut problems) {
             p.count_1h_above = n as u64;
         }
-        if let Some(x) = float("amount_24h_above", &mut problems) {
-            if x >= 0.0 {
-                p.amount_24h_above = x;
-            } else {
-                problems.push(format!("amount_24h_above = {x}: expected >= 0"));
-            }
+        if let Some(x) = non_negative("amount_24h_above", &mut problems) {
+            p.amount_24h_above = x;
         }
         let lookback = format!("0..=lookback ({})", p.lookback);
         if let Some(n) = ranged(
@@ -156,12 +158,8 @@ impl FeatureParams {
         ) {
             p.min_history = n as usize;
         }
-        if let Some(x) = float("std_epsilon", &mut problems) {
-            if x >= 0.0 {
-                p.std_epsilon = x;
-            } else {
-                problems.push(format!("std_epsilon = {x}: expected >= 0"));
-            }
+        if let Some(x) = non_negative("std_epsilon", &mut problems) {
+            p.std_epsilon = x;
         }
         for (key, slot) in [
             ("short_window_s", &mut p.short_window_s),

@@ -19,6 +19,14 @@
 //! connection outside the pool: however many requests fail at once (a
 //! failover), a pod holds at most `pool_size` connections per server.
 //!
+//! A query refused for want of privilege (SQLSTATE 42501) on a connection
+//! that worked is [`DbError::Refused`]: the credential in use lost its
+//! rights under a live session (its role dropped by a lease revocation,
+//! which ends the role's sessions on the primary only, or its grant
+//! revoked). Not retried (the pool's other sessions are the same role);
+//! the caller is told the database is unavailable, as for a login that
+//! fails, until a new credential is swapped in.
+//!
 //! While the credential is the static fallback, the pools are
 //! `fallback_pool_size` (all pods share that one login's `CONNECTION LIMIT`).
 
@@ -73,6 +81,9 @@ pub enum DbError {
     Closed,
     #[error("query failed: {0}")]
     Query(String),
+    /// The credential in use may no longer read (SQLSTATE 42501).
+    #[error("the credential in use was refused: {0}")]
+    Refused(String),
     #[error("{0}")]
     Tls(#[from] PgTlsError),
     #[error("{0}")]
@@ -330,9 +341,18 @@ pub fn conn_dead(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// True for a refusal of the credential's rights (SQLSTATE 42501,
+/// `insufficient_privilege`): its role was dropped under the session, or a
+/// grant it relied on was revoked.
+pub fn credential_refused(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE)
+}
+
 fn query_err(e: tokio_postgres::Error) -> DbError {
     if conn_dead(&e) {
         DbError::Closed
+    } else if credential_refused(&e) {
+        DbError::Refused(describe_pg(&e))
     } else {
         DbError::Query(describe_pg(&e))
     }

@@ -139,15 +139,7 @@ async fn run_stack(args: &Args, stack: &Stack, dir: &Path) -> anyhow::Result<()>
         .await
         .context("bootstrapping the features namespace")?;
     configd
-        .publish(
-            &admin_token,
-            "features",
-            json!([
-                {"op": "upsert", "key": "lookback", "value": 50},
-                {"op": "upsert", "key": "ma_window", "value": 10},
-                {"op": "upsert", "key": "zscore_above", "value": 3.0},
-            ]),
-        )
+        .publish_seed_features(&admin_token, &[("zscore_above", json!(3.0))])
         .await
         .context("publishing the demo config")?;
     let http = reqwest::Client::new();

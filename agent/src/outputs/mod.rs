@@ -182,17 +182,9 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     fn config(shared: &Path, outputs: &str) -> Config {
+        let minimal = crate::config::tests::MINIMAL;
         let text = format!(
-            r#"
-            shared_dir = "{}"
-            [vault]
-            addr = "http://127.0.0.1:1"
-            secret_id_file = "/s"
-            [database]
-            primary = {{ host = "p", port = 5432, dbname = "riskfeat" }}
-            replica = {{ host = "r", port = 5433, dbname = "riskfeat" }}
-            {outputs}
-            "#,
+            "shared_dir = \"{}\"\n{minimal}\n{outputs}",
             shared.display()
         );
         crate::config::Config::parse("t.toml", &text, &Default::default()).unwrap()

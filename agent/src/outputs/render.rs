@@ -103,16 +103,37 @@ fn kv_quote(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-fn dsn_keyvalue(cred: &DbCredential, ep: &Endpoint, tls: &Tls) -> String {
-    let mut pairs = vec![
+/// The libpq connection parameters for `cred` at `ep`, by keyword, the TLS
+/// ones last: what the key=value DSN says, and the environment (through
+/// [`libpq_env`]).
+fn libpq_params(cred: &DbCredential, ep: &Endpoint, tls: &Tls) -> Vec<(&'static str, String)> {
+    let mut params = vec![
         ("host", ep.host.clone()),
         ("port", ep.port.to_string()),
         ("dbname", ep.dbname.clone()),
         ("user", cred.username.clone()),
         ("password", cred.password.expose().to_string()),
     ];
-    pairs.extend(tls.pairs());
-    let mut out = pairs
+    params.extend(tls.pairs());
+    params
+}
+
+/// The environment variable libpq reads a [`libpq_params`] keyword from.
+fn libpq_env(keyword: &str) -> &'static str {
+    match keyword {
+        "host" => "PGHOST",
+        "port" => "PGPORT",
+        "dbname" => "PGDATABASE",
+        "user" => "PGUSER",
+        "password" => "PGPASSWORD",
+        "sslmode" => "PGSSLMODE",
+        "sslrootcert" => "PGSSLROOTCERT",
+        other => unreachable!("libpq_params has no keyword {other}"),
+    }
+}
+
+fn dsn_keyvalue(cred: &DbCredential, ep: &Endpoint, tls: &Tls) -> String {
+    let mut out = libpq_params(cred, ep, tls)
         .iter()
         .map(|(k, v)| format!("{k}={}", kv_quote(v)))
         .collect::<Vec<_>>()
@@ -170,17 +191,10 @@ fn sh_quote(s: &str) -> String {
 }
 
 fn env(cred: &DbCredential, ep: &Endpoint, tls: &Tls) -> String {
-    let mut vars = vec![
-        ("PGHOST", ep.host.clone()),
-        ("PGPORT", ep.port.to_string()),
-        ("PGDATABASE", ep.dbname.clone()),
-        ("PGUSER", cred.username.clone()),
-        ("PGPASSWORD", cred.password.expose().to_string()),
-        ("PGSSLMODE", tls.mode.as_str().to_string()),
-    ];
-    if let Some(ca) = &tls.rootcert {
-        vars.push(("PGSSLROOTCERT", ca.clone()));
-    }
+    let mut vars: Vec<_> = libpq_params(cred, ep, tls)
+        .into_iter()
+        .map(|(k, v)| (libpq_env(k), v))
+        .collect();
     vars.push(("RISKFEAT_GENERATION", cred.generation.to_string()));
     let mut out = header(cred);
     for (k, v) in vars {
@@ -242,7 +256,6 @@ mod tests {
     use riskfeat_shared::Secret;
 
     fn cred(password: &str) -> DbCredential {
-        let now = chrono::Utc::now();
         let ep = |host: &str, port| Endpoint {
             host: host.into(),
             port,
@@ -253,14 +266,9 @@ mod tests {
             generation: 7,
             username: "v-approle-x".into(),
             password: Secret::new(password),
-            lease_id: "database/creds/r/1".into(),
-            lease_duration_s: 60,
-            renewable: true,
-            issued_at: now,
-            expires_at: now,
-            fallback: false,
             primary: ep("pg-primary", 5432),
             replica: ep("::1", 5433),
+            ..DbCredential::example()
         }
     }
 

@@ -4,9 +4,9 @@
 //! console's read-only view shows). The namespace list is in `rollout.rs`.
 
 use super::auth::{Admin, Caller, JsonBody, Reader};
-use super::publish::{check_text, checked, parse_changes, ChangeIn, Request};
+use super::publish::{apply, parse_changes, ChangeIn, Signed, What};
 use super::{param_u64, query, ApiError, AppState};
-use crate::store::{Change, GrayEffect, Op};
+use crate::store::{Change, Op};
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -23,8 +23,7 @@ pub async fn create(
     State(st): State<Arc<AppState>>,
     Admin(Caller { ns, token: who }): Admin,
 ) -> Result<Response, ApiError> {
-    let r = st.cache.track(st.cache.store().create_namespace(&ns).await);
-    r.map_err(|e| ApiError::store(e, &ns))?;
+    st.stored(&ns, st.store().create_namespace(&ns).await)?;
     tracing::info!(namespace = %ns, by = %who, "namespace created");
     Ok((
         StatusCode::CREATED,
@@ -38,58 +37,22 @@ pub async fn delete(
     State(st): State<Arc<AppState>>,
     Admin(Caller { ns, token: who }): Admin,
 ) -> Result<Response, ApiError> {
-    let r = st.cache.track(st.cache.store().delete_namespace(&ns).await);
-    r.map_err(|e| ApiError::store(e, &ns))?;
+    st.stored(&ns, st.store().delete_namespace(&ns).await)?;
     st.cache.evict(&ns);
     tracing::info!(namespace = %ns, by = %who, "namespace deleted");
     Ok(Json(json!({"namespace": ns, "deleted": true})).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublishIn {
-    expected_version: Option<u64>,
-    author: Option<String>,
-    comment: Option<String>,
-    changes: Vec<ChangeIn>,
-}
-
-/// Names the change that holds `key` (`changes[i].value`), else `items.<key>`.
-pub fn change_field<'a>(changes: &'a [Change], prefix: &'a str) -> impl Fn(&str) -> String + 'a {
-    move |key: &str| match changes.iter().position(|c| c.key == key) {
-        Some(i) => format!("{prefix}[{i}].value"),
-        None => format!("items.{key}"),
-    }
-}
-
 /// `POST /v1/admin/namespaces/{ns}/publish`.
 pub async fn publish(
     State(st): State<Arc<AppState>>,
-    Admin(Caller { ns, token: who }): Admin,
+    Admin(caller): Admin,
     JsonBody(req): JsonBody<PublishIn>,
 ) -> Result<Response, ApiError> {
-    check_text(&req.author, "author", 128)?;
-    check_text(&req.comment, "comment", 4096)?;
     let changes = parse_changes(&st, req.changes, "changes")?;
-    let author = req.author.unwrap_or_else(|| who.clone());
-    let fields = changes.clone();
-    let field_of = change_field(&fields, "changes");
-    let v = checked(
-        &st,
-        Request {
-            ns: &ns,
-            expected: req.expected_version,
-            token: &who,
-            author: &author,
-            comment: req.comment.as_deref().unwrap_or(""),
-            kind: "publish",
-            changes,
-            gray: GrayEffect::Keep,
-            field_of: &field_of,
-        },
-    )
-    .await?;
-    Ok(Json(json!({"namespace": ns, "version": v})).into_response())
+    let by = Signed::new(&caller, req.author, req.comment)?;
+    let v = apply(&st, by, req.expected_version, What::Publish(&changes)).await?;
+    Ok(Json(json!({"namespace": caller.ns, "version": v})).into_response())
 }
 
 /// `GET /v1/admin/namespaces/{ns}/items`: the current items (snapshot shape).
@@ -117,10 +80,7 @@ pub async fn history(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad("limit", "limit must be 1..=1000"));
     }
-    let r = st
-        .cache
-        .track(st.cache.store().history(&ns, limit as i64).await);
-    let h = r.map_err(|e| ApiError::store(e, &ns))?;
+    let h = st.stored(&ns, st.store().history(&ns, limit as i64).await)?;
     Ok(Json(json!({"namespace": ns, "history": h})).into_response())
 }
 
@@ -139,7 +99,7 @@ pub async fn diff(
     let q = query(q, &["from", "to"])?;
     let from = param_u64(&q, "from", None)?;
     let to = param_u64(&q, "to", None)?;
-    let r = st.cache.track(st.cache.store().diff(&ns, from, to).await);
+    let r = st.cache.track(st.store().diff(&ns, from, to).await);
     let (_, d) = r.map_err(|e| {
         let mut e = ApiError::store(e, &ns);
         if e.field.as_deref() == Some("version") {
@@ -162,47 +122,33 @@ pub async fn diff(
     Ok(Json(json!({"namespace": ns, "from": from, "to": to, "changes": changes})).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RollbackIn {
-    to_version: u64,
-    author: Option<String>,
-    comment: Option<String>,
-}
-
 /// `POST /v1/admin/namespaces/{ns}/rollback` `{"to_version":n}`: publishes
 /// the diff from the current version back to `n` as a new version.
 pub async fn rollback(
     State(st): State<Arc<AppState>>,
-    Admin(Caller { ns, token: who }): Admin,
+    Admin(caller): Admin,
     JsonBody(req): JsonBody<RollbackIn>,
 ) -> Result<Response, ApiError> {
-    check_text(&req.author, "author", 128)?;
-    check_text(&req.comment, "comment", 4096)?;
-    let rows = st.cache.track(st.cache.store().list_namespaces().await);
-    let rows = rows.map_err(|e| ApiError::store(e, &ns))?;
-    let Some(row) = rows.into_iter().find(|r| r.name == ns) else {
+    let ns = &caller.ns;
+    let rows = st.stored(ns, st.store().list_namespaces().await)?;
+    let by = Signed::new(&caller, req.author, req.comment)?;
+    let Some(row) = rows.into_iter().find(|r| &r.name == ns) else {
         return Err(ApiError::store(
             crate::store::StoreError::NotFound(ns.clone()),
-            &ns,
+            ns,
         ));
     };
-    if req.to_version > row.version || req.to_version < row.compacted_to {
+    let to = req.to_version;
+    if to > row.version || to < row.compacted_to {
         return Err(ApiError::bad(
             "to_version",
             format!(
-                "to_version {} is outside the retained range {}..={}",
-                req.to_version, row.compacted_to, row.version
+                "to_version {to} is outside the retained range {}..={}",
+                row.compacted_to, row.version
             ),
         ));
     }
-    let r = st.cache.track(
-        st.cache
-            .store()
-            .diff(&ns, row.version, req.to_version)
-            .await,
-    );
-    let (_, d) = r.map_err(|e| ApiError::store(e, &ns))?;
+    let (_, d) = st.stored(ns, st.store().diff(ns, row.version, to).await)?;
     let changes: Vec<Change> = d
         .into_iter()
         .filter(|(_, (now, then))| now != then)
@@ -225,28 +171,29 @@ pub async fn rollback(
                 .into_response(),
         );
     }
-    let author = req.author.unwrap_or_else(|| who.clone());
-    let comment = req
-        .comment
-        .unwrap_or_else(|| format!("rollback to version {}", req.to_version));
-    let to_field = |_: &str| "to_version".to_string();
-    let v = checked(
-        &st,
-        Request {
-            ns: &ns,
-            expected: Some(row.version),
-            token: &who,
-            author: &author,
-            comment: &comment,
-            kind: "rollback",
-            changes,
-            gray: GrayEffect::Keep,
-            field_of: &to_field,
-        },
-    )
-    .await?;
-    Ok(
-        Json(json!({"namespace": ns, "version": v, "rolled_back_to": req.to_version}))
-            .into_response(),
-    )
+    let what = What::Rollback {
+        changes: &changes,
+        to,
+    };
+    let v = apply(&st, by, Some(row.version), what).await?;
+    Ok(Json(json!({"namespace": ns, "version": v, "rolled_back_to": to})).into_response())
+}
+
+/// The body of `POST .../publish`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishIn {
+    expected_version: Option<u64>,
+    author: Option<String>,
+    comment: Option<String>,
+    changes: Vec<ChangeIn>,
+}
+
+/// The body of `POST .../rollback`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackIn {
+    to_version: u64,
+    author: Option<String>,
+    comment: Option<String>,
 }

@@ -17,7 +17,7 @@ use crate::cache::Cache;
 use crate::config::{Config, Role, TokenEntry};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -48,6 +48,17 @@ impl AppState {
     /// a store error is the answer for `ns`.
     pub async fn ns_state(&self, ns: &str) -> Result<Arc<crate::cache::NsState>, ApiError> {
         self.cache.get(ns).await.map_err(|e| ApiError::store(e, ns))
+    }
+
+    /// The store (through the cache, which tracks whether it answers).
+    pub fn store(&self) -> &crate::store::Store {
+        self.cache.store()
+    }
+
+    /// A store answer: noted for `/readyz` ([`Cache::track`]); an error is
+    /// the answer for `ns`.
+    pub fn stored<T>(&self, ns: &str, r: Result<T, StoreError>) -> Result<T, ApiError> {
+        self.cache.track(r).map_err(|e| ApiError::store(e, ns))
     }
 }
 
@@ -302,11 +313,7 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 }
 
 async fn count(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
+    let route = riskfeat_shared::http_server::route_label(&req);
     let resp = next.run(req).await;
     st.metrics
         .requests
@@ -374,9 +381,12 @@ pub fn router(st: Arc<AppState>) -> Router {
         )
         .route(
             "/v1/admin/namespaces/{ns}/gray/promote",
-            post(gray::promote),
+            post(gray::end::<true>),
         )
-        .route("/v1/admin/namespaces/{ns}/gray/abort", post(gray::abort))
+        .route(
+            "/v1/admin/namespaces/{ns}/gray/abort",
+            post(gray::end::<false>),
+        )
         .route("/v1/admin/namespaces/{ns}/rollout", get(rollout::rollout))
         .route("/ui", get(ui::index))
         .route("/ui/{file}", get(ui::file))

@@ -4,8 +4,9 @@
 //! gray release is in progress), then one store transaction that refuses
 //! it if the namespace or its schema moved on in between (checked again).
 
+use super::auth::Caller;
 use super::{ApiError, AppState};
-use crate::gray::Client;
+use crate::gray::{Client, Selector};
 use crate::store::{Change, GrayEffect, Op, Publish, StoreError};
 use crate::validate::{object_after, Schema, Violation};
 use axum::http::StatusCode;
@@ -143,29 +144,163 @@ pub fn violation_error(
     e
 }
 
+/// Who publishes and why: the caller's namespace and token name, the
+/// body's `author` (at most 128 bytes; default: the token's name) and
+/// `comment` (at most 4096 bytes), checked.
+pub struct Signed<'a> {
+    ns: &'a str,
+    token: &'a str,
+    author: String,
+    comment: Option<String>,
+}
+
+impl<'a> Signed<'a> {
+    /// Checks the body's `author` and `comment` (a 400 naming the one too long).
+    pub fn new(
+        caller: &'a Caller,
+        author: Option<String>,
+        comment: Option<String>,
+    ) -> Result<Self, ApiError> {
+        check_text(&author, "author", 128)?;
+        check_text(&comment, "comment", 4096)?;
+        Ok(Signed {
+            ns: &caller.ns,
+            token: &caller.token,
+            author: author.unwrap_or_else(|| caller.token.clone()),
+            comment,
+        })
+    }
+}
+
+/// What a publish does, each kind in the history (`kind`).
+pub enum What<'a> {
+    /// `publish`: main changes; keys named `changes[i].value`.
+    Publish(&'a [Change]),
+    /// `rollback` to `to`: the changes back to it; keys named `to_version`.
+    Rollback { changes: &'a [Change], to: u64 },
+    /// `replace`: the change set to the whole namespace; keys named `items.<key>`.
+    Replace(&'a [Change]),
+    /// `gray_start`: a gray release of these changes to the selector.
+    GrayStart(&'a Selector, &'a [Change]),
+    /// `gray_promote` (`changes`: the gray changes that differ from the
+    /// main items) or `gray_abort` (none) of the gray release `version`,
+    /// whose changes are `gray` (keys named `gray.changes[i].value`).
+    GrayEnd {
+        promote: bool,
+        version: u64,
+        changes: &'a [Change],
+        gray: &'a [Change],
+    },
+}
+
+/// Names the change that holds `key` (`<prefix>[i].value`), else `items.<key>`.
+fn change_field(changes: &[Change], prefix: &str, key: &str) -> String {
+    match changes.iter().position(|c| c.key == key) {
+        Some(i) => format!("{prefix}[{i}].value"),
+        None => format!("items.{key}"),
+    }
+}
+
+impl What<'_> {
+    /// The history kind.
+    fn kind(&self) -> &'static str {
+        match self {
+            What::Publish(_) => "publish",
+            What::Rollback { .. } => "rollback",
+            What::Replace(_) => "replace",
+            What::GrayStart(..) => "gray_start",
+            What::GrayEnd { promote: true, .. } => "gray_promote",
+            What::GrayEnd { .. } => "gray_abort",
+        }
+    }
+
+    /// The comment when the body gives none.
+    fn default_comment(&self) -> String {
+        match self {
+            What::Rollback { to, .. } => format!("rollback to version {to}"),
+            What::GrayEnd {
+                promote, version, ..
+            } => {
+                let verb = if *promote { "promote" } else { "abort" };
+                format!("{verb} the gray release of version {version}")
+            }
+            _ => String::new(),
+        }
+    }
+
+    /// The main changes.
+    fn changes(&self) -> &[Change] {
+        match self {
+            What::Publish(c) | What::Replace(c) => c,
+            What::Rollback { changes, .. } | What::GrayEnd { changes, .. } => changes,
+            What::GrayStart(..) => &[],
+        }
+    }
+
+    fn gray(&self) -> GrayEffect<'_> {
+        match self {
+            What::GrayStart(selector, changes) => GrayEffect::Start(selector, changes),
+            What::GrayEnd { .. } => GrayEffect::End,
+            _ => GrayEffect::Keep,
+        }
+    }
+
+    /// The input that holds `key`, for a violation.
+    fn field_of(&self, key: &str) -> String {
+        match self {
+            What::Publish(c) | What::GrayStart(_, c) => change_field(c, "changes", key),
+            What::GrayEnd { gray, .. } => change_field(gray, "gray.changes", key),
+            What::Rollback { .. } => "to_version".to_string(),
+            What::Replace(_) => format!("items.{key}"),
+        }
+    }
+}
+
+/// Checks `what` against the schema and publishes it on `by`'s namespace
+/// (only at version `expected`, when given); the new version.
+pub async fn apply(
+    st: &AppState,
+    by: Signed<'_>,
+    expected: Option<u64>,
+    what: What<'_>,
+) -> Result<u64, ApiError> {
+    let comment = by.comment.clone().unwrap_or_else(|| what.default_comment());
+    let req = Request {
+        ns: by.ns,
+        expected,
+        token: by.token,
+        author: &by.author,
+        comment: &comment,
+        kind: what.kind(),
+        changes: what.changes(),
+        gray: what.gray(),
+        field_of: &|k| what.field_of(k),
+    };
+    checked(st, req).await
+}
+
 /// One publish to check and write.
-pub struct Request<'a> {
-    pub ns: &'a str,
-    pub expected: Option<u64>,
-    pub token: &'a str,
-    pub author: &'a str,
-    pub comment: &'a str,
-    pub kind: &'a str,
-    /// Main changes (may be empty for gray start and abort).
-    pub changes: Vec<Change>,
-    pub gray: GrayEffect<'a>,
+struct Request<'a> {
+    ns: &'a str,
+    expected: Option<u64>,
+    token: &'a str,
+    author: &'a str,
+    comment: &'a str,
+    kind: &'a str,
+    /// Main changes (empty for gray start and abort).
+    changes: &'a [Change],
+    gray: GrayEffect<'a>,
     /// Names the input that holds a key (for violations).
-    pub field_of: &'a (dyn Fn(&str) -> String + Sync),
+    field_of: &'a (dyn Fn(&str) -> String + Sync),
 }
 
 /// Checks `req` against the schema and publishes it; the new version.
-pub async fn checked(st: &AppState, req: Request<'_>) -> Result<u64, ApiError> {
+async fn checked(st: &AppState, req: Request<'_>) -> Result<u64, ApiError> {
     let ns = req.ns;
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let schema = st.cache.track(st.cache.store().schema(ns).await);
-        let schema = schema.map_err(|e| ApiError::store(e, ns))?;
+        let schema = st.stored(ns, st.store().schema(ns).await)?;
         let mut checked_at = None;
         if let Some(doc) = &schema.schema {
             let compiled = Schema::compile(doc).map_err(|e| {
@@ -180,7 +315,7 @@ pub async fn checked(st: &AppState, req: Request<'_>) -> Result<u64, ApiError> {
                 )
             })?;
             let state = st.cache.get(ns).await.map_err(|e| ApiError::store(e, ns))?;
-            let main = object_after(&state.items, &req.changes);
+            let main = object_after(&state.items, req.changes);
             let mut violations = compiled.check(&main);
             // What the gray clients will see: over the new main, unless
             // this ends the gray release.
@@ -211,7 +346,7 @@ pub async fn checked(st: &AppState, req: Request<'_>) -> Result<u64, ApiError> {
             author: req.author,
             comment: req.comment,
             kind: req.kind,
-            changes: &req.changes,
+            changes: req.changes,
             gray: req.gray,
         };
         match st.cache.track(st.cache.store().publish(&p).await) {

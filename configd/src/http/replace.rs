@@ -5,10 +5,10 @@
 //! one version (kind `replace`), checked against the schema. The change
 //! set is computed against version N and published only at N.
 
-use super::auth::{Admin, Caller, JsonBody};
-use super::publish::{check_key, check_text, checked, value_text, Request};
+use super::auth::{Admin, JsonBody};
+use super::publish::{apply, check_key, value_text, Signed, What};
 use super::{ApiError, AppState};
-use crate::store::{Change, GrayEffect, Op, StoreError};
+use crate::store::{Change, Op, StoreError};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -32,25 +32,25 @@ pub struct ReplaceIn {
 /// `PUT /v1/admin/namespaces/{ns}/items`.
 pub async fn replace(
     State(st): State<Arc<AppState>>,
-    Admin(Caller { ns, token }): Admin,
+    Admin(caller): Admin,
     JsonBody(req): JsonBody<ReplaceIn>,
 ) -> Result<Response, ApiError> {
-    check_text(&req.author, "author", 128)?;
-    check_text(&req.comment, "comment", 4096)?;
     let mut wanted = BTreeMap::new();
     for (k, v) in &req.items {
         let field = format!("items.{k}");
         check_key(k, &field)?;
         wanted.insert(k.as_str(), value_text(&st, k, v, field)?);
     }
-    let state = st.ns_state(&ns).await?;
+    let by = Signed::new(&caller, req.author, req.comment)?;
+    let ns = &caller.ns;
+    let state = st.ns_state(ns).await?;
     if let Some(expected) = req.expected_version.filter(|e| *e != state.version) {
         return Err(ApiError::store(
             StoreError::Conflict {
                 expected,
                 current: state.version,
             },
-            &ns,
+            ns,
         ));
     }
     let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
@@ -88,23 +88,7 @@ pub async fn replace(
         }))
         .into_response());
     }
-    let author = req.author.unwrap_or_else(|| token.clone());
-    let field_of = |k: &str| format!("items.{k}");
-    let v = checked(
-        &st,
-        Request {
-            ns: &ns,
-            expected: Some(state.version),
-            token: &token,
-            author: &author,
-            comment: req.comment.as_deref().unwrap_or(""),
-            kind: "replace",
-            changes,
-            gray: GrayEffect::Keep,
-            field_of: &field_of,
-        },
-    )
-    .await?;
+    let v = apply(&st, by, Some(state.version), What::Replace(&changes)).await?;
     Ok(
         Json(json!({"namespace": ns, "version": v, "published": true, "changes": shown}))
             .into_response(),

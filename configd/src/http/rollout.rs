@@ -22,11 +22,8 @@ pub async fn rollout(
 ) -> Result<Response, ApiError> {
     let state = st.ns_state(&ns).await?;
     // This instance's newest reports first.
-    let _ = st.rollout.flush(st.cache.store()).await;
-    let rows = st
-        .cache
-        .track(st.cache.store().clients(Some(&ns), FORGET_AFTER_S).await)
-        .map_err(|e| ApiError::store(e, &ns))?;
+    let _ = st.rollout.flush(st.store()).await;
+    let rows = st.stored(&ns, st.store().clients(Some(&ns), FORGET_AFTER_S).await)?;
     let stale_after = stale_after_s(&st.cfg);
     let selector = state.gray.as_ref().map(|g| &g.selector);
     let mut versions: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
@@ -74,13 +71,9 @@ pub async fn list(
     AnyReader(_): AnyReader,
 ) -> Result<Response, ApiError> {
     let token = authorize(&st.cfg, &headers, Role::Read, &[])?;
-    let rows = st.cache.track(st.cache.store().list_namespaces().await);
-    let rows = rows.map_err(|e| ApiError::store(e, ""))?;
-    let _ = st.rollout.flush(st.cache.store()).await;
-    let clients = st
-        .cache
-        .track(st.cache.store().clients(None, FORGET_AFTER_S).await)
-        .map_err(|e| ApiError::store(e, ""))?;
+    let rows = st.stored("", st.store().list_namespaces().await)?;
+    let _ = st.rollout.flush(st.store()).await;
+    let clients = st.stored("", st.store().clients(None, FORGET_AFTER_S).await)?;
     let stale_after = stale_after_s(&st.cfg);
     let mut out = Vec::new();
     for r in rows.iter().filter(|r| token.allows(&r.name)) {

@@ -19,8 +19,7 @@ pub async fn get_schema(
     State(st): State<Arc<AppState>>,
     Reader(Caller { ns, .. }): Reader,
 ) -> Result<Response, ApiError> {
-    let r = st.cache.track(st.cache.store().schema(&ns).await);
-    let s = r.map_err(|e| ApiError::store(e, &ns))?;
+    let s = st.stored(&ns, st.store().schema(&ns).await)?;
     Ok(Json(s).into_response())
 }
 
@@ -73,8 +72,7 @@ pub async fn put_schema(
             Err(e) => return Err(ApiError::store(e, &ns)),
             Ok(v) => {
                 tracing::info!(namespace = %ns, schema_version = v, by = %token, "schema set");
-                let s = st.cache.track(st.cache.store().schema(&ns).await);
-                let s = s.map_err(|e| ApiError::store(e, &ns))?;
+                let s = st.stored(&ns, st.store().schema(&ns).await)?;
                 return Ok(Json(s).into_response());
             }
         }

@@ -1,4 +1,6 @@
-//! The web console at `/ui`: one HTML page, one script and one style sheet
+//! The web console at `/ui`: one HTML page, two scripts (`app.js`: sign-in,
+//! namespaces, items, edit, history; `release.js`: gray release and the
+//! rollout view) and one style sheet
 //! (`configd/ui/`, plain HTML, CSS and vanilla JS), embedded in the binary
 //! with `include_str!`, so there is no build step, no CDN and nothing to
 //! deploy beside configd. The page talks to the same JSON API as curl with
@@ -20,6 +22,7 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 
 const INDEX: &str = include_str!("../../ui/index.html");
 const APP_JS: &str = include_str!("../../ui/app.js");
+const RELEASE_JS: &str = include_str!("../../ui/release.js");
 const APP_CSS: &str = include_str!("../../ui/app.css");
 
 /// An embedded file with the console's security headers.
@@ -58,10 +61,12 @@ pub async fn index() -> Response {
     asset("text/html; charset=utf-8", INDEX)
 }
 
-/// `GET /ui/{file}`: `app.js` or `app.css`; anything else is a 404.
+/// `GET /ui/{file}`: `app.js`, `release.js` or `app.css`; anything else is
+/// a 404.
 pub async fn file(Path(name): Path<String>) -> Response {
     match name.as_str() {
         "app.js" => asset("text/javascript; charset=utf-8", APP_JS),
+        "release.js" => asset("text/javascript; charset=utf-8", RELEASE_JS),
         "app.css" => asset("text/css; charset=utf-8", APP_CSS),
         _ => {
             let mut resp = (StatusCode::NOT_FOUND, "no such console file\n").into_response();
@@ -79,6 +84,7 @@ mod tests {
     #[test]
     fn the_page_has_no_inline_script_or_style_and_loads_only_local_files() {
         assert!(INDEX.contains(r#"<script src="/ui/app.js""#));
+        assert!(INDEX.contains(r#"<script src="/ui/release.js""#));
         assert!(INDEX.contains(r#"href="/ui/app.css""#));
         for bad in [
             "<script>",
@@ -97,7 +103,9 @@ mod tests {
             "eval(",
             "document.write",
         ] {
-            assert!(!APP_JS.contains(bad), "app.js uses {bad:?}");
+            for (name, js) in [("app.js", APP_JS), ("release.js", RELEASE_JS)] {
+                assert!(!js.contains(bad), "{name} uses {bad:?}");
+            }
         }
     }
 }

@@ -350,14 +350,7 @@ impl Store {
         let changes = p.changes;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let row = tx
-            .query_opt(
-                "SELECT version FROM configd_namespaces WHERE name = $1 FOR UPDATE",
-                &[&ns],
-            )
-            .await?
-            .ok_or_else(|| StoreError::NotFound(ns.to_string()))?;
-        let current = u(row.get(0));
+        let (current, _) = Self::versions(&tx, ns, Lock::ForUpdate).await?;
         if let Some(expected) = p.expected {
             if expected != current {
                 return Err(StoreError::Conflict { expected, current });
@@ -430,7 +423,7 @@ impl Store {
     pub async fn load(&self, ns: &str, retention: u64) -> Result<Loaded, StoreError> {
         let mut client = self.client().await?;
         let tx = Self::consistent_view(&mut client).await?;
-        let (version, compacted_to) = Self::versions(&tx, ns).await?;
+        let (version, compacted_to) = Self::versions(&tx, ns, Lock::None).await?;
         let log_from = compacted_to.max(version.saturating_sub(retention));
         // Streamed: never holds every row and the map at once.
         let stream = tx
@@ -475,16 +468,21 @@ impl Store {
             .await?)
     }
 
-    /// `(version, compacted_to)` of `ns`.
+    /// `(version, compacted_to)` of `ns` (`NotFound` when it does not
+    /// exist); with [`Lock::ForUpdate`] its row stays locked until `tx` ends.
     async fn versions(
         tx: &tokio_postgres::Transaction<'_>,
         ns: &str,
+        lock: Lock,
     ) -> Result<(u64, u64), StoreError> {
+        let sql = match lock {
+            Lock::None => "SELECT version, compacted_to FROM configd_namespaces WHERE name = $1",
+            Lock::ForUpdate => {
+                "SELECT version, compacted_to FROM configd_namespaces WHERE name = $1 FOR UPDATE"
+            }
+        };
         let row = tx
-            .query_opt(
-                "SELECT version, compacted_to FROM configd_namespaces WHERE name = $1",
-                &[&ns],
-            )
+            .query_opt(sql, &[&ns])
             .await?
             .ok_or_else(|| StoreError::NotFound(ns.to_string()))?;
         Ok((u(row.get(0)), u(row.get(1))))
@@ -533,7 +531,7 @@ impl Store {
     pub async fn since(&self, ns: &str, from: u64) -> Result<Since, StoreError> {
         let mut client = self.client().await?;
         let tx = Self::consistent_view(&mut client).await?;
-        let (version, compacted_to) = Self::versions(&tx, ns).await?;
+        let (version, compacted_to) = Self::versions(&tx, ns, Lock::None).await?;
         let log = if from >= compacted_to {
             Self::log_after(&tx, ns, from, None).await?
         } else {
@@ -562,7 +560,7 @@ impl Store {
     ) -> Result<(u64, BTreeMap<String, (Option<String>, Option<String>)>), StoreError> {
         let mut client = self.client().await?;
         let tx = Self::consistent_view(&mut client).await?;
-        let (version, compacted_to) = Self::versions(&tx, ns).await?;
+        let (version, compacted_to) = Self::versions(&tx, ns, Lock::None).await?;
         for v in [a, b] {
             if v < compacted_to || v > version {
                 return Err(StoreError::VersionRange {
@@ -621,17 +619,7 @@ impl Store {
     pub async fn compact(&self, ns: &str, retention: u64) -> Result<u64, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let Some(row) = tx
-            .query_opt(
-                "SELECT version, compacted_to FROM configd_namespaces WHERE name = $1 FOR UPDATE",
-                &[&ns],
-            )
-            .await?
-        else {
-            return Err(StoreError::NotFound(ns.to_string()));
-        };
-        let version = u(row.get(0));
-        let compacted_to = u(row.get(1));
+        let (version, compacted_to) = Self::versions(&tx, ns, Lock::ForUpdate).await?;
         let to = version.saturating_sub(retention);
         if to <= compacted_to {
             return Ok(0);
@@ -653,6 +641,15 @@ impl Store {
         tx.commit().await?;
         Ok(n)
     }
+}
+
+/// Whether [`Store::versions`] locks the namespace row.
+#[derive(Clone, Copy)]
+enum Lock {
+    /// A plain read (in a consistent view).
+    None,
+    /// `FOR UPDATE`: in a writing transaction, until it ends.
+    ForUpdate,
 }
 
 /// `NotFound` unless namespace `ns` exists.

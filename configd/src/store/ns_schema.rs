@@ -3,7 +3,7 @@
 //! under the namespace row's lock so a publish checked against version N is
 //! refused when N is no longer the latest.
 
-use super::{namespace_exists, Store, StoreError};
+use super::{namespace_exists, Lock, Store, StoreError};
 
 /// One schema version of a namespace (`schema` None: no schema).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -22,16 +22,21 @@ pub(super) async fn check(
     ns: &str,
     expected: u64,
 ) -> Result<(), StoreError> {
+    if latest(tx, ns).await? != expected {
+        return Err(StoreError::Stale);
+    }
+    Ok(())
+}
+
+/// The latest schema version of `ns` (0: never set).
+async fn latest(tx: &tokio_postgres::Transaction<'_>, ns: &str) -> Result<u64, StoreError> {
     let row = tx
         .query_one(
             "SELECT coalesce(max(version), 0) FROM configd_ns_schemas WHERE namespace = $1",
             &[&ns],
         )
         .await?;
-    if super::u(row.get(0)) != expected {
-        return Err(StoreError::Stale);
-    }
-    Ok(())
+    Ok(super::u(row.get(0)))
 }
 
 impl Store {
@@ -79,24 +84,10 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let row = tx
-            .query_opt(
-                "SELECT version FROM configd_namespaces WHERE name = $1 FOR UPDATE",
-                &[&ns],
-            )
-            .await?
-            .ok_or_else(|| StoreError::NotFound(ns.to_string()))?;
-        if super::u(row.get(0)) != at_version {
+        if Store::versions(&tx, ns, Lock::ForUpdate).await?.0 != at_version {
             return Err(StoreError::Stale);
         }
-        let current = super::u(
-            tx.query_one(
-                "SELECT coalesce(max(version), 0) FROM configd_ns_schemas WHERE namespace = $1",
-                &[&ns],
-            )
-            .await?
-            .get(0),
-        );
+        let current = latest(&tx, ns).await?;
         if let Some(expected) = expected {
             if expected != current {
                 return Err(StoreError::Conflict { expected, current });

@@ -3,18 +3,16 @@
 //! the router's routes.
 
 use crate::support::{
-    api, conforms, create, get, http, post, req, server_items, start, upsert, ADMIN, READER, SCOPED,
+    api, conforms, create, get, http, post, req, server_items, upsert, with_features, ADMIN,
+    READER, SCOPED,
 };
 use reqwest::StatusCode;
 use riskfeat_tests::openapi::axum_routes;
-use riskfeat_tests::PgCluster;
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
-    let pg = PgCluster::start(false).await.unwrap();
-    let a = start(&pg.primary, "").await;
-    create(&a, "features").await;
+    let (pg, a) = with_features("").await;
     create(&a, "secret-ns").await;
     upsert(&a, "features", "x", json!(1)).await;
     let before = server_items(&a, "features").await;

@@ -3,7 +3,8 @@
 //! snapshot query, and a loaded log sharing the current values.
 
 use crate::support::{
-    create, get, http, post, publish, req, server_items, start, upsert, Local, ADMIN, READER,
+    get, http, metric, post, publish, req, server_items, start, upsert, with_features, Local,
+    ADMIN, READER,
 };
 use reqwest::StatusCode;
 use riskfeat_tests::{wait_until, PgCluster};
@@ -12,9 +13,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_cache_serves_degraded_then_catches_up() {
-    let mut pg = PgCluster::start(false).await.unwrap();
-    let a = start(&pg.primary, "").await;
-    create(&a, "features").await;
+    let (mut pg, a) = with_features("").await;
     upsert(&a, "features", "x", json!(1)).await;
     let (_, before) = server_items(&a, "features").await;
     pg.primary.stop().unwrap();
@@ -24,14 +23,7 @@ async fn postgres_down_cache_serves_degraded_then_catches_up() {
     })
     .await
     .unwrap();
-    assert_eq!(
-        a.http()
-            .metric("riskfeat_configd_pg_up")
-            .await
-            .unwrap()
-            .unwrap_or(0.0),
-        0.0
-    );
+    assert_eq!(metric(&a, "riskfeat_configd_pg_up").await, 0.0);
     // Watches and changes still answer from the cache.
     let (s, w) = get(
         a.url("/v1/namespaces/features/watch?version=0&timeout_s=1"),
@@ -81,19 +73,11 @@ async fn postgres_down_cache_serves_degraded_then_catches_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hundred_cold_misses_make_one_snapshot_query() {
-    let pg = PgCluster::start(false).await.unwrap();
-    let a = start(&pg.primary, "").await;
-    create(&a, "features").await;
+    let (pg, a) = with_features("").await;
     let changes: Vec<Value> = (0..2000).map(|i| json!({"op": "upsert", "key": format!("k{i}"), "value": {"i": i, "pad": "p".repeat(200)}})).collect();
     publish(&a, "features", json!(changes)).await;
     let cold = start(&pg.primary, "warm_up=false").await;
-    let snapshot_queries = || async {
-        cold.http()
-            .metric("riskfeat_configd_db_snapshot_queries_total")
-            .await
-            .unwrap()
-            .unwrap_or(0.0)
-    };
+    let snapshot_queries = || metric(&cold, "riskfeat_configd_db_snapshot_queries_total");
     assert_eq!(snapshot_queries().await, 0.0);
     let mut tasks = Vec::new();
     for _ in 0..100 {
@@ -116,11 +100,7 @@ async fn a_hundred_cold_misses_make_one_snapshot_query() {
     assert_eq!(v["items"].as_object().unwrap().len(), 2000);
     assert_eq!(snapshot_queries().await, 1.0, "{}", cold.logs());
     assert_eq!(
-        cold.http()
-            .metric("riskfeat_configd_snapshot_builds_total")
-            .await
-            .unwrap()
-            .unwrap_or(0.0),
+        metric(&cold, "riskfeat_configd_snapshot_builds_total").await,
         1.0
     );
 }

@@ -3,8 +3,8 @@
 //! version shown), and the exit codes for validation errors (65), version
 //! conflicts (75), refused tokens (77) and a missing token (64).
 
-use crate::support::{create, start, ADMIN, READER};
-use riskfeat_tests::{binary, Configd, PgCluster};
+use crate::support::{with_features, ADMIN, READER};
+use riskfeat_tests::{binary, Configd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -27,19 +27,30 @@ fn ctl(c: &Configd, token: Option<&str>, args: &[&str]) -> (i32, String, String)
     )
 }
 
+/// `riskfeatctl publish features <file> <extra>` with `token`, asserting
+/// its exit code: (stdout, stderr).
+fn publish(c: &Configd, token: &str, file: &str, extra: &[&str], code: i32) -> (String, String) {
+    let mut args = vec!["publish", "features", file];
+    args.extend(extra);
+    let (got, out, err) = ctl(c, Some(token), &args);
+    assert_eq!(got, code, "riskfeatctl {args:?}:\n{out}{err}");
+    (out, err)
+}
+
 fn file(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p.display().to_string()
 }
 
-/// Checked: with `Fatal::Conflict`'s code changed to 1, or the 409 mapping
-/// in `ctl.rs` removed, this test fails at the stale `--expected-version`.
+/// Checked: with the 409 mapping in `ctl.rs`'s `Target::call` removed, or
+/// `Fatal::Conflict` exiting 1 in `riskfeatctl`, this test fails at the
+/// stale `--expected-version` (exit 1, not 75, after "configd answered 409
+/// version_conflict"); with the 400 mapping removed, at the schema
+/// violation (exit 1, not 65).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn riskfeatctl_publishes_declaratively_with_clear_exit_codes() {
-    let pg = PgCluster::start(false).await.unwrap();
-    let c = start(&pg.primary, "").await;
-    create(&c, "features").await;
+    let (_pg, c) = with_features("").await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let schema = riskfeat_tests::bootstrap::dir().join("configd/features.schema.json");
@@ -53,55 +64,34 @@ async fn riskfeatctl_publishes_declaratively_with_clear_exit_codes() {
 
     let v1 = file(d, "v1.json", r#"{"lookback": 50, "zscore_above": 3.0}"#);
     // Without --yes and no terminal: shown, not published.
-    let (code, _, err) = ctl(&c, Some(ADMIN), &["publish", "features", &v1]);
-    assert_eq!(code, 1, "{err}");
+    let err = publish(&c, ADMIN, &v1, &[], 1).1;
     assert!(
         err.contains("+ lookback = 50") && err.contains("not confirmed"),
         "{err}"
     );
-    let (code, out, err) = ctl(
-        &c,
-        Some(ADMIN),
-        &["publish", "features", &v1, "--yes", "--comment", "first"],
-    );
-    assert_eq!(
-        (code, out.trim()),
-        (0, "published features version 1"),
-        "{err}"
-    );
-    let (code, out, _) = ctl(&c, Some(ADMIN), &["publish", "features", &v1, "--yes"]);
-    assert!(code == 0 && out.contains("nothing to publish"), "{out}");
+    let out = publish(&c, ADMIN, &v1, &["--yes", "--comment", "first"], 0).0;
+    assert_eq!(out.trim(), "published features version 1");
+    let out = publish(&c, ADMIN, &v1, &["--yes"], 0).0;
+    assert!(out.contains("nothing to publish"), "{out}");
     // Replace semantics: zscore_above removed, lookback changed.
     let v2 = file(d, "v2.json", r#"{"items": {"lookback": 60}}"#);
-    let (code, _, err) = ctl(&c, Some(ADMIN), &["publish", "features", &v2, "--yes"]);
-    assert_eq!(code, 0, "{err}");
+    let err = publish(&c, ADMIN, &v2, &["--yes"], 0).1;
     assert!(
         err.contains("~ lookback: 50 -> 60") && err.contains("- zscore_above"),
         "{err}"
     );
-    // Exit codes: schema violation 65 naming the key, stale version 75.
+    // Exit codes: schema violation 65 naming the key, stale version 75,
+    // a read token 77, no token 64, an unreadable file 66.
     let bad = file(d, "bad.json", r#"{"lookback": 0}"#);
-    let (code, _, err) = ctl(&c, Some(ADMIN), &["publish", "features", &bad, "--yes"]);
-    assert_eq!(code, 65, "{err}");
+    let err = publish(&c, ADMIN, &bad, &["--yes"], 65).1;
     assert!(
         err.contains("schema_violation") && err.contains("items.lookback"),
         "{err}"
     );
-    let (code, _, err) = ctl(
-        &c,
-        Some(ADMIN),
-        &[
-            "publish",
-            "features",
-            &v1,
-            "--yes",
-            "--expected-version",
-            "1",
-        ],
-    );
-    assert_eq!(code, 75, "{err}");
-    let (code, _, err) = ctl(&c, Some(READER), &["publish", "features", &v1, "--yes"]);
-    assert_eq!(code, 77, "{err}");
+    let stale = ["--yes", "--expected-version", "1"];
+    let err = publish(&c, ADMIN, &v1, &stale, 75).1;
+    assert!(err.contains("version_conflict"), "{err}");
+    publish(&c, READER, &v1, &["--yes"], 77);
     let (code, _, err) = ctl(&c, None, &["list"]);
     assert_eq!(code, 64, "{err}");
     let (code, _, err) = ctl(

@@ -3,17 +3,13 @@
 //! set to an hour), the pacer waking `wake_batch` at a time, and two
 //! instances warming up together taking turns under the advisory lock.
 
-use crate::support::{config, create, get, http, prepared, start, upsert, READER};
+use crate::support::{
+    config, create, get, http, metric, prepared, start, upsert, with_features, READER,
+};
 use reqwest::StatusCode;
-use riskfeat_tests::fixtures::sample;
 use riskfeat_tests::{wait_until, Configd, PgCluster};
 use serde_json::json;
 use std::time::Duration;
-
-/// The value of `series` on `c`'s `/metrics` (0 when absent).
-async fn metric(c: &Configd, series: &str) -> f64 {
-    sample(&c.metrics().await.unwrap(), series).unwrap_or(0.0)
-}
 
 /// Waits until `c` holds exactly `n` long-polls.
 async fn wait_watchers(c: &Configd, n: u64) {
@@ -48,6 +44,14 @@ async fn notify_alone_carries_a_publish_to_another_instance() {
     a.start(&hourly).await.unwrap();
     let mut b = prepared(&pg.primary);
     b.start(&hourly).await.unwrap();
+    // Ready is not yet listening: wait for B's LISTEN and its catch-up
+    // scan, or that scan may be what brings B the publish.
+    wait_until(Duration::from_secs(20), "B listening", || async {
+        b.logs().contains("listening for namespace changes")
+            && metric(&b, "riskfeat_configd_scans_total").await == 1.0
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
     create(&a, "features").await;
     upsert(&a, "features", "k", json!(1)).await;
     // B loads version 1 on its first request, then holds a watch on it.
@@ -88,9 +92,7 @@ async fn notify_alone_carries_a_publish_to_another_instance() {
 /// in `Hubs::with_pause`), this test fails: `wakeups_total` is 6, not 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_wakes_the_watchers_wake_batch_at_a_time() {
-    let pg = PgCluster::start(false).await.unwrap();
-    let mut c = start(&pg.primary, "wake_batch=2\nwake_interval_ms=3600000").await;
-    create(&c, "features").await;
+    let (_pg, mut c) = with_features("wake_batch=2\nwake_interval_ms=3600000").await;
     upsert(&c, "features", "k", json!(1)).await;
     let held: Vec<_> = (0..6).map(|_| watch(&c, 1, 120)).collect();
     wait_watchers(&c, 6).await;

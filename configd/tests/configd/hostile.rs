@@ -2,7 +2,7 @@
 //! head and never buffered; stalled request heads are closed; long-polls
 //! are capped per token and end on SIGTERM.
 
-use crate::support::{create, http, req, start, ADMIN, OPS, READER, SCOPED};
+use crate::support::{create, get, http, req, start, with_features, ADMIN, OPS, READER, SCOPED};
 use reqwest::StatusCode;
 use riskfeat_tests::hostile::{head_only_post, peak_rss, push_body, stalled_heads_closed_while};
 use riskfeat_tests::{wait_until, PgCluster};
@@ -13,9 +13,7 @@ const BIG: usize = 60 * 1024 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_bodies_get_401_unread_and_cost_no_memory() {
-    let pg = PgCluster::start(false).await.unwrap();
-    let c = start(&pg.primary, "").await;
-    create(&c, "features").await;
+    let (_pg, c) = with_features("").await;
     let port = c.http().port();
     // The answer comes from the head alone: not one body byte was sent.
     let head = |extra: String, path: &'static str| {
@@ -60,13 +58,7 @@ async fn unauthenticated_bodies_get_401_unread_and_cost_no_memory() {
         grown / (1024 * 1024)
     );
     // And configd still answers.
-    let (s, _) = req(
-        reqwest::Method::GET,
-        c.url("/v1/admin/namespaces/features/items"),
-        Some(ADMIN),
-        None,
-    )
-    .await;
+    let (s, _) = get(c.url("/v1/admin/namespaces/features/items"), ADMIN).await;
     assert_eq!(s, StatusCode::OK);
 }
 
@@ -149,14 +141,12 @@ async fn stalled_request_heads_are_closed_and_long_polls_end_on_sigterm() {
 /// value. Two admin tokens, so the name is the caller's, not a constant.
 ///
 /// Checked: with `who` recorded as the fixed "admin" instead of the
-/// caller's author in `http/admin.rs`'s publish, this test fails (version
-/// 1 `who` is "admin", not "someone-else"; version 3 is "admin", not
-/// "ops").
+/// body's author or the token's name (`Signed::new` in
+/// `http/publish.rs`), this test fails: versions 4, 3 and 1 are `who`
+/// "admin", not "alice", "ops" and "someone-else".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_records_the_publishing_token_name() {
-    let pg = PgCluster::start(false).await.unwrap();
-    let c = start(&pg.primary, "").await;
-    create(&c, "features").await;
+    let (pg, c) = with_features("").await;
     let changes = serde_json::json!([{"op": "upsert", "key": "k", "value": 1}]);
     let send = |token: &'static str, path: &str, body: serde_json::Value| {
         req(
@@ -184,13 +174,7 @@ async fn history_records_the_publishing_token_name() {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    let (s, b) = req(
-        reqwest::Method::GET,
-        c.url("/v1/admin/namespaces/features/history"),
-        Some(ADMIN),
-        None,
-    )
-    .await;
+    let (s, b) = get(c.url("/v1/admin/namespaces/features/history"), ADMIN).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let h: Vec<(u64, &str, &str)> = b["history"]
         .as_array()

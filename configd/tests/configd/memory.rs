@@ -5,7 +5,7 @@
 //! bench configd --watchers-only` (docs/benchmarks.md, "configd: 10,000
 //! watchers held, against etcd").
 
-use crate::support::{create, start, upsert, READER};
+use crate::support::{create, metric, start, upsert, READER};
 use riskfeat_tests::{wait_until, Configd, PgCluster};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -31,11 +31,7 @@ fn vm_rss_kb(pid: u32) -> f64 {
 }
 
 async fn watchers(c: &Configd) -> f64 {
-    c.http()
-        .metric("riskfeat_configd_watchers")
-        .await
-        .unwrap()
-        .unwrap_or(0.0)
+    metric(c, "riskfeat_configd_watchers").await
 }
 
 /// Checked (debug build, 2026-12-01, two runs each): with the connection

@@ -2,9 +2,9 @@
 //! selector with promote and abort, the declarative replace, the rollout
 //! view. Every answer is checked against docs/openapi/configd.yaml.
 
-use crate::support::{create, get, http, post, req, start, upsert, ADMIN, READER};
+use crate::support::{get, http, post, req, upsert, with_features, ADMIN, READER};
 use reqwest::{Method, StatusCode};
-use riskfeat_tests::{Configd, PgCluster};
+use riskfeat_tests::Configd;
 use serde_json::{json, Value};
 
 fn ns_url(c: &Configd, rest: &str) -> String {
@@ -13,6 +13,18 @@ fn ns_url(c: &Configd, rest: &str) -> String {
 
 async fn put(url: String, body: Value) -> (StatusCode, Value) {
     req(Method::PUT, url, Some(ADMIN), Some(body)).await
+}
+
+/// A request the schema refuses (asserting a 400 `schema_violation`): its
+/// error.
+async fn refused(method: Method, url: String, body: Value) -> Value {
+    let (s, b) = req(method, url, Some(ADMIN), Some(body)).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("schema_violation")),
+        "{b}"
+    );
+    b["error"].clone()
 }
 
 /// `changes?from=` as a client with `id` and `labels`: the body.
@@ -59,13 +71,17 @@ async fn value_as(
 /// is a 400 `schema_violation` naming the key and the rule, and nothing is
 /// published; a schema the current items break is refused too.
 ///
-/// Checked: with the check in `http/publish.rs::checked` removed this
-/// test fails at the first bad publish (200 instead of 400).
+/// Checked, one removal at a time: with the schema check in
+/// `http/publish.rs::checked` skipped for kind `publish`, `rollback`,
+/// `replace` or `gray_start`, or the items check in `http/schema.rs`'s
+/// `put_schema` skipped, this test fails at that very request: `refused`
+/// gets `(200, None)`, not `(400, Some("schema_violation"))` (the
+/// publish answering `{"namespace":"features","version":3}`, the rollback
+/// `"rolled_back_to":1`, the replace `"published":true`, the schema PUT
+/// its version 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_that_breaks_the_schema_is_refused_naming_the_key() {
-    let pg = PgCluster::start(false).await.unwrap();
-    let c = start(&pg.primary, "").await;
-    create(&c, "features").await;
+    let (_pg, c) = with_features("").await;
     let (s, b) = get(ns_url(&c, "/schema"), READER).await;
     assert_eq!(
         (s, b["version"].clone(), b["schema"].clone()),
@@ -74,9 +90,13 @@ async fn a_publish_that_breaks_the_schema_is_refused_naming_the_key() {
     assert_eq!(upsert(&c, "features", "lookback", json!(5000)).await, 1);
     let schema = json!({"type": "object", "properties": {"lookback": {"type": "integer", "minimum": 1, "maximum": 1000}}});
     // The current items break it: refused.
-    let (s, b) = put(ns_url(&c, "/schema"), json!({"schema": schema})).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
-    assert_eq!(b["error"]["field"], "items.lookback", "{b}");
+    let e = refused(
+        Method::PUT,
+        ns_url(&c, "/schema"),
+        json!({"schema": schema}),
+    )
+    .await;
+    assert_eq!(e["field"], "items.lookback", "{e}");
     assert_eq!(upsert(&c, "features", "lookback", json!(50)).await, 2);
     let (s, b) = put(
         ns_url(&c, "/schema"),
@@ -102,48 +122,36 @@ async fn a_publish_that_breaks_the_schema_is_refused_naming_the_key() {
     );
 
     // Publish: the second change breaks it.
-    let (s, b) = post(
-        ns_url(&c, "/publish"),
-        ADMIN,
-        json!({"changes": [{"op": "upsert", "key": "other", "value": 1},
-                           {"op": "upsert", "key": "lookback", "value": 5000}]}),
-    )
-    .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
-    assert_eq!(b["error"]["code"], "schema_violation", "{b}");
-    assert_eq!(b["error"]["field"], "changes[1].value", "{b}");
-    let msg = b["error"]["message"].as_str().unwrap();
+    let two = json!({"changes": [{"op": "upsert", "key": "other", "value": 1},
+                                 {"op": "upsert", "key": "lookback", "value": 5000}]});
+    let e = refused(Method::POST, ns_url(&c, "/publish"), two).await;
+    assert_eq!(e["field"], "changes[1].value", "{e}");
+    let msg = e["message"].as_str().unwrap();
     assert!(
         msg.contains("\"lookback\"") && msg.contains("maximum") && msg.contains("1000"),
         "{msg}"
     );
-    assert_eq!(b["error"]["violations"][0]["rule"], "maximum", "{b}");
+    assert_eq!(e["violations"][0]["rule"], "maximum", "{e}");
     // Rollback to version 1 (lookback 5000): refused.
-    let (s, b) = post(ns_url(&c, "/rollback"), ADMIN, json!({"to_version": 1})).await;
-    assert_eq!(
-        (s, b["error"]["field"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("to_version")),
-        "{b}"
-    );
-    // Replace with a string: refused naming the key.
-    let (s, b) = put(ns_url(&c, "/items"), json!({"items": {"lookback": "50"}})).await;
-    assert_eq!(
-        (s, b["error"]["field"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("items.lookback")),
-        "{b}"
-    );
-    // Gray start with a bad value: refused.
-    let (s, b) = post(
-        ns_url(&c, "/gray"),
-        ADMIN,
-        json!({"selector": {"labels": {"canary": "true"}}, "changes": [{"op": "upsert", "key": "lookback", "value": 0}]}),
+    let e = refused(
+        Method::POST,
+        ns_url(&c, "/rollback"),
+        json!({"to_version": 1}),
     )
     .await;
+    assert_eq!(e["field"], "to_version", "{e}");
+    // Replace with a string: refused naming the key.
+    let text = json!({"items": {"lookback": "50"}});
+    let e = refused(Method::PUT, ns_url(&c, "/items"), text).await;
     assert_eq!(
-        (s, b["error"]["field"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("changes[0].value")),
-        "{b}"
+        (e["field"].as_str(), e["violations"][0]["rule"].as_str()),
+        (Some("items.lookback"), Some("type")),
+        "{e}"
     );
+    // Gray start with a bad value: refused.
+    let gray = json!({"selector": {"labels": {"canary": "true"}}, "changes": [{"op": "upsert", "key": "lookback", "value": 0}]});
+    let e = refused(Method::POST, ns_url(&c, "/gray"), gray).await;
+    assert_eq!(e["field"], "changes[0].value", "{e}");
     // Nothing was published.
     let (_, items) = get(ns_url(&c, "/items"), READER).await;
     assert_eq!(
@@ -174,15 +182,16 @@ async fn a_publish_that_breaks_the_schema_is_refused_naming_the_key() {
 /// the gray client back to the main items; each is a version in history;
 /// a percentage picks by a stable hash of the client id.
 ///
-/// Checked: with the selector match in `http/client.rs::changes` removed
-/// (every client served the main view) this test fails at the canary's
-/// first value; with `GrayMarks::may_be_gray` always false it fails after
-/// the abort (the canary keeps the gray value).
+/// Checked: with the selector match in `http/client.rs::changes` always
+/// false (every client served the main view) this test fails at the
+/// canary's first answer (`snapshot: false, gray: null`, not a gray
+/// snapshot of version 2); always true (every client served the gray
+/// view), at pod-b's value (2.5, not 3.0); with `GrayMarks::may_be_gray`
+/// always false, after the abort (the canary keeps the gray value 9, not
+/// 2.5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gray_release_reaches_only_selected_clients_until_promoted_or_aborted() {
-    let pg = PgCluster::start(false).await.unwrap();
-    let c = start(&pg.primary, "").await;
-    create(&c, "features").await;
+    let (_pg, c) = with_features("").await;
     assert_eq!(upsert(&c, "features", "zscore_above", json!(3.0)).await, 1);
     let gray = json!({"selector": {"labels": {"canary": "true"}},
                       "changes": [{"op": "upsert", "key": "zscore_above", "value": 2.5}], "comment": "try 2.5"});
@@ -307,12 +316,13 @@ async fn gray_release_reaches_only_selected_clients_until_promoted_or_aborted() 
 /// counts in /metrics without client ids.
 ///
 /// Checked: with `note_report` not called from `watch_many` this test
-/// fails (no clients in the view).
+/// fails at the first view (`"versions": []`, no clients); with the
+/// rollout view not counting a `behind` client as stale, at its `stale`
+/// (0, not 1); with the namespaces list not counting it, at the list's
+/// entry (`"stale": 0`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rollout_view_counts_clients_per_version() {
-    let pg = PgCluster::start(false).await.unwrap();
-    let c = start(&pg.primary, "").await;
-    create(&c, "features").await;
+    let (_pg, c) = with_features("").await;
     upsert(&c, "features", "a", json!(1)).await;
     upsert(&c, "features", "a", json!(2)).await;
     let watch = |id: &'static str, applied: u64, rejected: Value| {

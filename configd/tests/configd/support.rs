@@ -4,7 +4,7 @@
 
 use reqwest::StatusCode;
 use riskfeat_tests::openapi::OpenApi;
-use riskfeat_tests::{Configd, ConfigdToken, PgServer};
+use riskfeat_tests::{Configd, ConfigdToken, PgCluster, PgServer};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -23,6 +23,16 @@ pub async fn start(pg: &PgServer, extra: &str) -> Configd {
     let mut c = prepared(pg);
     c.start(&config(1, extra)).await.unwrap();
     c
+}
+
+/// What most tests begin with: a PostgreSQL cluster, configd on its
+/// primary with `extra` config lines (see [`start`]) and the namespace
+/// `features` created. Keep the cluster for as long as configd runs.
+pub async fn with_features(extra: &str) -> (PgCluster, Configd) {
+    let pg = PgCluster::start(false).await.unwrap();
+    let c = start(&pg.primary, extra).await;
+    create(&c, "features").await;
+    (pg, c)
 }
 
 /// configd on `pg` with the four tokens and debug logs, not started (see
@@ -102,6 +112,11 @@ pub async fn get(url: String, token: &str) -> (StatusCode, Value) {
 /// [`req`] `POST url` with `token` and a JSON `body`.
 pub async fn post(url: String, token: &str, body: Value) -> (StatusCode, Value) {
     req(reqwest::Method::POST, url, Some(token), Some(body)).await
+}
+
+/// The value of `series` on `c`'s `/metrics` (0 when absent).
+pub async fn metric(c: &Configd, series: &str) -> f64 {
+    riskfeat_tests::fixtures::sample(&c.metrics().await.unwrap(), series).unwrap_or(0.0)
 }
 
 /// Creates namespace `ns` (asserting 201).

@@ -4,7 +4,8 @@
 //! for a client behind it; diff and rollback inside the retained range).
 
 use crate::support::{
-    create, get, http, post, publish, server_items, start, upsert, Local, ADMIN, READER,
+    create, get, http, post, publish, server_items, start, upsert, with_features, Local, ADMIN,
+    READER,
 };
 use reqwest::StatusCode;
 use riskfeat_tests::{wait_until, PgCluster};
@@ -114,9 +115,7 @@ async fn concurrent_publishers_on_two_instances_lose_and_duplicate_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_keep_following_across_a_configd_restart() {
-    let pg = PgCluster::start(false).await.unwrap();
-    let mut a = start(&pg.primary, "").await;
-    create(&a, "features").await;
+    let (_pg, mut a) = with_features("").await;
     upsert(&a, "features", "a", json!(1)).await;
     let mut local = Local::default();
     local.follow_until(&a, "features", 1).await;
@@ -154,9 +153,7 @@ async fn clients_keep_following_across_a_configd_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_compaction_a_client_falls_back_to_a_snapshot_with_the_same_items() {
-    let pg = PgCluster::start(false).await.unwrap();
-    let mut a = start(&pg.primary, "retention_versions=3\ncompact_interval_s=1").await;
-    create(&a, "features").await;
+    let (pg, mut a) = with_features("retention_versions=3\ncompact_interval_s=1").await;
     let mut early = Local::default();
     publish(&a, "features", json!([{"op": "upsert", "key": "keep", "value": "v1"}, {"op": "upsert", "key": "gone", "value": 0}])).await;
     early.follow_until(&a, "features", 1).await;

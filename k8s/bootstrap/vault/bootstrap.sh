@@ -85,17 +85,24 @@ enable_auth() {
         "$cli" auth enable -path="$1" "$1"
     fi
 }
-case "$auth_method" in
-approle)
-    enable_auth approle
-    # token_no_default_policy: Vault's `default` policy grants the body form of
-    # sys/leases/renew (any lease) to every token; the agent gets only its own.
-    "$cli" write auth/approle/role/riskfeat-agent \
+# Writes the role riskfeat-agent of the auth method mounted at $1: that
+# method's own settings (the other arguments), then the policy and token
+# lifetimes every method gives the agent.
+# token_no_default_policy: Vault's `default` policy grants the body form of
+# sys/leases/renew (any lease) to every token; the agent gets only its own.
+write_agent_role() {
+    mount=$1
+    shift
+    "$cli" write "auth/$mount/role/riskfeat-agent" "$@" \
         token_policies=riskfeat-agent \
         token_no_default_policy=true \
         token_ttl="${TOKEN_TTL:-1h}" \
-        "$token_lifetime" \
-        secret_id_ttl="${SECRET_ID_TTL:-720h}"
+        "$token_lifetime"
+}
+case "$auth_method" in
+approle)
+    enable_auth approle
+    write_agent_role approle secret_id_ttl="${SECRET_ID_TTL:-720h}"
     if [ -n "${ROLE_ID:-}" ]; then
         "$cli" write auth/approle/role/riskfeat-agent/role-id role_id="$ROLE_ID"
     fi
@@ -103,20 +110,13 @@ approle)
 kubernetes)
     : "${K8S_HOST:?K8S_HOST (the API server URL Vault calls) is required with AUTH_METHOD=kubernetes}"
     enable_auth kubernetes
-    if [ -n "${K8S_CA_FILE:-}" ]; then
-        "$cli" write auth/kubernetes/config kubernetes_host="$K8S_HOST" \
-            kubernetes_ca_cert=@"$K8S_CA_FILE"
-    else
-        "$cli" write auth/kubernetes/config kubernetes_host="$K8S_HOST"
-    fi
-    "$cli" write auth/kubernetes/role/riskfeat-agent \
+    # Without K8S_CA_FILE, Vault's in-cluster CA.
+    "$cli" write auth/kubernetes/config kubernetes_host="$K8S_HOST" \
+        ${K8S_CA_FILE:+kubernetes_ca_cert=@"$K8S_CA_FILE"}
+    write_agent_role kubernetes \
         bound_service_account_names="$sa_name" \
         bound_service_account_namespaces="$sa_namespace" \
-        audience="$sa_audience" \
-        token_policies=riskfeat-agent \
-        token_no_default_policy=true \
-        token_ttl="${TOKEN_TTL:-1h}" \
-        "$token_lifetime"
+        audience="$sa_audience"
     ;;
 jwt)
     : "${JWT_ISSUER:?JWT_ISSUER (the service-account issuer) is required with AUTH_METHOD=jwt}"
@@ -128,15 +128,11 @@ jwt)
         "$cli" write auth/jwt/config bound_issuer="$JWT_ISSUER" \
             oidc_discovery_url="${JWT_DISCOVERY_URL:-$JWT_ISSUER}"
     fi
-    "$cli" write auth/jwt/role/riskfeat-agent \
+    write_agent_role jwt \
         role_type=jwt \
         user_claim=sub \
         bound_subject="system:serviceaccount:$sa_namespace:$sa_name" \
-        bound_audiences="$sa_audience" \
-        token_policies=riskfeat-agent \
-        token_no_default_policy=true \
-        token_ttl="${TOKEN_TTL:-1h}" \
-        "$token_lifetime"
+        bound_audiences="$sa_audience"
     ;;
 *)
     echo "AUTH_METHOD must be approle, kubernetes or jwt (got $auth_method)" >&2

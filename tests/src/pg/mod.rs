@@ -514,3 +514,22 @@ fn clone_replica(primary_port: u16, password: String) -> anyhow::Result<PgServer
     server.first_start()?;
     Ok(server)
 }
+
+/// Terminates (`pg_terminate_backend`) every client backend named
+/// `application_name` on the server `su` is a superuser session of, as a
+/// failover or an operator would: their clients get SQLSTATE 57P01.
+/// Returns how many were signalled.
+pub async fn terminate_backends(
+    su: &tokio_postgres::Client,
+    application_name: &str,
+) -> anyhow::Result<u64> {
+    let killed: i64 = su
+        .query_one(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = $1 AND backend_type = 'client backend'",
+            &[&application_name],
+        )
+        .await?
+        .get(0);
+    Ok(killed as u64)
+}

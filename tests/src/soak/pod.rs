@@ -14,7 +14,7 @@ use anyhow::Context;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use riskfeat_shared::layout::SharedDir;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -71,16 +71,7 @@ impl Pod {
             ],
         )?;
         configd.start("").await.context("configd did not start")?;
-        configd
-            .publish(
-                &admin,
-                "features",
-                json!([
-                    {"op": "upsert", "key": "lookback", "value": 50},
-                    {"op": "upsert", "key": "ma_window", "value": 10},
-                ]),
-            )
-            .await?;
+        configd.publish_seed_features(&admin, &[]).await?;
         let token_file = dir.path().join("configd.token");
         write_private(&token_file, &reader)?;
         let sections = format!(

@@ -6,16 +6,26 @@
 //! sidecar limit), a configd replica behind the agent never moves its
 //! version backwards, and a namespace configd refuses is retried with
 //! backoff.
+//!
+//! Backoff is checked by counting, never by timing: with a backoff longer
+//! than the test ([`NO_RETRY`]), a refused namespace is asked exactly once
+//! while the agent goes on with its other namespaces for many rounds
+//! (configd's `riskfeat_configd_http_requests_total` counts both).
 
 use crate::support::{spawn_agent, SECS};
 use riskfeat_shared::config_file::ConfigSnapshot;
-use riskfeat_tests::fixtures::sample;
-use riskfeat_tests::{wait_until, Agent, AgentToml, Configd, ConfigdToken, Stack, TcpProxy};
+use riskfeat_tests::fixtures::{json_answer, sample};
+use riskfeat_tests::{wait_until, Agent, Configd, ConfigdToken, Stack, TcpProxy};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
 const ADMIN: &str = "admin-token-0123456789";
 const READER: &str = "reader-token-0123456789";
+/// `[configd]` backoffs longer than any test: a refused namespace (or a
+/// failed round) is not asked again while the test runs.
+const NO_RETRY: &str = "backoff_initial_s = 3600\nbackoff_max_s = 3600";
+/// configd's route label of the changes request.
+const CHANGES: &str = "/v1/namespaces/{ns}/changes";
 
 /// configd on `dsn` (not started): an admin token and the agent's read
 /// token for every namespace.
@@ -30,50 +40,38 @@ fn configd(dsn: &str) -> Configd {
     .unwrap()
 }
 
-/// An agent config following configd at `addr` for `namespaces`, with
-/// quick backoffs (0.2 s to 1 s) and `extra` `[configd]` lines.
-fn agent_config(stack: &Stack, dir: &Path, addr: &str, namespaces: &str, extra: &str) -> PathBuf {
-    std::fs::write(dir.join("configd.token"), READER).unwrap();
+/// A stack, a temp dir, and one configd on its primary started with
+/// `config`, `features` at version 1 (`lookback = 40`).
+async fn stack_and_configd(config: &str) -> (Stack, tempfile::TempDir, Configd) {
+    let stack = Stack::start(Default::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut configd = configd(&stack.pg.primary.superuser_dsn());
+    configd.start(config).await.unwrap();
+    publish(&configd, "features", upsert("lookback", json!(40))).await;
+    (stack, dir, configd)
+}
+
+/// An agent config (in `dir/<name>/`) following configd at `addr` for
+/// `namespaces` (a TOML array), with `extra` `[configd]` lines.
+fn agent_config(
+    stack: &Stack,
+    dir: &Path,
+    name: &str,
+    addr: &str,
+    namespaces: &str,
+    extra: &str,
+) -> PathBuf {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let lines = format!("addr = \"{addr}\"\nnamespaces = {namespaces}\n{extra}");
     stack
-        .write_agent_toml(
-            dir,
-            AgentToml {
-                top: "log_level = \"info,riskfeat_agent=debug\"",
-                sections: &format!(
-                    "[configd]\naddr = \"{addr}\"\ntoken_file = \"{}\"\n\
-                     namespaces = {namespaces}\npoll_timeout_s = 5\nbackoff_initial_s = 0.2\n\
-                     backoff_max_s = 1.0\n{extra}\n",
-                    dir.join("configd.token").display()
-                ),
-                ..Default::default()
-            },
-        )
+        .write_configd_agent_toml(&dir, READER, &lines)
         .unwrap()
 }
 
-/// An admin request to `configd`: the HTTP status.
-async fn admin(configd: &Configd, method: reqwest::Method, path: &str, body: Option<Value>) -> u16 {
-    let mut r = reqwest::Client::new()
-        .request(method, configd.url(path))
-        .bearer_auth(ADMIN);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    r.send().await.unwrap().status().as_u16()
-}
-
-async fn create(configd: &Configd, ns: &str) {
-    let path = format!("/v1/admin/namespaces/{ns}");
-    assert_eq!(admin(configd, reqwest::Method::PUT, &path, None).await, 201);
-}
-
+/// Publishes `changes` to `ns` (created when missing).
 async fn publish(configd: &Configd, ns: &str, changes: Value) {
-    let path = format!("/v1/admin/namespaces/{ns}/publish");
-    let body = Some(json!({ "changes": changes }));
-    assert_eq!(
-        admin(configd, reqwest::Method::POST, &path, body).await,
-        200
-    );
+    configd.publish(ADMIN, ns, changes).await.unwrap();
 }
 
 fn upsert(key: &str, value: Value) -> Value {
@@ -113,6 +111,15 @@ async fn requests(configd: &Configd, route: &str, status: u16) -> f64 {
     sample(&m, &series).unwrap_or(0.0)
 }
 
+/// The agent's `riskfeat_agent_config_rejected_total` of `ns` for `reason`.
+async fn rejected(agent: &Agent, ns: &str, reason: &str) -> f64 {
+    let m = agent.metrics().await.unwrap();
+    let series = format!(
+        "riskfeat_agent_config_rejected_total{{config_namespace=\"{ns}\",reason=\"{reason}\"}}"
+    );
+    sample(&m, &series).unwrap_or(0.0)
+}
+
 /// The agent's peak resident memory (VmHWM), in MiB.
 fn peak_rss_mib(agent: &Agent) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
@@ -125,81 +132,78 @@ fn peak_rss_mib(agent: &Agent) -> f64 {
 }
 
 /// A namespace configd answers 404 for (not created yet) is asked again
-/// with backoff, not at every round: while `features` changes 20 times a
-/// second (each change ends the long-poll and starts a round), configd sees
-/// a handful of 404s. Then a namespace over `max_namespace_bytes` is
-/// refused with the last good version kept in `config/` and in the cache,
-/// reported in `/status`, the log and `riskfeat_agent_config_rejected_total`;
-/// a later version back under the limit applies. Last, an oversized cached
-/// copy is not re-published at start.
+/// only after its backoff, not at every round: with a backoff longer than
+/// the test, configd sees exactly one 404 while `features` goes through 40
+/// versions (a round each). With quick backoffs it is taken once created.
+/// Then a namespace over `max_namespace_bytes` is refused with the last
+/// good version kept in `config/` and in the cache, reported in `/status`,
+/// the log and `riskfeat_agent_config_rejected_total`; a later version
+/// back under the limit applies. Last, an oversized cached copy is not
+/// re-published at start.
 ///
-/// Not yet run, so not yet checked to fail with the feature removed.
+/// Checked: with the per-namespace backoff gate removed from
+/// `Syncer::round` (every namespace asked at every round), this test fails
+/// with "41 requests for the missing namespace in 41 fetches of features".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "written, not yet run (w-bounds ran out of time)"]
 async fn refused_namespaces_back_off_and_oversized_ones_keep_the_last_good() {
-    let stack = Stack::start(Default::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut configd = configd(&stack.pg.primary.superuser_dsn());
-    configd.start("max_value_bytes = 1048576").await.unwrap();
-    create(&configd, "features").await;
-    publish(&configd, "features", upsert("lookback", json!(40))).await;
-    let cfg = agent_config(
+    let (stack, dir, mut configd) = stack_and_configd("max_value_bytes = 1048576").await;
+    let base = configd.http().base().to_string();
+    let namespaces = "[\"features\", \"later\"]";
+    let limit = "max_namespace_bytes = 65536";
+    let slow = agent_config(
         &stack,
         dir.path(),
-        configd.http().base(),
-        "[\"features\", \"later\"]",
-        "max_namespace_bytes = 65536",
+        "slow",
+        &base,
+        namespaces,
+        &format!("{limit}\n{NO_RETRY}"),
     );
-    let mut agent = spawn_agent(&stack, &cfg, &[]);
+    let mut agent = spawn_agent(&stack, &slow, &[]);
     wait_version(&stack, &agent, "features", 1).await;
-
-    // `later` does not exist: 404, retried with backoff while `features`
-    // changes fast.
-    let changes = "/v1/namespaces/{ns}/changes";
-    let before = requests(&configd, changes, 404).await;
-    let started = std::time::Instant::now();
-    for i in 0..80 {
-        publish(&configd, "features", upsert("tick", json!(i))).await;
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // `later` does not exist: one 404, then a backoff longer than the
+    // test, while `features` moves on a round per version.
+    wait_ns_error(&agent, "later", "404").await;
+    for v in 2..=41 {
+        publish(&configd, "features", upsert("tick", json!(v))).await;
+        wait_version(&stack, &agent, "features", v).await;
     }
-    wait_version(&stack, &agent, "features", 81).await;
-    let missing = requests(&configd, changes, 404).await - before;
-    // The backoff reaches its 1 s cap (jitter: at least 0.5 s apart).
-    let bound = 2.0 * started.elapsed().as_secs_f64() + 3.0;
-    assert!(
-        (1.0..=bound).contains(&missing),
-        "{missing} requests for the missing namespace in 80 versions (bound {bound:.0})\n{}",
+    let missing = requests(&configd, CHANGES, 404).await;
+    let fetched = requests(&configd, CHANGES, 200).await;
+    assert!(fetched >= 41.0, "{fetched} fetches of features");
+    assert_eq!(
+        missing,
+        1.0,
+        "{missing} requests for the missing namespace in {fetched} fetches of features\n{}",
         agent.logs()
     );
     let st = agent.status().await.unwrap();
-    assert!(
-        st["config"]["failures"]["later"].as_u64() >= Some(2),
-        "{st}"
-    );
-    create(&configd, "later").await;
+    assert_eq!(st["config"]["failures"]["later"], 1, "{st}");
+
+    // Quick backoffs: `later` is taken once it exists.
+    agent.stop(SECS(20));
+    let quick = agent_config(&stack, dir.path(), "quick", &base, namespaces, limit);
+    agent = spawn_agent(&stack, &quick, &[]);
+    wait_ns_error(&agent, "later", "404").await;
     publish(&configd, "later", upsert("a", json!(1))).await;
     wait_version(&stack, &agent, "later", 1).await;
 
-    // Version 82 would be about 80 KiB: refused, 81 kept.
+    // Version 42 would be about 80 KiB: refused, 41 kept.
     let big = "x".repeat(80 * 1024);
     publish(&configd, "features", upsert("big", json!(big))).await;
     let st = wait_ns_error(&agent, "features", "max_namespace_bytes = 65536").await;
-    assert_eq!(st["config"]["versions"]["features"], 81, "{st}");
-    assert_eq!(published(&stack, "features").unwrap().version, 81);
+    assert_eq!(st["config"]["versions"]["features"], 41, "{st}");
+    assert_eq!(published(&stack, "features").unwrap().version, 41);
     let cache = stack.shared_dir.path().join("config-cache/features.json");
-    assert_eq!(ConfigSnapshot::load(&cache).unwrap().version, 81);
-    let m = agent.metrics().await.unwrap();
-    let rejected =
-        "riskfeat_agent_config_rejected_total{config_namespace=\"features\",reason=\"too_large\"}";
-    assert!(sample(&m, rejected) >= Some(1.0), "{m}");
+    assert_eq!(ConfigSnapshot::load(&cache).unwrap().version, 41);
+    assert!(rejected(&agent, "features", "too_large").await >= 1.0);
     assert!(agent
         .logs()
         .contains("larger than configd.max_namespace_bytes"));
-    // Back under the limit: applies (incrementally from 81).
+    // Back under the limit: applies (incrementally from 41).
     let fix =
         json!([{"op": "delete", "key": "big"}, {"op": "upsert", "key": "ma_window", "value": 5}]);
     publish(&configd, "features", fix).await;
-    wait_version(&stack, &agent, "features", 83).await;
+    wait_version(&stack, &agent, "features", 43).await;
     assert!(!published(&stack, "features")
         .unwrap()
         .items
@@ -221,7 +225,7 @@ async fn refused_namespaces_back_off_and_oversized_ones_keep_the_last_good() {
     )
     .unwrap();
     std::fs::remove_file(stack.shared_dir.path().join("config/features.json")).unwrap();
-    agent = spawn_agent(&stack, &cfg, &[]);
+    agent = spawn_agent(&stack, &quick, &[]);
     wait_ns_error(&agent, "features", "the cached config").await;
     wait_version(&stack, &agent, "later", 1).await;
     assert!(published(&stack, "features").is_none(), "{}", agent.logs());
@@ -233,35 +237,22 @@ async fn refused_namespaces_back_off_and_oversized_ones_keep_the_last_good() {
 /// keeps the last good version, reports both, and its peak RSS stays
 /// under 64 MiB (the base overlay's agent limit).
 ///
-/// Not yet run, so not yet checked to fail with the feature removed.
+/// Checked: with `body::read` reading every answer whole (no cap on the
+/// wire nor on the gzip output), this test fails with "timed out after
+/// 30s waiting for config error of features naming \"max_response_bytes =
+/// 4194304\"" (the 48 MiB version is read whole, then refused only by
+/// `max_namespace_bytes`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "written, not yet run (w-bounds ran out of time)"]
 async fn a_large_answer_and_a_gzip_bomb_are_read_no_further_than_the_cap() {
-    let stack = Stack::start(Default::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut configd = configd(&stack.pg.primary.superuser_dsn());
-    configd
-        .start("max_value_bytes = 67108864\nmax_body_bytes = 67108864")
-        .await
-        .unwrap();
-    create(&configd, "features").await;
-    publish(&configd, "features", upsert("lookback", json!(40))).await;
-    let cfg = agent_config(
-        &stack,
-        dir.path(),
-        configd.http().base(),
-        "[\"features\"]",
-        "",
-    );
+    let (stack, dir, configd) =
+        stack_and_configd("max_value_bytes = 67108864\nmax_body_bytes = 67108864").await;
+    let base = configd.http().base().to_string();
+    let cfg = agent_config(&stack, dir.path(), "a", &base, "[\"features\"]", "");
     let mut agent = spawn_agent(&stack, &cfg, &[]);
     wait_version(&stack, &agent, "features", 1).await;
 
-    publish(
-        &configd,
-        "features",
-        upsert("bomb", json!("0".repeat(48 << 20))),
-    )
-    .await;
+    let bomb = json!("0".repeat(48 << 20));
+    publish(&configd, "features", upsert("bomb", bomb)).await;
     let st = wait_ns_error(&agent, "features", "max_response_bytes = 4194304").await;
     assert_eq!(st["config"]["versions"]["features"], 1, "{st}");
     assert_eq!(published(&stack, "features").unwrap().version, 1);
@@ -277,22 +268,26 @@ async fn a_large_answer_and_a_gzip_bomb_are_read_no_further_than_the_cap() {
     assert!(published(&stack, "features").is_none());
     let peak = peak_rss_mib(&agent);
     assert!(peak < 64.0, "peak RSS {peak:.0} MiB\n{}", agent.logs());
-    let m = agent.metrics().await.unwrap();
-    let rejected =
-        "riskfeat_agent_config_rejected_total{config_namespace=\"features\",reason=\"too_large\"}";
-    assert!(sample(&m, rejected) >= Some(1.0), "{m}");
+    assert!(rejected(&agent, "features", "too_large").await >= 1.0);
 }
 
 /// Two configd replicas on one database, behind one address (a TCP proxy
 /// playing the Service): replica B loses its database link, so its cache
-/// stays at version 1 while A publishes version 2. Moved to B, the agent
-/// keeps version 2 (never 1), reports B as behind, and asks it again only
-/// with backoff; once B's link is back and it has caught up, the agent
-/// follows B to version 3.
+/// stays at version 1 of `features` while A publishes version 2. Moved to
+/// B, the agent keeps version 2 (never 1) and reports B as behind. Started
+/// again on B with a backoff longer than the test, it asks B for
+/// `features` exactly once while it long-polls B for `other` round after
+/// round. Once B's link is back and it has caught up, the agent follows B
+/// to version 3 (a restart with quick backoffs; that a gate opens after
+/// its delay is `Retry`'s unit test).
 ///
-/// Not yet run, so not yet checked to fail with the feature removed.
+/// Checked: with `Syncer::fetch` no longer turning configd's "from the
+/// future" 400 into `SyncError::Behind` (a plain refusal), this test fails
+/// with "timed out after 30s waiting for config error of features naming
+/// \"behind\""; with the per-namespace backoff gate removed from
+/// `Syncer::round`, with "4 refused requests" (one per long-poll of
+/// `other`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "written, not yet run (w-bounds ran out of time)"]
 async fn a_configd_replica_behind_the_agent_is_skipped_with_backoff() {
     let stack = Stack::start(Default::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -313,63 +308,87 @@ async fn a_configd_replica_behind_the_agent_is_skipped_with_backoff() {
     a.start(quiet).await.unwrap();
     let mut b = configd(&b_dsn);
     b.start(quiet).await.unwrap();
-    create(&a, "features").await;
     publish(&a, "features", upsert("lookback", json!(40))).await;
+    publish(&a, "other", upsert("a", json!(1))).await;
     let addr = |c: &Configd| format!("127.0.0.1:{}", c.http().port()).parse().unwrap();
     let front = TcpProxy::start(addr(&a)).await.unwrap();
-    let cfg = agent_config(&stack, dir.path(), &front.http_url(), "[\"features\"]", "");
-    let agent = spawn_agent(&stack, &cfg, &[]);
+    let namespaces = "[\"features\", \"other\"]";
+    let quick = agent_config(
+        &stack,
+        dir.path(),
+        "quick",
+        &front.http_url(),
+        namespaces,
+        "poll_timeout_s = 1",
+    );
+    let mut agent = spawn_agent(&stack, &quick, &[]);
     wait_version(&stack, &agent, "features", 1).await;
-    // B has version 1 in its cache, then loses its database.
-    let url = b.url("/v1/namespaces/features/changes?from=0");
-    let got: Value = reqwest::Client::new()
-        .get(url)
-        .bearer_auth(READER)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(got["to"], 1, "{got}");
+    wait_version(&stack, &agent, "other", 1).await;
+    // B has version 1 of both in its cache, then loses its database.
+    for ns in ["features", "other"] {
+        let url = b.url(&format!("/v1/namespaces/{ns}/changes?from=0"));
+        let got = json_answer(reqwest::Client::new().get(url).bearer_auth(READER))
+            .await
+            .unwrap();
+        assert_eq!(got["to"], 1, "{ns}: {got}");
+    }
     b_db.cut();
     publish(&a, "features", upsert("ma_window", json!(5))).await;
     wait_version(&stack, &agent, "features", 2).await;
 
-    // The Service moves the agent to B, which is behind.
-    let refused_before = requests(&b, "/v1/watch", 400).await
-        + requests(&b, "/v1/namespaces/{ns}/changes", 400).await;
+    // The Service moves the agent to B, which is behind on `features`.
     front.set_upstream(addr(&b));
-    let started = std::time::Instant::now();
     let st = wait_ns_error(&agent, "features", "behind").await;
     assert_eq!(st["config"]["versions"]["features"], 2, "{st}");
-    for _ in 0..40 {
-        let now = published(&stack, "features").unwrap();
-        assert_eq!(now.version, 2, "went back to version {}", now.version);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let refused = requests(&b, "/v1/watch", 400).await
-        + requests(&b, "/v1/namespaces/{ns}/changes", 400).await
-        - refused_before;
-    // 0.2 s doubling to a 1 s cap (jitter: at least 0.5 s apart).
-    let bound = 2.0 * started.elapsed().as_secs_f64() + 3.0;
-    assert!(
-        (1.0..=bound).contains(&refused),
-        "{refused} refused requests (bound {bound:.0})\n{}",
-        agent.logs()
+    assert_eq!(published(&stack, "features").unwrap().version, 2);
+    assert!(rejected(&agent, "features", "behind").await >= 1.0);
+    assert!(agent.logs().contains("behind this agent's version 2"));
+
+    // Started again on B with a backoff longer than the test: one refused
+    // request for `features` while B answers three long-polls of `other`.
+    agent.stop(SECS(20));
+    let refused =
+        || async { requests(&b, CHANGES, 400).await + requests(&b, "/v1/watch", 400).await };
+    let refused_before = refused().await;
+    let polls_before = requests(&b, "/v1/watch", 304).await;
+    let slow = agent_config(
+        &stack,
+        dir.path(),
+        "slow",
+        &front.http_url(),
+        namespaces,
+        &format!("poll_timeout_s = 1\n{NO_RETRY}"),
     );
-    let m = agent.metrics().await.unwrap();
-    let behind =
-        "riskfeat_agent_config_rejected_total{config_namespace=\"features\",reason=\"behind\"}";
-    assert!(sample(&m, behind) >= Some(1.0), "{m}");
+    agent = spawn_agent(&stack, &slow, &[]);
+    wait_ns_error(&agent, "features", "behind").await;
+    wait_until(SECS(30), "three long-polls of other on B", || async {
+        assert_eq!(published(&stack, "features").unwrap().version, 2);
+        requests(&b, "/v1/watch", 304).await >= polls_before + 3.0
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.logs()));
+    let asked = refused().await - refused_before;
+    assert_eq!(asked, 1.0, "{asked} refused requests\n{}", agent.logs());
+    assert_eq!(
+        agent.status().await.unwrap()["config"]["failures"]["features"],
+        1
+    );
 
     // B's database is back: it catches up, and the agent follows it.
     b_db.restore();
     publish(&a, "features", upsert("lookback", json!(30))).await;
+    let url = b.url("/v1/namespaces/features/changes?from=0");
+    wait_until(SECS(30), "B at version 3", || async {
+        let got = json_answer(reqwest::Client::new().get(&url).bearer_auth(READER)).await;
+        got.is_ok_and(|v| v["to"] == 3)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
+    agent.stop(SECS(20));
+    agent = spawn_agent(&stack, &quick, &[]);
     wait_version(&stack, &agent, "features", 3).await;
     assert_eq!(
         published(&stack, "features").unwrap().items["ma_window"],
         json!(5)
     );
-    assert!(agent.logs().contains("behind this agent's version 2"));
 }

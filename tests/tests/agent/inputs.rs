@@ -6,7 +6,6 @@
 use crate::support::{db_json, opts, spawn_agent, wait_published, write_config, SECS};
 use nix::sys::signal::Signal;
 use riskfeat_tests::{Agent, Stack};
-use serde_json::Value;
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
@@ -162,21 +161,7 @@ async fn wrapped_secret_id_is_unwrapped_once_and_its_file_deleted() {
     let stack = Stack::start(opts(60, 600)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     // A response-wrapped secret_id, as a CI/CD system would hand it over.
-    let url = format!(
-        "{}/v1/auth/{}/role/{}/secret-id",
-        stack.bao.addr, stack.approle.approle_mount, stack.approle.role_name
-    );
-    let wrapped: Value = reqwest::Client::new()
-        .post(&url)
-        .header("X-Vault-Token", &stack.bao.root_token)
-        .header("X-Vault-Wrap-TTL", "120s")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let wrapping_token = wrapped["wrap_info"]["token"].as_str().unwrap().to_string();
+    let wrapping_token = stack.new_wrapped_secret_id("120s").await.unwrap();
     let file = dir.path().join("wrapped-secret-id");
     std::fs::write(&file, &wrapping_token).unwrap();
     let cfg = write_config(&stack, dir.path(), "", "");

@@ -165,9 +165,5 @@ pub async fn wait_published(stack: &Stack, min_generation: u64, timeout: Duratio
 
 /// Stack options with the database role's `default_ttl` and `max_ttl` (s).
 pub fn opts(default_ttl: u64, max_ttl: u64) -> StackOptions {
-    StackOptions {
-        default_ttl: SECS(default_ttl),
-        max_ttl: SECS(max_ttl),
-        ..Default::default()
-    }
+    StackOptions::with_ttls(default_ttl, max_ttl)
 }

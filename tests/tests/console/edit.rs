@@ -4,17 +4,31 @@
 //! concurrent publish as a conflict, publishes, and the worker's answer
 //! changes through the agent.
 
-use super::{admin, admin_get, configd, rows, screenshot, sign_in, texts, READER};
+use super::{
+    admin, admin_get, configd, follow_features, rows, screenshot, sign_in, texts, type_draft,
+};
 use riskfeat_tests::browser::Browser;
-use riskfeat_tests::{wait_until, Agent, AgentToml, Stack, StackOptions, Worker};
+use riskfeat_tests::{wait_until, Agent, Worker};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// Replaces the editor's text with `text`, typed.
-async fn type_draft(b: &Browser, text: &str) {
-    let editor = b.find("#editor").await.unwrap();
-    editor.clear().await.unwrap();
-    editor.type_text(text).await.unwrap();
+/// The worker's answer for user 7 once it serves config `version`.
+async fn features_at(worker: &Worker, agent: &Agent, version: u64) -> Value {
+    let url = worker.url("/v1/features/7");
+    let features = || async {
+        let r = reqwest::get(&url).await.ok()?;
+        (r.status() == 200).then_some(())?;
+        r.json::<Value>().await.ok()
+    };
+    let what = format!("worker on config v{version}");
+    wait_until(Duration::from_secs(60), &what, || async {
+        features()
+            .await
+            .is_some_and(|b| b["config_version"] == version)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nagent:\n{}\nworker:\n{}", agent.logs(), worker.logs()));
+    features().await.unwrap()
 }
 
 /// Checked: with `expected_version` left out of the console's publish
@@ -22,11 +36,7 @@ async fn type_draft(b: &Browser, text: &str) {
 /// test fails at "a concurrent publish is a conflict".
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_admin_edits_previews_and_publishes_and_the_worker_answers_with_it() {
-    let stack = Stack::start(StackOptions::default()).await.unwrap();
-    let db = stack.pg.primary.connect_superuser().await.unwrap();
-    let txns = riskfeat_tests::data::spike(7, chrono::Utc::now());
-    riskfeat_tests::data::load(&db, txns).await.unwrap();
-    stack.pg.wait_replica_caught_up().await.unwrap();
+    let stack = riskfeat_tests::data::stack_with_spike(7).await.unwrap();
     let configd = configd(&stack.pg.primary).await;
     super::seed(
         &configd,
@@ -37,39 +47,10 @@ async fn an_admin_edits_previews_and_publishes_and_the_worker_answers_with_it() 
 
     // The agent follows `features` with the read token; the worker serves.
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("configd.token");
-    std::fs::write(&token_file, READER).unwrap();
-    let sections = format!(
-        "[configd]\naddr = \"{}\"\ntoken_file = \"{}\"\nnamespaces = [\"features\"]\npoll_timeout_s = 5\n",
-        configd.http().base(),
-        token_file.display()
-    );
-    let agent_toml = AgentToml {
-        sections: &sections,
-        ..Default::default()
-    };
-    let cfg = stack.write_agent_toml(dir.path(), agent_toml).unwrap();
-    let agent = Agent::spawn(&cfg, stack.shared_dir.path(), &[]).unwrap();
+    let agent = follow_features(&stack, &configd, dir.path(), stack.shared_dir.path(), "");
     let worker = Worker::spawn(stack.shared_dir.path(), "recheck_interval_ms = 1000").unwrap();
-    let url = worker.url("/v1/features/7");
-    let features = || async {
-        let r = reqwest::get(&url).await.ok()?;
-        (r.status() == 200).then_some(())?;
-        r.json::<Value>().await.ok()
-    };
-    let serves = |version: u64| {
-        let features = &features;
-        async move {
-            features()
-                .await
-                .is_some_and(|b| b["config_version"] == version)
-        }
-    };
-    wait_until(Duration::from_secs(60), "worker on config v1", || serves(1))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\nagent:\n{}\nworker:\n{}", agent.logs(), worker.logs()));
     assert_eq!(
-        features().await.unwrap()["features"]["flags"]["zscore_high"],
+        features_at(&worker, &agent, 1).await["features"]["flags"]["zscore_high"],
         true
     );
     // The agent's long-poll is the namespace's client.
@@ -95,17 +76,12 @@ async fn an_admin_edits_previews_and_publishes_and_the_worker_answers_with_it() 
     );
     assert_eq!(texts(&b, "#who-role").await, ["admin"]);
     screenshot(&b, "namespaces").await;
-    b.find(&format!("{row} a.ns-link"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(&format!("{row} a.ns-link")).await.unwrap();
     b.wait_text("#items td.key", "zscore_above").await.unwrap();
     screenshot(&b, "items").await;
 
     // The editor names invalid JSON and will not preview it.
-    b.find("#edit").await.unwrap().click().await.unwrap();
+    b.click("#edit").await.unwrap();
     type_draft(&b, "{\"zscore_above\": }").await;
     b.wait_text("#editor-status.error", "Not valid JSON")
         .await
@@ -118,19 +94,14 @@ async fn an_admin_edits_previews_and_publishes_and_the_worker_answers_with_it() 
     b.wait_text("#editor-status.ok", "Valid JSON")
         .await
         .unwrap();
-    b.find("#preview").await.unwrap().click().await.unwrap();
+    b.click("#preview").await.unwrap();
     b.find("#change-set").await.unwrap();
     assert_eq!(
         rows(&b, "#change-set tbody tr").await,
         ["changed | zscore_above | 3 | 1000"],
         "the preview shows the one change against version 1"
     );
-    b.find("#comment")
-        .await
-        .unwrap()
-        .type_text("less sensitive")
-        .await
-        .unwrap();
+    b.type_into("#comment", "less sensitive").await.unwrap();
     screenshot(&b, "preview").await;
 
     // Someone else publishes meanwhile: the console's publish is refused.
@@ -143,7 +114,7 @@ async fn an_admin_edits_previews_and_publishes_and_the_worker_answers_with_it() 
     )
     .await;
     assert_eq!(s, 200);
-    b.find("#publish").await.unwrap().click().await.unwrap();
+    b.click("#publish").await.unwrap();
     b.wait_text("#conflict", "Conflict: nothing was published")
         .await
         .expect("a concurrent publish is a conflict");
@@ -152,14 +123,9 @@ async fn an_admin_edits_previews_and_publishes_and_the_worker_answers_with_it() 
     assert_eq!(items["to"], 2, "the conflict published nothing: {items}");
 
     // Reload keeps the edit; the preview now compares against version 2.
-    b.find("#reload-draft")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("#reload-draft").await.unwrap();
     b.wait_text("#banner", "Loaded version 2").await.unwrap();
-    b.find("#preview").await.unwrap().click().await.unwrap();
+    b.click("#preview").await.unwrap();
     b.find("#change-set").await.unwrap();
     assert_eq!(
         rows(&b, "#change-set tbody tr").await,
@@ -170,30 +136,22 @@ async fn an_admin_edits_previews_and_publishes_and_the_worker_answers_with_it() 
         "the kept edit previewed against version 2"
     );
     type_draft(&b, "{\"lookback\": 40, \"zscore_above\": 1000}").await;
-    b.find("#preview").await.unwrap().click().await.unwrap();
+    b.click("#preview").await.unwrap();
     b.find("#change-set").await.unwrap();
     assert_eq!(
         rows(&b, "#change-set tbody tr").await,
         ["changed | zscore_above | 3 | 1000"]
     );
-    b.find("#comment")
-        .await
-        .unwrap()
-        .type_text("less sensitive")
-        .await
-        .unwrap();
-    b.find("#publish").await.unwrap().click().await.unwrap();
+    b.type_into("#comment", "less sensitive").await.unwrap();
+    b.click("#publish").await.unwrap();
     b.wait_text("#banner.ok", "Published version 3 of features")
         .await
         .unwrap();
     b.wait_text("#items td.value", "1000").await.unwrap();
 
     // The worker answers with it, through the agent, same processes.
-    wait_until(Duration::from_secs(30), "worker on config v3", || serves(3))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\nagent:\n{}\nworker:\n{}", agent.logs(), worker.logs()));
     assert_eq!(
-        features().await.unwrap()["features"]["flags"]["zscore_high"],
+        features_at(&worker, &agent, 3).await["features"]["flags"]["zscore_high"],
         false
     );
     let (_, h) = admin_get(&configd, "/v1/admin/namespaces/features/history?limit=1").await;

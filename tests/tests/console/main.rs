@@ -9,18 +9,22 @@
 //!   publish as a conflict, publish, and the worker answers with it;
 //! - [`history`]: history with author, token and comment, the diff of two
 //!   versions, rollback;
-//! - [`safety`]: keys and values rendered as text under a strict CSP; a
-//!   read token sees no write control;
+//! - [`gray`]: a gray release started from the editor's preview, seen in
+//!   the gray and rollout views with two real agents, promoted, aborted,
+//!   refused (schema, conflict), read-only for a read token;
+//! - [`safety`]: keys, values, client ids and reasons rendered as text
+//!   under a strict CSP; a read token sees no write control;
 //! - this file: what they share.
 
 mod edit;
+mod gray;
 mod history;
 mod safety;
 
 use riskfeat_tests::browser::Browser;
-use riskfeat_tests::{Configd, ConfigdToken, PgServer};
+use riskfeat_tests::{Agent, AgentToml, Configd, ConfigdToken, PgCluster, PgServer, Stack};
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub const ADMIN: &str = "admin-token-0123456789";
 pub const READER: &str = "reader-token-0123456789";
@@ -79,27 +83,75 @@ pub async fn seed(configd: &Configd, ns: &str, versions: &[Value]) {
     }
 }
 
+/// Starts an agent of `stack` following `features` on `configd` with the
+/// read token, writing to `shared`, its files in `dir`; `identity` is more
+/// `[configd]` lines (`client_id`, `labels`).
+pub fn follow_features(
+    stack: &Stack,
+    configd: &Configd,
+    dir: &Path,
+    shared: &Path,
+    identity: &str,
+) -> Agent {
+    let token_file = dir.join("configd.token");
+    std::fs::write(&token_file, READER).unwrap();
+    let sections = format!(
+        "[configd]\naddr = \"{}\"\ntoken_file = \"{}\"\nnamespaces = [\"features\"]\n\
+         poll_timeout_s = 5\n{identity}\n",
+        configd.http().base(),
+        token_file.display()
+    );
+    let agent_toml = AgentToml {
+        sections: &sections,
+        shared_dir: Some(shared),
+        ..Default::default()
+    };
+    let cfg = stack.write_agent_toml(dir, agent_toml).unwrap();
+    Agent::spawn(&cfg, shared, &[]).unwrap()
+}
+
+/// A PostgreSQL (no replica) and configd on it ([`configd`]) with `ns`
+/// seeded with `versions` ([`seed`]).
+pub async fn seeded(ns: &str, versions: &[Value]) -> (PgCluster, Configd) {
+    let pg = PgCluster::start(false).await.unwrap();
+    let configd = configd(&pg.primary).await;
+    seed(&configd, ns, versions).await;
+    (pg, configd)
+}
+
 /// Opens the console and signs in with `token`; returns once the
 /// namespaces list is shown. With `shot`, the filled-in sign-in form is
 /// saved first.
 pub async fn sign_in(b: &Browser, configd: &Configd, token: &str, shot: Option<&str>) {
     b.goto(&configd.url("/ui")).await.unwrap();
-    b.find("#token")
-        .await
-        .unwrap()
-        .type_text(token)
-        .await
-        .unwrap();
+    b.type_into("#token", token).await.unwrap();
     if let Some(name) = shot {
         screenshot(b, name).await;
     }
-    b.find("#signin-button")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("#signin-button").await.unwrap();
     b.find("#namespaces").await.unwrap();
+}
+
+/// Clicks `css`, then waits until a displayed `shown` contains `want`.
+pub async fn click_until(b: &Browser, css: &str, shown: &str, want: &str) {
+    b.click(css).await.unwrap();
+    b.wait_text(shown, want).await.unwrap();
+}
+
+/// Asserts that no element matching `css` (under `#view`) came from the
+/// data, and that no script it carried opened an alert.
+pub async fn assert_nothing_injected(b: &Browser, css: &str) {
+    let js = "return document.querySelectorAll(arguments[0]).length;";
+    let injected = b.script(js, serde_json::json!([css])).await.unwrap();
+    assert_eq!(injected, 0, "no element from the data ({css})");
+    assert_eq!(b.alert_text().await, None, "no alert");
+}
+
+/// Replaces the editor's text with `text`, typed.
+pub async fn type_draft(b: &Browser, text: &str) {
+    let editor = b.find("#editor").await.unwrap();
+    editor.clear().await.unwrap();
+    editor.type_text(text).await.unwrap();
 }
 
 /// Saves the page as `target/artifacts/console/<name>.png`.

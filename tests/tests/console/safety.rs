@@ -2,9 +2,8 @@
 //! be framed or load foreign script (the Content-Security-Policy), or offer
 //! a read token a write control (and the server refuses it anyway).
 
-use super::{configd, screenshot, seed, sign_in, texts, ADMIN, READER};
+use super::{assert_nothing_injected, screenshot, seeded, sign_in, texts, ADMIN, READER};
 use riskfeat_tests::browser::Browser;
-use riskfeat_tests::PgCluster;
 use serde_json::json;
 
 const KEY: &str = "<img src=x onerror=alert(1)>";
@@ -19,10 +18,7 @@ const COMMENT: &str = "<b>bold</b><img src=z onerror=alert(4)>";
 /// HTML.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_values_and_comments_are_text_under_a_strict_csp() {
-    let pg = PgCluster::start(false).await.unwrap();
-    let configd = configd(&pg.primary).await;
-    seed(
-        &configd,
+    let (_pg, configd) = seeded(
         "xss",
         &[json!([{"op": "upsert", "key": KEY, "value": VALUE}])],
     )
@@ -40,7 +36,13 @@ async fn keys_values_and_comments_are_text_under_a_strict_csp() {
     assert_eq!(r.status(), 200);
 
     // Every /ui answer carries the policy and its companions.
-    for path in ["/ui", "/ui/app.js", "/ui/app.css", "/ui/nope"] {
+    for path in [
+        "/ui",
+        "/ui/app.js",
+        "/ui/release.js",
+        "/ui/app.css",
+        "/ui/nope",
+    ] {
         let r = reqwest::get(configd.url(path)).await.unwrap();
         let h = r.headers();
         let csp = h
@@ -79,27 +81,16 @@ async fn keys_values_and_comments_are_text_under_a_strict_csp() {
     b.goto(&configd.url("/ui#/ns/xss/history")).await.unwrap();
     b.wait_text("#history td.comment", COMMENT).await.unwrap();
     assert_eq!(texts(&b, "#history td.who").await[0], COMMENT);
-    let injected = b
-        .script(
-            "return document.querySelectorAll('#view img, #view script, #view b').length;",
-            json!([]),
-        )
-        .await
-        .unwrap();
-    assert_eq!(injected, 0, "no element from the data");
     // The history page is the last one loaded; an `onerror` would have run
     // by the time the images failed, and the items page went before it.
-    assert_eq!(b.alert_text().await, None, "no alert");
+    assert_nothing_injected(&b, "#view img, #view script, #view b").await;
 }
 
 /// Checked: with `isAdmin()` in configd/ui/app.js made always true, this
 /// test fails at "no create control".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_token_sees_a_read_only_console() {
-    let pg = PgCluster::start(false).await.unwrap();
-    let configd = configd(&pg.primary).await;
-    seed(
-        &configd,
+    let (_pg, configd) = seeded(
         "rules",
         &[
             json!([{"op": "upsert", "key": "a", "value": 1}]),
@@ -132,7 +123,7 @@ async fn a_read_token_sees_a_read_only_console() {
         "no rollback control"
     );
     // The diff is a read: allowed.
-    b.find("#show-diff").await.unwrap().click().await.unwrap();
+    b.click("#show-diff").await.unwrap();
     b.wait_text("#diff-box h3", "From v1 to v2: 1 change")
         .await
         .unwrap();
@@ -147,4 +138,62 @@ async fn a_read_token_sees_a_read_only_console() {
         .await
         .unwrap();
     assert_eq!(status, 403);
+}
+
+/// A client chooses its own id and its worker's rejection reason: HTML in
+/// either is shown literally in the rollout view, no element or alert
+/// comes from it. Labels cannot carry it: configd refuses a label that is
+/// not `[A-Za-z0-9._/-]` (400 naming the header), so the rendering of the
+/// labels it keeps is checked with a plain one.
+///
+/// Checked: with the client cell of the rollout view in
+/// configd/ui/release.js filled through `innerHTML` instead of a text node,
+/// this test fails at "the client id shown literally" (the browser rendered
+/// an image and the cell's text was empty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ids_and_reasons_in_the_rollout_view_are_text() {
+    const CLIENT: &str = "<img src=x onerror=alert(1)>";
+    const REASON: &str = "<script>alert(2)</script><img src=y onerror=alert(3)>";
+    let (_pg, configd) = seeded("xss", &[json!([{"op": "upsert", "key": "a", "value": 1}])]).await;
+    let watch = |labels: &'static str| {
+        let report = json!({"xss": {"applied": 1, "rejected": {"version": 1, "reason": REASON}}});
+        reqwest::Client::new()
+            .post(configd.url("/v1/watch"))
+            .bearer_auth(READER)
+            .header("riskfeat-client-id", CLIENT)
+            .header("riskfeat-client-labels", labels)
+            .json(&json!({"namespaces": {"xss": 0}, "timeout_s": 1, "report": report}))
+            .send()
+    };
+    let refused = watch("zone=<b>x</b>").await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "riskfeat-client-labels", "{body}");
+    let r = watch("app=risk.feat/x-1").await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    let b = Browser::start().await.unwrap();
+    sign_in(&b, &configd, ADMIN, None).await;
+    b.goto(&configd.url("/ui#/ns/xss/rollout")).await.unwrap();
+    b.find("#rollout-clients").await.unwrap();
+    assert_eq!(
+        texts(&b, "#rollout-clients td.client").await,
+        [CLIENT],
+        "the client id shown literally"
+    );
+    assert_eq!(
+        texts(&b, "#rollout-clients td.rejected").await,
+        [format!("v1: {REASON}")],
+        "the reason shown literally"
+    );
+    assert_eq!(
+        texts(&b, "#rollout-clients td.labels").await,
+        ["app=risk.feat/x-1"]
+    );
+    assert_eq!(texts(&b, "#rollout-clients td.status").await, ["rejected"]);
+    b.wait_text("#rollout-summary", "0 stale clients; 1 rejected")
+        .await
+        .unwrap();
+    screenshot(&b, "rollout-xss").await;
+    assert_nothing_injected(&b, "#view img, #view script").await;
 }

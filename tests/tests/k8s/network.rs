@@ -240,7 +240,7 @@ fn network_policies_default_deny_and_allow_only_the_needed_flows() {
 #[test]
 fn prod_configd_serves_https_from_its_tls_secret() {
     let docs = rendered("prod");
-    let pod = &object(docs, "Deployment", "riskfeat-configd")["spec"]["template"]["spec"];
+    let pod = pod_spec(docs, "riskfeat-configd");
     let c = container(pod, "riskfeat-configd");
     let cfg = config_file(docs, pod, "config", "configd.toml");
     for key in ["tls_cert_file", "tls_key_file"] {
@@ -261,7 +261,7 @@ fn prod_configd_serves_https_from_its_tls_secret() {
             "prod/configd {probe}"
         );
     }
-    let wpod = &object(docs, "Deployment", "riskfeat-worker")["spec"]["template"]["spec"];
+    let wpod = pod_spec(docs, "riskfeat-worker");
     let agent = container(wpod, "riskfeat-agent");
     let agent_toml = config_file(docs, wpod, "agent-config", "agent.toml");
     assert!(toml_str(&agent_toml, &["configd", "addr"]).starts_with("https://"));
@@ -282,8 +282,7 @@ fn prod_configd_serves_https_from_its_tls_secret() {
         assert_ne!(v["secret"]["secretName"], "riskfeat-configd-tls");
     }
     // Dev stays plain HTTP.
-    let dpod =
-        &object(rendered("dev"), "Deployment", "riskfeat-configd")["spec"]["template"]["spec"];
+    let dpod = pod_spec(rendered("dev"), "riskfeat-configd");
     let dcfg = config_file(rendered("dev"), dpod, "config", "configd.toml");
     assert!(!dcfg.contains_key("tls_cert_file"));
 }

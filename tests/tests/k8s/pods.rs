@@ -7,9 +7,7 @@ use serde_json::Value;
 
 #[test]
 fn agent_is_a_native_sidecar_gating_the_worker() {
-    for overlay in OVERLAYS {
-        let docs = rendered(overlay);
-        let pod = &object(docs, "Deployment", "riskfeat-worker")["spec"]["template"]["spec"];
+    for (overlay, _, pod) in worker_pods() {
         let inits = arr(&pod["initContainers"]);
         assert_eq!(
             inits.first().map(|c| &c["name"]),
@@ -39,9 +37,7 @@ fn agent_is_a_native_sidecar_gating_the_worker() {
 
 #[test]
 fn shared_volume_is_memory_backed_and_group_readable() {
-    for overlay in OVERLAYS {
-        let docs = rendered(overlay);
-        let pod = &object(docs, "Deployment", "riskfeat-worker")["spec"]["template"]["spec"];
+    for (overlay, docs, pod) in worker_pods() {
         let shared = &volume(pod, "shared")["emptyDir"];
         assert_eq!(shared["medium"], "Memory", "{overlay}: shared volume");
         assert!(
@@ -77,9 +73,7 @@ fn shared_volume_is_memory_backed_and_group_readable() {
 
 #[test]
 fn probes_use_the_probe_subcommands() {
-    for overlay in OVERLAYS {
-        let docs = rendered(overlay);
-        let pod = &object(docs, "Deployment", "riskfeat-worker")["spec"]["template"]["spec"];
+    for (overlay, _, pod) in worker_pods() {
         for (c, bin) in [
             ("riskfeat-agent", "riskfeat-agent"),
             ("riskfeat-worker", "riskfeat-worker"),
@@ -171,9 +165,7 @@ fn no_container_runs_as_root_or_with_privileges() {
 
 #[test]
 fn shutdown_fits_in_the_grace_period() {
-    for overlay in OVERLAYS {
-        let docs = rendered(overlay);
-        let pod = &object(docs, "Deployment", "riskfeat-worker")["spec"]["template"]["spec"];
+    for (overlay, docs, pod) in worker_pods() {
         let grace = pod["terminationGracePeriodSeconds"].as_i64().unwrap();
         let agent = config_file(docs, pod, "agent-config", "agent.toml");
         let worker = config_file(docs, pod, "worker-config", "worker.toml");

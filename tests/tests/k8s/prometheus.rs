@@ -12,7 +12,7 @@
 //! dir and is killed with the test (a [`ChildProc`]).
 
 use crate::support::*;
-use riskfeat_tests::fixtures::sample;
+use riskfeat_tests::fixtures::{json_answer, sample};
 use riskfeat_tests::{
     free_port, wait_until, AgentToml, ChildProc, Configd, ConfigdToken, Stack, StackOptions, Worker,
 };
@@ -124,32 +124,21 @@ impl Prometheus {
 
     /// `GET /api/v1/<path>`: the `data` of a successful answer.
     async fn api(&self, path: &str) -> anyhow::Result<Value> {
-        let v: Value = self
-            .client
-            .get(format!("{}/api/v1/{path}", self.base))
-            .send()
-            .await?
-            .json()
-            .await?;
+        self.api_with(path, &[]).await
+    }
+
+    /// `GET /api/v1/<path>?<params>`: the `data` of a successful answer.
+    async fn api_with(&self, path: &str, params: &[(&str, &str)]) -> anyhow::Result<Value> {
+        let url = format!("{}/api/v1/{path}", self.base);
+        let v = json_answer(self.client.get(url).query(params)).await?;
         anyhow::ensure!(v["status"] == "success", "{path}: {v}");
         Ok(v["data"].clone())
     }
 
     /// An instant query's result vector.
     async fn query(&self, q: &str) -> Vec<Value> {
-        let mut url = reqwest::Url::parse(&format!("{}/api/v1/query", self.base)).unwrap();
-        url.query_pairs_mut().append_pair("query", q);
-        let v: Value = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(v["status"], "success", "{q}: {v}");
-        arr(&v["data"]["result"]).to_vec()
+        let data = self.api_with("query", &[("query", q)]).await.unwrap();
+        arr(&data["result"]).to_vec()
     }
 
     /// Waits until alert `name` is firing; returns it.

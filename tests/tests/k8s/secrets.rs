@@ -8,9 +8,7 @@ use std::collections::BTreeSet;
 
 #[test]
 fn secrets_are_read_only_files_never_env_or_args() {
-    for overlay in OVERLAYS {
-        let docs = rendered(overlay);
-        let pod = &object(docs, "Deployment", "riskfeat-worker")["spec"]["template"]["spec"];
+    for (overlay, docs, pod) in worker_pods() {
         let agent = container(pod, "riskfeat-agent");
         let agent_toml = config_file(docs, pod, "agent-config", "agent.toml");
         let method = agent_toml["vault"]
@@ -59,7 +57,7 @@ fn secrets_are_read_only_files_never_env_or_args() {
                 "{overlay}: role_id must come from a read-only mount"
             );
         }
-        let configd = &object(docs, "Deployment", "riskfeat-configd")["spec"]["template"]["spec"];
+        let configd = pod_spec(docs, "riskfeat-configd");
         let configd_c = container(configd, "riskfeat-configd");
         let configd_toml = config_file(docs, configd, "config", "configd.toml");
         for (k, v) in &configd_toml {
@@ -256,7 +254,7 @@ fn every_mounted_config_map_exists_and_the_cas_are_mounted() {
                 }
             }
         }
-        let pod = &object(docs, "Deployment", "riskfeat-worker")["spec"]["template"]["spec"];
+        let pod = pod_spec(docs, "riskfeat-worker");
         let agent_toml = config_file(docs, pod, "agent-config", "agent.toml");
         let worker_toml = config_file(docs, pod, "worker-config", "worker.toml");
         let vault = agent_toml["vault"].as_table().unwrap();

@@ -13,9 +13,7 @@ use std::process::Command;
 #[test]
 fn shipped_configs_are_accepted_by_the_binaries() {
     let tmp = tempfile::tempdir().unwrap();
-    for overlay in OVERLAYS {
-        let docs = rendered(overlay);
-        let worker_pod = &object(docs, "Deployment", "riskfeat-worker")["spec"]["template"]["spec"];
+    for (overlay, docs, worker_pod) in worker_pods() {
         for (bin, vol, file) in [
             ("riskfeat-agent", "agent-config", "agent.toml"),
             ("riskfeat-worker", "worker-config", "worker.toml"),
@@ -40,8 +38,7 @@ fn shipped_configs_are_accepted_by_the_binaries() {
         // secret files replaced by harmless stand-ins and a database that
         // is not there. A config it rejects exits 64 (or 66 for an input
         // file) at once; an accepted one gets as far as the database.
-        let configd_pod =
-            &object(docs, "Deployment", "riskfeat-configd")["spec"]["template"]["spec"];
+        let configd_pod = pod_spec(docs, "riskfeat-configd");
         let mut cfg = config_file(docs, configd_pod, "config", "configd.toml");
         let db = tmp.path().join(format!("{overlay}-database_url"));
         std::fs::write(&db, "host=127.0.0.1 port=1 user=nobody dbname=riskfeat\n").unwrap();
@@ -72,7 +69,7 @@ fn shipped_configs_are_accepted_by_the_binaries() {
                 cfg.insert(k.into(), path.display().to_string().into());
             }
         } else {
-            assert_ne!(*overlay, "prod", "prod: configd.toml has no tls_cert_file");
+            assert_ne!(overlay, "prod", "prod: configd.toml has no tls_cert_file");
         }
         cfg.insert("listen".into(), "127.0.0.1:0".into());
         let path = tmp.path().join(format!("{overlay}-configd.toml"));

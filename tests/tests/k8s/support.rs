@@ -108,6 +108,20 @@ pub fn object<'a>(docs: &'a [Value], k: &str, n: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {k} {n} in the rendered manifests"))
 }
 
+/// The pod spec of Deployment `deployment`.
+pub fn pod_spec<'a>(docs: &'a [Value], deployment: &str) -> &'a Value {
+    &object(docs, "Deployment", deployment)["spec"]["template"]["spec"]
+}
+
+/// `(overlay, its rendered manifests, the worker Deployment's pod spec)`
+/// for every overlay.
+pub fn worker_pods() -> impl Iterator<Item = (&'static str, &'static [Value], &'static Value)> {
+    OVERLAYS.iter().map(|&overlay| {
+        let docs = rendered(overlay);
+        (overlay, docs, pod_spec(docs, "riskfeat-worker"))
+    })
+}
+
 /// `(deployment name, pod spec)` of every Deployment.
 pub fn pod_specs(docs: &[Value]) -> Vec<(&str, &Value)> {
     let pods: Vec<_> = docs

@@ -13,9 +13,28 @@ use riskfeat_shared::atomic::{write_json_atomic, WriteOptions};
 use riskfeat_shared::creds::DbCredential;
 use riskfeat_shared::Secret;
 use riskfeat_tests::fixtures::sample;
-use riskfeat_tests::{Stack, TcpProxy, Worker};
+use riskfeat_tests::pg::terminate_backends;
+use riskfeat_tests::{IssuedCreds, Stack, TcpProxy, Worker};
 use std::path::Path;
 use std::time::Duration;
+
+/// A stack with one transaction of `user` (a minute old) on the replica
+/// and a worker with `config` serving generation 1: the stack, that
+/// credential as published and as issued, the worker.
+async fn worker_serving(user: i64, config: &str) -> (Stack, DbCredential, IssuedCreds, Worker) {
+    let stack = start_stack().await;
+    insert_rows(
+        &stack,
+        user,
+        &[(5.0, Utc::now() - ChronoDuration::minutes(1))],
+    )
+    .await;
+    stack.pg.wait_replica_caught_up().await.unwrap();
+    let (cred, issued) = rotate(&stack, 1).await;
+    let w = spawn_worker(&stack, config);
+    w.wait_generation(1, READY_TIMEOUT).await.unwrap();
+    (stack, cred, issued, w)
+}
 
 /// Publishes `cred` as `db.json` in `dir` (a second worker's shared dir).
 fn publish_in(dir: &Path, cred: &DbCredential) {
@@ -25,13 +44,23 @@ fn publish_in(dir: &Path, cred: &DbCredential) {
 /// Under 16 concurrent requests on a pool of 2, the test kills every
 /// worker session on the replica (`pg_terminate_backend`, SQLSTATE 57P01)
 /// twenty times: the failed queries are retried (the retry counter grows),
-/// yet the worker never holds more than its 2 connections (counted by a
-/// TCP proxy in front of the replica, a session counted until the server
-/// closes it), and it serves again afterwards.
+/// yet every connection the worker opened (counted by a TCP proxy in front
+/// of the replica) replaced a killed one, so no retry opened one of its
+/// own, and it serves again afterwards.
 ///
-/// Not yet checked against the old retry path (the test does not pass yet).
+/// Not "at most 2 at once" at the proxy: it carries a connection until the
+/// server closes it, and a terminated backend closes its socket only at
+/// the end of its exit, after its client was told and connected again.
+/// Sampled every few ms, the proxy carried 3 or 4 while
+/// `pg_stat_activity` showed at most 2 of the worker's backends (often 0)
+/// and the pool at most 2 open, and it opened 34 connections for 35
+/// killed sessions (32 retries): the count was wrong, not the pool. The
+/// bound allows one pool's size (2) over the kills.
+///
+/// Checked: with the old retry path (a fresh connection outside the pool
+/// per retry) this test fails with "73 connections opened for 41 killed
+/// (pool_size 2; the proxy carried 7 at once ...)".
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "not yet passing: 4 connections at once seen with pool_size 2 (the proxy's count or the pool; see the w-bounds report)"]
 async fn retries_after_connection_errors_stay_inside_the_pool() {
     let stack = start_stack().await;
     insert_rows(&stack, 1, &[(5.0, Utc::now() - ChronoDuration::minutes(1))]).await;
@@ -52,29 +81,83 @@ async fn retries_after_connection_errors_stay_inside_the_pool() {
     let su = stack.pg.replica().connect_superuser().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.reset_peak();
+    let opened_before = proxy.opened();
+    let mut killed = 0;
     for _ in 0..20 {
-        su.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE application_name = 'riskfeat-worker' AND backend_type = 'client backend'",
-            &[],
-        )
-        .await
-        .unwrap();
+        killed += terminate_backends(&su, "riskfeat-worker").await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (ok, _failures) = load.finish().await;
     assert!(ok > 0);
-    let peak = proxy.peak();
+    let opened = proxy.opened() - opened_before;
+    // Slack of one pool's size: a connection being opened when a kill
+    // lands can be opened again without a kill of its own.
     assert!(
-        peak <= 2,
-        "{peak} connections at once, pool_size 2\n{}",
+        opened <= killed + 2,
+        "{opened} connections opened for {killed} killed (pool_size 2; the proxy carried {} \
+         at once, dying sessions included)\n{}",
+        proxy.peak(),
         w.logs()
     );
     assert!(retries(&w).await > before, "the kills caused retries");
     let client = reqwest::Client::new();
     let (code, body) = get(&client, &w.url("/v1/features/1")).await.unwrap();
     assert_eq!(code, 200, "{body}");
+}
+
+/// The lease of the credential the worker uses is revoked under it (Vault
+/// runs `revocation.sql`: the role's sessions end on the primary, the role
+/// is dropped, and the drop replays to the replica, where the worker's
+/// sessions live on without the role's rights). Callers get 503
+/// `database_unavailable` (retryable), never a 500: first from those
+/// sessions (SQLSTATE 42501), then, the sessions killed, from the logins
+/// PostgreSQL refuses. A new credential serves again.
+///
+/// Checked: with 42501 classed as a query error again (no
+/// `DbError::Refused`), this test fails with "left: (500,
+/// Some(\"database_error\"))", the worker logging "permission denied for
+/// table transactions (SQLSTATE 42501)".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_credential_revoked_under_the_worker_is_unavailable_not_an_error() {
+    let (stack, _, issued, w) = worker_serving(1, "pool_size = 2").await;
+    let client = reqwest::Client::new();
+    let url = w.url("/v1/features/1");
+    let (code, body) = get(&client, &url).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+
+    stack.revoke_lease(&issued.lease_id).await.unwrap();
+    stack.pg.wait_replica_caught_up().await.unwrap();
+    let unavailable = |code: u16, body: &serde_json::Value| {
+        assert_eq!(
+            (code, body["error"]["code"].as_str()),
+            (503, Some("database_unavailable")),
+            "{body}\n{}",
+            w.logs()
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("retry later")),
+            "{body}"
+        );
+    };
+    for _ in 0..5 {
+        let (code, body) = get(&client, &url).await.unwrap();
+        unavailable(code, &body);
+    }
+    let su = stack.pg.replica().connect_superuser().await.unwrap();
+    terminate_backends(&su, "riskfeat-worker").await.unwrap();
+    for _ in 0..5 {
+        let (code, body) = get(&client, &url).await.unwrap();
+        unavailable(code, &body);
+    }
+
+    rotate(&stack, 2).await;
+    w.wait_generation(2, READY_TIMEOUT).await.unwrap();
+    wait_for_answer(&client, &url, SECS(30), "answers again", |c, _| c == 200)
+        .await
+        .unwrap();
 }
 
 async fn retries(w: &Worker) -> f64 {
@@ -93,12 +176,7 @@ async fn retries(w: &Worker) -> f64 {
 /// counts as over the limit" rule removed from `App::read_context`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_lag_measurement_marks_answers_stale() {
-    let stack = start_stack().await;
-    insert_rows(&stack, 7, &[(1.0, Utc::now() - ChronoDuration::minutes(1))]).await;
-    stack.pg.wait_replica_caught_up().await.unwrap();
-    let (cred, _) = rotate(&stack, 1).await;
-    let stale = spawn_worker(&stack, "lag_policy = \"mark_stale\"");
-    stale.wait_generation(1, READY_TIMEOUT).await.unwrap();
+    let (stack, cred, _, stale) = worker_serving(7, "lag_policy = \"mark_stale\"").await;
     let primary_dir = tempfile::tempdir_in("/dev/shm").unwrap();
     publish_in(primary_dir.path(), &cred);
     let primary = Worker::spawn(
@@ -216,15 +294,7 @@ async fn two_workers_on_the_fallback_login_fit_its_connection_limit() {
     let config = "pool_size = 8\npool_wait_timeout_ms = 5000";
     let first = spawn_worker(&stack, config);
     let second = Worker::spawn(second_dir.path(), config).unwrap();
-    for w in [&first, &second] {
-        w.wait_generation(1, READY_TIMEOUT).await.unwrap();
-        let m = w.metrics().await.unwrap();
-        assert_eq!(
-            sample(&m, "riskfeat_worker_pool_max_connections"),
-            Some(4.0),
-            "{m}"
-        );
-    }
+    serve_with_pools_of(&[&first, &second], 1, 4).await;
     let loads = [&first, &second].map(|w| Load::start(w.http().base(), 12, vec![1, 2, 3]));
     let mut most = 0;
     for _ in 0..30 {
@@ -249,13 +319,18 @@ async fn two_workers_on_the_fallback_login_fit_its_connection_limit() {
     let dynamic = credential(&stack, 2, &issued);
     publish(&stack, &dynamic);
     publish_in(second_dir.path(), &dynamic);
-    for w in [&first, &second] {
-        w.wait_generation(2, READY_TIMEOUT).await.unwrap();
+    serve_with_pools_of(&[&first, &second], 2, 8).await;
+}
+
+/// Waits until each of `workers` serves `generation`, with pools of `size`.
+async fn serve_with_pools_of(workers: &[&Worker], generation: u64, size: usize) {
+    for w in workers {
+        w.wait_generation(generation, READY_TIMEOUT).await.unwrap();
         let m = w.metrics().await.unwrap();
         assert_eq!(
             sample(&m, "riskfeat_worker_pool_max_connections"),
-            Some(8.0),
-            "{m}"
+            Some(size as f64),
+            "generation {generation}: {m}"
         );
     }
 }

@@ -4,8 +4,8 @@
 //! `config/features.json` (an invalid version rejected, the last good kept).
 
 use crate::support::{
-    ack, get, insert_rows, publish_config, rotate, spawn_worker, start_stack, wait_for_answer, Txn,
-    READY_TIMEOUT, SECS,
+    ack, get, insert_rows, post_batch, publish_config, rotate, spawn_worker, start_stack,
+    wait_config_version, Txn, READY_TIMEOUT, SECS,
 };
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use riskfeat_tests::wait_until;
@@ -231,14 +231,7 @@ async fn features_match_a_reference_and_config_reloads_hot() {
     }
     // The batch gives the same answers, in request order, duplicates kept.
     let ids: Vec<i64> = vec![104, 100, 103, 101, 102, 104];
-    let resp = client
-        .post(w.url("/v1/features/batch"))
-        .json(&json!({"user_ids": ids}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let body: Value = resp.json().await.unwrap();
+    let body = post_batch(&client, &w.url("/v1/features/batch"), &ids).await;
     let results = body["results"].as_array().unwrap();
     assert_eq!(results.len(), ids.len());
     for (i, id) in ids.iter().enumerate() {
@@ -254,15 +247,7 @@ async fn features_match_a_reference_and_config_reloads_hot() {
         json!({"lookback": 5, "ma_window": 2, "zscore_above": 0.5, "someone_else": true}),
     );
     let url = w.url("/v1/features/104");
-    wait_for_answer(
-        &client,
-        &url,
-        SECS(15),
-        "config version 1 in force",
-        |_, b| b["config_version"] == 1,
-    )
-    .await
-    .unwrap();
+    wait_config_version(&client, &url, 1).await;
     for (u, rows) in &users {
         let (_, body) = get(&client, &w.url(&format!("/v1/features/{u}")))
             .await
@@ -306,15 +291,7 @@ async fn features_match_a_reference_and_config_reloads_hot() {
     assert_eq!(ack(&stack).unwrap().config_versions["features"], 1);
     // A valid version 3 then applies.
     publish_config(&stack, 3, json!({"lookback": 50, "ma_window": 10}));
-    wait_for_answer(
-        &client,
-        &url,
-        SECS(15),
-        "config version 3 in force",
-        |_, b| b["config_version"] == 3,
-    )
-    .await
-    .unwrap();
+    wait_config_version(&client, &url, 3).await;
     let (_, body) = get(&client, &url).await.unwrap();
     assert_eq!(body["features"]["count"], 50);
     let m = w.metrics().await.unwrap();

@@ -10,13 +10,12 @@
 
 use crate::features::{check_features, reference, Reference};
 use crate::support::{
-    credential, get, publish, rotate, spawn_worker, start_stack, wait_for_answer, READY_TIMEOUT,
-    SECS,
+    credential, get, post_batch, publish, rotate, spawn_worker, start_stack, wait_for_answer,
+    READY_TIMEOUT, SECS,
 };
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use riskfeat_shared::atomic::{write_json_atomic, WriteOptions};
-use riskfeat_tests::wait_until;
-use serde_json::{json, Value};
+use riskfeat_tests::{wait_until, Stack};
 
 /// The seed's table and nothing else: integer user id, unconstrained
 /// numeric amount, `timestamp without time zone` time.
@@ -36,6 +35,47 @@ const RENAMED_TABLE: &str = "CREATE SCHEMA risk; \
 
 const RENAMED_SOURCE: &str = "[source]\ntable = \"risk.CardTxns\"\nuser_column = \"uid\"\n\
     amount_column = \"amt\"\ntime_column = \"at\"";
+
+/// A table of the tests: the SQL that makes it, its name and its user,
+/// amount and time columns, and whether its time is a naive UTC timestamp.
+struct Table {
+    create: &'static str,
+    name: &'static str,
+    cols: [&'static str; 3],
+    naive_utc: bool,
+}
+
+const SEED: Table = Table {
+    create: SEED_TABLE,
+    name: "transactions",
+    cols: ["user_id", "transaction_amount", "transaction_time"],
+    naive_utc: true,
+};
+
+const RENAMED: Table = Table {
+    create: RENAMED_TABLE,
+    name: "risk.\"CardTxns\"",
+    cols: ["uid", "amt", "at"],
+    naive_utc: false,
+};
+
+/// A stack whose primary holds `table` filled with [`users`] (with the
+/// amounts that are not finite, or without), caught up on the replica;
+/// with the superuser's connection to the primary.
+async fn stack_with(
+    table: &Table,
+    non_finite: bool,
+) -> (Stack, tokio_postgres::Client, Vec<(i64, Rows)>) {
+    let stack = start_stack().await;
+    let su = stack.pg.primary.connect_superuser().await.unwrap();
+    su.batch_execute(table.create).await.unwrap();
+    let users = users(Utc::now(), non_finite);
+    for (u, rows) in &users {
+        insert(&su, table.name, table.cols, table.naive_utc, *u, rows).await;
+    }
+    stack.pg.wait_replica_caught_up().await.unwrap();
+    (stack, su, users)
+}
 
 /// One user's rows; `None` amounts are inserted as NULL.
 type Rows = Vec<(Option<f64>, DateTime<Utc>)>;
@@ -202,14 +242,7 @@ async fn check_all(base: &dyn Fn(&str) -> String, users: &[(i64, Rows)]) {
         check_features(*u, &body["features"], &reference_of(rows));
     }
     let ids: Vec<i64> = users.iter().map(|(u, _)| *u).collect();
-    let resp = client
-        .post(base("/v1/features/batch"))
-        .json(&json!({ "user_ids": ids }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let body: Value = resp.json().await.unwrap();
+    let body = post_batch(&client, &base("/v1/features/batch"), &ids).await;
     for (i, (u, rows)) in users.iter().enumerate() {
         assert_eq!(body["results"][i]["user_id"], *u);
         check_features(*u, &body["results"][i]["features"], &reference_of(rows));
@@ -229,15 +262,7 @@ async fn check_all(base: &dyn Fn(&str) -> String, users: &[(i64, Rows)]) {
 /// old hard-coded `amount`/`ts` columns every answer is a 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seed_table_without_source_and_exact_windows() {
-    let stack = start_stack().await;
-    let su = stack.pg.primary.connect_superuser().await.unwrap();
-    su.batch_execute(SEED_TABLE).await.unwrap();
-    let users = users(Utc::now(), false);
-    let cols = ["user_id", "transaction_amount", "transaction_time"];
-    for (u, rows) in &users {
-        insert(&su, "transactions", cols, true, *u, rows).await;
-    }
-    stack.pg.wait_replica_caught_up().await.unwrap();
+    let (stack, su, users) = stack_with(&SEED, false).await;
     rotate(&stack, 1).await;
     let w = spawn_worker(&stack, "");
     w.wait_generation(1, READY_TIMEOUT).await.unwrap();
@@ -284,22 +309,7 @@ async fn seed_table_without_source_and_exact_windows() {
 /// the test times out waiting for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn renamed_mapping_and_a_mapping_that_does_not_fit() {
-    let stack = start_stack().await;
-    let su = stack.pg.primary.connect_superuser().await.unwrap();
-    su.batch_execute(RENAMED_TABLE).await.unwrap();
-    let users = users(Utc::now(), true);
-    for (u, rows) in &users {
-        insert(
-            &su,
-            "risk.\"CardTxns\"",
-            ["uid", "amt", "at"],
-            false,
-            *u,
-            rows,
-        )
-        .await;
-    }
-    stack.pg.wait_replica_caught_up().await.unwrap();
+    let (stack, su, users) = stack_with(&RENAMED, true).await;
     let (gen1, _) = rotate(&stack, 1).await;
     let w = spawn_worker(&stack, RENAMED_SOURCE);
     w.wait_generation(1, READY_TIMEOUT).await.unwrap();

@@ -105,6 +105,30 @@ pub async fn wait_for_answer(
     .await
 }
 
+/// Waits until the features answer at `url` says `config_version`
+/// `version`: the worker has that feature config in force.
+pub async fn wait_config_version(client: &reqwest::Client, url: &str, version: u64) {
+    let what = format!("config version {version} in force");
+    wait_for_answer(client, url, SECS(15), &what, |_, b| {
+        b["config_version"] == version
+    })
+    .await
+    .unwrap();
+}
+
+/// `POST <url>` (a worker's `/v1/features/batch`) for `ids`: the body of
+/// its 200 answer.
+pub async fn post_batch(client: &reqwest::Client, url: &str, ids: &[i64]) -> Value {
+    let resp = client
+        .post(url)
+        .json(&serde_json::json!({"user_ids": ids}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.json().await.unwrap()
+}
+
 /// Issues a credential and publishes it as `generation`; returns it.
 pub async fn rotate(stack: &Stack, generation: u64) -> (DbCredential, IssuedCreds) {
     let issued = stack.issue_creds().await.unwrap();
