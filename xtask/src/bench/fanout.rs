@@ -175,27 +175,12 @@ async fn fanout_configd(
         s.metric("riskfeat_configd_watchers").await as usize
     })
     .await?;
-    tokio::time::sleep(SETTLE).await;
-    let rss_kb = vm_kb(s.pid(), "VmRSS:");
-    let load = load1();
-    let t0 = Instant::now();
     let change = json!([{"op": "upsert", "key": "k", "value": *version + 1}]);
-    *version = s.publish("watched", change).await?;
-    let publish_rtt = t0.elapsed();
-    let lat = w.latencies(t0, Duration::from_secs(120)).await;
-    eprintln!(
-        "bench configd: configd p50 {} p99 {} max {} errors {}",
-        ms(lat.p(0.5)),
-        ms(lat.p(0.99)),
-        ms(lat.p(1.0)),
-        lat.errors
-    );
-    Ok(Fanout {
-        lat,
-        publish_rtt,
-        rss_kb,
-        load,
+    measure(w, "configd", s.pid(), || async {
+        *version = s.publish("watched", change).await?;
+        Ok(())
     })
+    .await
 }
 
 /// A fresh etcd, `n` gateway watches held, one put.
@@ -205,15 +190,26 @@ async fn fanout_etcd(n: usize, round: usize) -> anyhow::Result<Fanout> {
     let w = open(etcd.watcher(), n);
     w.wait_held(Duration::from_secs(300), || async { w.created() })
         .await?;
+    let value = format!("round {round}");
+    measure(w, "etcd", etcd.pid(), || etcd.put(&value)).await
+}
+
+/// After [`SETTLE`]: `pid`'s VmRSS holding the watchers `w`, then
+/// `publish` and every watcher's latency from its start.
+async fn measure<F, Fut>(w: Watchers, name: &str, pid: u32, publish: F) -> anyhow::Result<Fanout>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     tokio::time::sleep(SETTLE).await;
-    let rss_kb = vm_kb(etcd.pid(), "VmRSS:");
+    let rss_kb = vm_kb(pid, "VmRSS:");
     let load = load1();
     let t0 = Instant::now();
-    etcd.put(&format!("round {round}")).await?;
+    publish().await?;
     let publish_rtt = t0.elapsed();
     let lat = w.latencies(t0, Duration::from_secs(120)).await;
     eprintln!(
-        "bench configd: etcd p50 {} p99 {} max {} errors {}",
+        "bench configd: {name} p50 {} p99 {} max {} errors {}",
         ms(lat.p(0.5)),
         ms(lat.p(0.99)),
         ms(lat.p(1.0)),
