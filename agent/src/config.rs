@@ -477,16 +477,8 @@ pub(crate) mod tests {
     use super::*;
 
     /// The smallest valid config: Vault and the database, every other key
-    /// at its default.
-    pub(crate) const MINIMAL: &str = r#"
-        [vault]
-        addr = "http://127.0.0.1:8200"
-        role_id_file = "/etc/riskfeat/role_id"
-        secret_id_file = "/etc/riskfeat/secret_id"
-        [database]
-        primary = { host = "pg-primary", port = 5432, dbname = "riskfeat" }
-        replica = { host = "pg-replica", port = 5432, dbname = "riskfeat" }
-    "#;
+    /// at its default (the harness's `Agent::MINIMAL_TOML` too).
+    pub(crate) const MINIMAL: &str = include_str!("../testdata/minimal.toml");
 
     /// The message of the error parsing `text` as file `name` gives.
     fn rejected(name: &str, text: &str) -> String {

@@ -33,11 +33,8 @@ pub enum ConfigFileError {
 impl ConfigSnapshot {
     /// Reads and parses a config file.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigFileError> {
-        let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| ConfigFileError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let (shown, bytes) =
+            crate::read_named(path, |path, source| ConfigFileError::Read { path, source })?;
         serde_json::from_slice(&bytes).map_err(|source| ConfigFileError::Parse {
             path: shown,
             source,

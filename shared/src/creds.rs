@@ -150,11 +150,8 @@ impl DbCredential {
 
     /// Reads, parses and validates a `db.json`.
     pub fn load(path: &std::path::Path) -> Result<Self, CredentialError> {
-        let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| CredentialError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let (shown, bytes) =
+            crate::read_named(path, |path, source| CredentialError::Read { path, source })?;
         Self::from_slice(&shown, &bytes)
     }
 

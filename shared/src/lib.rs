@@ -35,3 +35,17 @@ pub mod signal;
 pub mod telemetry;
 
 pub use secret::Secret;
+
+/// Reads `path` whole, for a loader that names the file in its errors: the
+/// path as shown, and the bytes; a read error becomes `read_error(shown,
+/// source)`.
+pub(crate) fn read_named<E>(
+    path: &std::path::Path,
+    read_error: impl FnOnce(String, std::io::Error) -> E,
+) -> Result<(String, Vec<u8>), E> {
+    let shown = path.display().to_string();
+    match std::fs::read(path) {
+        Ok(bytes) => Ok((shown, bytes)),
+        Err(source) => Err(read_error(shown, source)),
+    }
+}

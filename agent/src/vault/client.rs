@@ -297,6 +297,14 @@ impl VaultClient {
             })
     }
 
+    /// A `PUT` with `token` and no body whose answer is only its status
+    /// (the revocations).
+    async fn send(&self, op: &'static str, path: &str, token: &Secret) -> Result<(), VaultError> {
+        self.call::<Value>(op, Method::PUT, path, Some(token), None)
+            .await
+            .map(|_| ())
+    }
+
     fn missing(method: &'static str, path: &str, what: &str) -> VaultError {
         VaultError::Decode {
             method,
@@ -394,15 +402,8 @@ impl VaultClient {
 
     /// `PUT auth/token/revoke-self` (revokes every lease the token created).
     pub async fn revoke_self(&self, token: &Secret) -> Result<(), VaultError> {
-        self.call::<Value>(
-            "token_revoke",
-            Method::PUT,
-            "auth/token/revoke-self",
-            Some(token),
-            None,
-        )
-        .await
-        .map(|_| ())
+        self.send("token_revoke", "auth/token/revoke-self", token)
+            .await
     }
 
     /// `GET <mount>/creds/<role>`: a new dynamic credential with its lease.
@@ -462,9 +463,7 @@ impl VaultClient {
     /// `PUT sys/leases/revoke/<lease_id>` (URL form, scoped like renewal).
     pub async fn revoke_lease(&self, token: &Secret, lease_id: &str) -> Result<(), VaultError> {
         let path = lease_path("sys/leases/revoke", lease_id)?;
-        self.call::<Value>("lease_revoke", Method::PUT, &path, Some(token), None)
-            .await
-            .map(|_| ())
+        self.send("lease_revoke", &path, token).await
     }
 
     /// `PUT sys/leases/lookup`: `None` when Vault no longer knows the lease.

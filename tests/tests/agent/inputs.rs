@@ -96,15 +96,7 @@ async fn bad_vault_input_gives_one_clear_message_and_exit_code() {
 #[tokio::test]
 async fn bad_config_and_disk_shared_dir_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let base = r#"
-[vault]
-addr = "http://127.0.0.1:1"
-role_id_file = "/nonexistent/role_id"
-secret_id_file = "/nonexistent/secret_id"
-[database]
-primary = { host = "127.0.0.1", port = 1, dbname = "riskfeat" }
-replica = { host = "127.0.0.1", port = 1, dbname = "riskfeat" }
-"#;
+    let base = Agent::MINIMAL_TOML;
     let cfg = dir.path().join("agent.toml");
     let run = |text: &str| {
         std::fs::write(&cfg, text).unwrap();

@@ -14,12 +14,11 @@ use riskfeat_tests::{Agent, Stack, StackOptions};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// A stack with Vault behind a proxy (to cut it off) and 30 s credentials
-/// (max_ttl 300 s).
-async fn proxied_stack() -> Stack {
+/// A stack of `base` with Vault behind a proxy (to cut it off).
+async fn proxied_stack(base: StackOptions) -> Stack {
     Stack::start(StackOptions {
         vault_proxy: true,
-        ..opts(30, 300)
+        ..base
     })
     .await
     .unwrap()
@@ -36,7 +35,7 @@ async fn ready_agent_with_cap(stack: &Stack, dir: &Path, cap: u32) -> (Agent, Db
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_outage_keeps_the_credential_and_recovers() {
-    let stack = proxied_stack().await;
+    let stack = proxied_stack(opts(30, 300)).await;
     let dir = tempfile::tempdir().unwrap();
     let cap = 3;
     let (agent, first) = ready_agent_with_cap(&stack, dir.path(), cap).await;
@@ -220,7 +219,7 @@ async fn fallback_file(stack: &Stack, dir: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fallback_is_published_only_while_vault_cannot_issue() {
-    let stack = proxied_stack().await;
+    let stack = proxied_stack(opts(30, 300)).await;
     let dir = tempfile::tempdir().unwrap();
     let fb = fallback_file(&stack, dir.path()).await;
     let cfg = write_config(
@@ -262,12 +261,7 @@ async fn fallback_is_published_only_while_vault_cannot_issue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_fallback_an_outage_at_start_keeps_the_agent_unready() {
-    let stack = Stack::start(StackOptions {
-        vault_proxy: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let stack = proxied_stack(StackOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(&stack, dir.path(), "", "");
     stack.vault_proxy.as_ref().unwrap().cut();
