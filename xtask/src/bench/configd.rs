@@ -9,7 +9,12 @@
 //!    watcher above the resident set with none.
 //! 1. Watchers: N long-poll watchers (default 10,000, each on its own TCP
 //!    connection), one publish of one item; time from the publish request
-//!    until 50/99/100% of watchers got the new version.
+//!    until 50/99/100% of watchers got the new version. In each of
+//!    `--rounds` rounds the same against etcd 3.4 (Debian `etcd-server`,
+//!    installed when missing; JSON gateway watch, one connection per
+//!    watcher, `bench::etcd`), the order alternating, both fresh
+//!    processes, with the 1-min load average beside each (unless
+//!    `--no-etcd`).
 //! 2. Bytes for one changed item in a namespace of `--items` items of
 //!    `--value-bytes`: incremental `/changes?from=V` against the full
 //!    snapshot (plain and gzip).
@@ -21,7 +26,7 @@
 //!
 //! Prints a markdown section and appends it to docs/benchmarks.md.
 
-use super::{machine, quantile, vm_kb};
+use super::{fanout, machine, quantile, vm_kb};
 use anyhow::bail;
 use riskfeat_tests::{Configd, ConfigdToken, PgCluster};
 use serde_json::json;
@@ -54,13 +59,19 @@ pub struct Args {
     /// Scenarios 0 and 1 only (memory and publish to watchers).
     #[arg(long)]
     watchers_only: bool,
+    /// Rounds of scenario 1 (configd and etcd each once per round).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Scenario 1 without etcd.
+    #[arg(long)]
+    no_etcd: bool,
     /// Do not append to docs/benchmarks.md.
     #[arg(long)]
     no_record: bool,
 }
 
 const ADMIN: &str = "bench-admin-token-0123456789";
-const READER: &str = "bench-reader-token-0123456789";
+pub(super) const READER: &str = "bench-reader-token-0123456789";
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     super::run_bench(
@@ -71,15 +82,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     )
 }
 
-/// Raises RLIMIT_NOFILE to the hard limit (configd inherits it); the
-/// limit now in force.
+/// Raises RLIMIT_NOFILE (configd and etcd inherit it): to [`WANT_FDS`]
+/// when allowed (root may raise the hard limit), else to the hard limit;
+/// the limit now in force.
 fn raise_nofile() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        if hard >= WANT_FDS || setrlimit(Resource::RLIMIT_NOFILE, WANT_FDS, WANT_FDS).is_err() {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
     }
     getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft)
 }
+
+/// File descriptors the bench asks for: 20,000 watchers and the spare.
+const WANT_FDS: u64 = 65_536;
 
 /// File descriptors each process keeps for everything but the watchers
 /// (PostgreSQL connections, the harness, the listener).
@@ -90,7 +107,7 @@ const SPARE_FDS: u64 = 300;
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The release configd ([`Configd`] fixture) and the bench's requests to it.
-struct Server {
+pub(super) struct Server {
     configd: Configd,
 }
 
@@ -107,7 +124,7 @@ impl Server {
     }
 
     /// (Re)starts configd with `warm_up` and waits until it is ready.
-    async fn start(&mut self, warm_up: bool) -> anyhow::Result<()> {
+    pub(super) async fn start(&mut self, warm_up: bool) -> anyhow::Result<()> {
         self.configd.spawn(&format!(
             "max_value_bytes = 16384\nmax_body_bytes = 134217728\nwarm_up = {warm_up}\n\
              max_poll_timeout_s = 600\nmax_watchers_per_token = 100000\n\
@@ -116,16 +133,16 @@ impl Server {
         self.configd.wait_ready(READY_TIMEOUT).await
     }
 
-    fn port(&self) -> u16 {
+    pub(super) fn port(&self) -> u16 {
         self.configd.http().port()
     }
 
-    fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.configd.pid()
     }
 
     /// One sample of `/metrics` (0 when absent or unreachable).
-    async fn metric(&self, name: &str) -> f64 {
+    pub(super) async fn metric(&self, name: &str) -> f64 {
         self.configd
             .http()
             .metric(name)
@@ -158,7 +175,11 @@ impl Server {
     }
 
     /// Publishes `changes` to `ns` (by the bench); the new version.
-    async fn publish(&self, ns: &str, changes: serde_json::Value) -> anyhow::Result<u64> {
+    pub(super) async fn publish(
+        &self,
+        ns: &str,
+        changes: serde_json::Value,
+    ) -> anyhow::Result<u64> {
         let path = format!("/v1/admin/namespaces/{ns}/publish");
         let body = json!({"author": "bench", "changes": changes});
         let v = self.admin(reqwest::Method::POST, &path, Some(body)).await?;
@@ -247,7 +268,7 @@ fn value(ns: usize, i: usize, size: usize) -> serde_json::Value {
     json!({"rule": format!("rule-{ns}-{i}"), "enabled": next() % 7 != 0, "priority": next() % 100, "action": "review", "window_s": 3600, "conditions": conditions})
 }
 
-fn ms(d: Duration) -> String {
+pub(super) fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
@@ -289,97 +310,42 @@ async fn bench(args: &Args, bin: &Path) -> anyhow::Result<String> {
     server.start(true).await?;
     let mut out = String::new();
     out.push_str(&format!(
-        "## configd ({})\n\nCommand: `cargo xtask bench configd --watchers {} --items {} --value-bytes {} --namespaces {} --clients {}`. \
+        "## configd ({})\n\nCommand: `cargo xtask bench configd --watchers {} --items {} --value-bytes {} --namespaces {} --clients {} \
+         --memory-steps {} --rounds {}{}{}`. \
          Machine: {}. riskfeat-configd release build, defaults (wake 500 watchers per 5 ms); PostgreSQL 15 from the test harness; \
-         clients in the xtask process, one TCP connection each.\n\n",
+         clients in the xtask process, one TCP connection each; RLIMIT_NOFILE {nofile}.\n\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         args.watchers, args.items, args.value_bytes, args.namespaces, args.clients,
+        args.memory_steps.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
+        args.rounds,
+        if args.no_etcd { " --no-etcd" } else { "" },
+        if args.watchers_only { " --watchers-only" } else { "" },
         machine()
     ));
 
     server
         .admin(reqwest::Method::PUT, "/v1/admin/namespaces/watched", None)
         .await?;
-    server
+    let mut version = server
         .publish("watched", json!([{"op": "upsert", "key": "k", "value": 0}]))
         .await?;
 
     // 0. Memory per idle watcher, on a fresh process.
     server.start(true).await?;
     out.push_str(&memory(&server, &args.memory_steps, nofile).await?);
-    server.start(true).await?;
 
-    // 1. Watchers.
-    eprintln!("bench configd: {} watchers", args.watchers);
-    let port = server.port();
-    let sem = Arc::new(tokio::sync::Semaphore::new(200));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Result<(u16, Instant)>>();
-    for _ in 0..args.watchers {
-        let tx = tx.clone();
-        let sem = sem.clone();
-        tokio::spawn(async move {
-            let r = async {
-                let permit = sem.acquire_owned().await?;
-                let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
-                let req = format!(
-                    "GET /v1/namespaces/watched/watch?version=1&timeout_s=300 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {READER}\r\n\r\n"
-                );
-                s.write_all(req.as_bytes()).await?;
-                drop(permit);
-                let (status, _) = read_response(&mut s).await?;
-                Ok((status, Instant::now()))
-            }
-            .await;
-            let _ = tx.send(r);
-        });
-    }
-    drop(tx);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while (server.metric("riskfeat_configd_watchers").await as usize) < args.watchers {
-        if Instant::now() > deadline {
-            bail!(
-                "only {} watchers registered",
-                server.metric("riskfeat_configd_watchers").await
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let rss_watch = vm_kb(server.pid(), "VmRSS:");
-    let t0 = Instant::now();
-    server
-        .publish("watched", json!([{"op": "upsert", "key": "k", "value": 1}]))
-        .await?;
-    let publish_rtt = t0.elapsed();
-    let mut lat = Vec::with_capacity(args.watchers);
-    let mut errors = 0;
-    while let Some(r) = rx.recv().await {
-        match r {
-            Ok((200, at)) => lat.push(at.duration_since(t0)),
-            _ => errors += 1,
-        }
-    }
-    lat.sort();
-    out.push_str(&format!(
-        "### Publish to {} long-poll watchers\n\n| | p50 | p99 | 100% | errors |\n|---|---|---|---|---|\n\
-         | riskfeat-configd (publish request sent -> watcher has the new version) | {} | {} | {} | {} |\n\
-         | seed design (5 clients per 100 ms), 2,000 watchers | - | - | 40 s | - |\n\
-         | etcd 3.4 watch via JSON gateway, 10,000 watchers (REFERENCE.md) | ~460 ms | ~800 ms | - | - |\n\n\
-         Publish round trip (commit + NOTIFY + cache refresh) {}; configd RSS holding {} watchers: {:.0} MB.\n\n",
-        args.watchers,
-        ms(quantile(&lat, 0.5)),
-        ms(quantile(&lat, 0.99)),
-        ms(quantile(&lat, 1.0)),
-        errors,
-        ms(publish_rtt),
-        args.watchers,
-        rss_watch as f64 / 1024.0
-    ));
-    eprintln!(
-        "bench configd: watchers done: p50 {} p99 {} max {}",
-        ms(quantile(&lat, 0.5)),
-        ms(quantile(&lat, 0.99)),
-        ms(quantile(&lat, 1.0))
+    // 1. Publish to all watchers, configd and etcd alternating.
+    out.push_str(
+        &fanout::publish_to_all(
+            &mut server,
+            args.watchers,
+            args.rounds,
+            !args.no_etcd,
+            &mut version,
+        )
+        .await?,
     );
+    let port = server.port();
 
     if args.watchers_only {
         return Ok(out);
@@ -549,11 +515,13 @@ async fn memory(server: &Server, steps: &[usize], nofile: u64) -> anyhow::Result
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rss = vm_kb(server.pid(), "VmRSS:");
+        let hwm = vm_kb(server.pid(), "VmHWM:");
         let per = |kb: u64, n: usize| kb as f64 / n.max(1) as f64;
         rows.push_str(&format!(
-            "| {} | {:.0} MB | {:.1} KB | {:.1} KB |\n",
+            "| {} | {:.1} MB | {:.1} MB | {:.1} KB | {:.1} KB |\n",
             step,
             rss as f64 / 1024.0,
+            hwm as f64 / 1024.0,
             per(rss.saturating_sub(base), step),
             per(rss.saturating_sub(last.1), step - last.0),
         ));
@@ -569,9 +537,10 @@ async fn memory(server: &Server, steps: &[usize], nofile: u64) -> anyhow::Result
         "### configd memory per idle long-poll watcher\n\n\
          Fresh configd (namespace `watched` only), watchers each on its own TCP connection, \
          held until configd's `riskfeat_configd_watchers` counts them all, then 1 s; \
-         VmRSS from /proc/<pid>/status. RSS with no watcher: {:.1} MB{capped}.\n\n\
-         | idle watchers | configd VmRSS | per watcher (above none) | per watcher (above the previous step) |\n\
-         |---|---|---|---|\n{rows}\n",
+         VmRSS and VmHWM (the peak so far) from /proc/<pid>/status; per watcher from VmRSS. \
+         RSS with no watcher: {:.1} MB{capped}.\n\n\
+         | idle watchers | configd VmRSS | configd VmHWM | per watcher (above none) | per watcher (above the previous step) |\n\
+         |---|---|---|---|---|\n{rows}\n",
         base as f64 / 1024.0
     ))
 }

@@ -4,9 +4,13 @@
 //! reading `/proc` (CPU time, resident memory, how busy the machine was).
 //! Each bench is a submodule: [`worker`] (the worker over HTTP against
 //! pgbench on its own SQL, and credential rotations under load) and
-//! [`configd`] (long-poll watchers, incremental bytes, start-up storm).
+//! [`configd`] (memory per held watcher, publish to all watchers against
+//! etcd with [`fanout`]'s clients and [`etcd`]'s server, incremental bytes,
+//! start-up storm).
 
 mod configd;
+mod etcd;
+mod fanout;
 mod pgbench;
 mod worker;
 mod wrk;
