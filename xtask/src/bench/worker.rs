@@ -67,8 +67,11 @@ pub struct Args {
     /// the worker's ack).
     #[arg(long, default_value = "agent", value_parser = ["agent", "bench"])]
     rotation_by: String,
-    /// Worker pool size.
-    #[arg(long, default_value_t = 8)]
+    /// Worker pool size (16, the prod overlay's: a pool smaller than the
+    /// concurrency keeps its backends always runnable, and on a saturated
+    /// box they then wait for a CPU for hundreds of ms; docs/benchmarks.md
+    /// "Where the C=16 stall is").
+    #[arg(long, default_value_t = 16)]
     pool_size: usize,
     /// The worker's `worker_threads` (0 = one per CPU).
     #[arg(long, default_value_t = 0)]
