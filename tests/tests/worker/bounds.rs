@@ -172,8 +172,9 @@ async fn retries(w: &Worker) -> f64 {
 /// with `replica_lag_ms: null` and says why in `/status`, and the
 /// `primary` worker reads the primary; both recover when the grant is back.
 ///
-/// Passes; not yet run with the "failing for longer than the interval
-/// counts as over the limit" rule removed from `App::read_context`.
+/// Checked: with `lag_unknown ||` removed from `App::read_context` (a
+/// failing measurement no longer counts as over the limit) it fails with
+/// "timed out after 30s waiting for answers marked stale".
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_lag_measurement_marks_answers_stale() {
     let (stack, cred, _, stale) = worker_serving(7, "lag_policy = \"mark_stale\"").await;
@@ -187,6 +188,12 @@ async fn a_failing_lag_measurement_marks_answers_stale() {
     primary.wait_generation(1, READY_TIMEOUT).await.unwrap();
     let client = reqwest::Client::new();
     let url = stale.url("/v1/features/7");
+    // Ready comes before the first lag measurement: wait for it.
+    wait_for_answer(&client, &url, SECS(30), "a measured lag", |s, b| {
+        s == 200 && b["replica_lag_ms"].is_u64()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", stale.logs()));
     let (code, body) = get(&client, &url).await.unwrap();
     assert_eq!(code, 200);
     assert_eq!(body["stale"], false, "{body}");
