@@ -266,7 +266,9 @@ async fn a_failing_lag_measurement_marks_answers_stale() {
 /// than 4 connections each; a dynamic credential afterwards gets the full
 /// pools back.
 ///
-/// Passes; not yet checked with `fallback_size` ignored in `DbPools::new`.
+/// Checked: with `fallback_size` ignored in `DbPools::new` (a fallback
+/// pool as large as a dynamic one) it fails at the first
+/// `serve_with_pools_of` ("generation 1": `pool_max_connections` 8, not 4).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_workers_on_the_fallback_login_fit_its_connection_limit() {
     let stack = start_stack().await;
