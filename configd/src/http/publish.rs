@@ -314,7 +314,7 @@ async fn checked(st: &AppState, req: Request<'_>) -> Result<u64, ApiError> {
                     ),
                 )
             })?;
-            let state = st.cache.get(ns).await.map_err(|e| ApiError::store(e, ns))?;
+            let state = st.ns_state(ns).await?;
             let main = object_after(&state.items, req.changes);
             let mut violations = compiled.check(&main);
             // What the gray clients will see: over the new main, unless
