@@ -260,12 +260,9 @@ async fn a_ca_rotation_applies_without_a_restart() {
     .await
     .unwrap_or_else(|e| panic!("{e}\nworker:\n{}", w.logs()));
     let db = replica.connect_superuser().await.unwrap();
-    db.batch_execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE application_name = 'riskfeat-worker'",
-    )
-    .await
-    .unwrap();
+    riskfeat_tests::pg::terminate_backends(&db, "riskfeat-worker")
+        .await
+        .unwrap();
     assert_eq!(features_status(&w).await, 200, "reconnects with the new CA");
 
     // The agent checks its next credential with the new CA only.

@@ -95,14 +95,6 @@ async fn the_soak_checks_find_a_planted_lease_role_and_secret() {
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].to_string(), "worker log, line 2: a password");
 
-    stack
-        .bao
-        .api(
-            reqwest::Method::PUT,
-            "sys/leases/revoke",
-            Some(json!({"lease_id": planted.lease_id})),
-        )
-        .await
-        .unwrap();
+    stack.revoke_lease(&planted.lease_id).await.unwrap();
     assert_eq!(left_behind(&stack, &db).await, (vec![], vec![]));
 }

@@ -40,12 +40,7 @@ async fn credential_swaps_under_load_fail_no_request() {
         wait_only_role(&stack, &w, &cred.username).await;
         // Like the agent: revoke the old lease only after the ack.
         stack
-            .bao
-            .api(
-                reqwest::Method::PUT,
-                "sys/leases/revoke",
-                Some(json!({"lease_id": previous.1.lease_id})),
-            )
+            .revoke_lease(&previous.1.lease_id)
             .await
             .context("revoke old lease")
             .unwrap();
