@@ -311,15 +311,7 @@ async fn two_workers_on_the_fallback_login_fit_its_connection_limit() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for load in loads {
-        let (ok, failures) = load.finish().await;
-        assert!(ok > 0);
-        assert!(
-            failures.is_empty(),
-            "{} failed, e.g. {:?}\n{}",
-            failures.len(),
-            failures.first(),
-            second.logs()
-        );
+        load.finish_without_failures(0, &second.logs()).await;
     }
     assert!(most <= 8, "{most} fallback connections on the replica");
 
