@@ -66,6 +66,16 @@ pub struct PoolSettings {
     pub sql: Arc<FeatureSql>,
 }
 
+impl PoolSettings {
+    /// How long [`DbPools::validate`] of `warm` connections may take: a
+    /// connect and a statement per wave of [`OPEN_AT_ONCE`], and one more
+    /// connect of slack.
+    pub fn validate_budget(&self, warm: usize) -> Duration {
+        let waves = warm.max(1).div_ceil(OPEN_AT_ONCE) as u32;
+        (self.connect_timeout + self.statement_timeout) * waves + self.connect_timeout
+    }
+}
+
 /// Why a pool could not be built, validated or used.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -171,6 +181,10 @@ fn make_pool(cfg: tokio_postgres::Config, s: &PoolSettings, size: usize, tls: &P
         .expect("runtime and sizes are set")
 }
 
+/// Connections [`DbPools::validate`] opens at once: a pool of hundreds
+/// is not a burst of hundreds of forks on the server.
+pub const OPEN_AT_ONCE: usize = 16;
+
 fn target(ep: &Endpoint) -> String {
     format!("{}:{}/{}", ep.host, ep.port, ep.dbname)
 }
@@ -200,18 +214,25 @@ impl DbPools {
         })
     }
 
-    /// Opens `warm` replica connections at once, checks the `[source]`
-    /// mapping on the first, and on each prepares the feature statements
-    /// and runs one, so that the pool is known to work (login on the
-    /// replica, the table and columns there, SELECT granted) and is warm
-    /// before it serves.
+    /// Opens `warm` replica connections (at most [`OPEN_AT_ONCE`] at a
+    /// time), checks the `[source]` mapping on the first, and on each
+    /// prepares the feature statements and runs one, so that the pool is
+    /// known to work (login on the replica, the table and columns there,
+    /// SELECT granted) and is warm before it serves. A rotation warms the
+    /// whole pool: a connection opened later would be opened under load, a
+    /// fork and a login on a busy server in front of a request.
     pub async fn validate(&self, warm: usize) -> Result<(), DbError> {
-        let mut conns = Vec::with_capacity(warm);
-        let results = futures::future::join_all((0..warm.max(1)).map(|_| self.replica.get())).await;
-        for r in results {
-            let conn = r.map_err(|e| self.pool_error(e, &self.replica_endpoint))?;
-            conns.push(conn);
-        }
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        let conns: Vec<Object> = stream::iter(0..warm.max(1))
+            .map(|_| async {
+                self.replica
+                    .get()
+                    .await
+                    .map_err(|e| self.pool_error(e, &self.replica_endpoint))
+            })
+            .buffer_unordered(OPEN_AT_ONCE)
+            .try_collect()
+            .await?;
         if let Some(first) = conns.first() {
             crate::source::check(first, &self.settings.source)
                 .await

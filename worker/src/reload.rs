@@ -277,8 +277,9 @@ async fn reconcile_credential(app: &Arc<App>, seen: &mut Seen) {
     write_ack(app);
 }
 
-/// Builds the pools of `cred` and proves they work (`warm` connections, the
-/// `[source]` mapping, a bounded wait) before anything is swapped; on
+/// Builds the pools of `cred` and proves they work (every replica
+/// connection of the pool open, the `[source]` mapping, a bounded wait)
+/// before anything is swapped; on
 /// failure nothing is kept. The error comes with its metric reason
 /// (`connect`, or `source` for a mapping that does not fit).
 async fn build_and_validate(
@@ -288,9 +289,9 @@ async fn build_and_validate(
     let tls = app.pg_tls.load_full();
     let pools =
         DbPools::new(cred, &app.pool_settings, &tls).map_err(|e| ("connect", e.to_string()))?;
-    let warm = pools.max_size().min(8);
+    let warm = pools.max_size();
     let validated = tokio::time::timeout(
-        app.pool_settings.connect_timeout * 2 + app.pool_settings.statement_timeout,
+        app.pool_settings.validate_budget(warm),
         pools.validate(warm),
     )
     .await;

@@ -354,7 +354,7 @@ pub async fn check_database(cfg: &crate::config::Config) -> Result<String, Fatal
     let app = crate::app::App::new(cfg.clone(), tls.clone());
     let pools =
         DbPools::new(&cred, &app.pool_settings, &tls).map_err(|e| Fatal::Config(e.to_string()))?;
-    let budget = app.pool_settings.connect_timeout * 2 + app.pool_settings.statement_timeout;
+    let budget = app.pool_settings.validate_budget(1);
     let result = tokio::time::timeout(budget, pools.validate(1)).await;
     pools.close();
     match result {

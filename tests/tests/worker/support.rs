@@ -152,6 +152,15 @@ pub async fn wait_only_role(stack: &Stack, w: &Worker, user: &str) {
     .unwrap_or_else(|e| panic!("{e}\nworker:\n{}", w.logs()));
 }
 
+/// The worker's connections on the replica logged in as `user`.
+pub async fn sessions_of(stack: &Stack, user: &str) -> usize {
+    worker_roles(stack)
+        .await
+        .iter()
+        .filter(|r| *r == user)
+        .count()
+}
+
 /// Worker connections on the replica, by role (a backend still
 /// authenticating has no role yet and is left out).
 async fn worker_roles(stack: &Stack) -> Vec<String> {
