@@ -476,6 +476,7 @@ fn tracing_filter_invalid(level: &str) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use riskfeat_shared::testing::assert_contains_all;
 
     /// The smallest valid config: Vault and the database, every other key
     /// at its default (the harness's `Agent::MINIMAL_TOML` too).
@@ -485,13 +486,6 @@ pub(crate) mod tests {
     fn rejected(name: &str, text: &str) -> String {
         let err = Config::parse(name, text, &Overrides::default()).unwrap_err();
         err.to_string()
-    }
-
-    /// `msg` names every one of `wants`.
-    pub(super) fn assert_names(msg: &str, wants: &[&str]) {
-        for want in wants {
-            assert!(msg.contains(want), "missing {want:?} in {msg}");
-        }
     }
 
     #[test]
@@ -545,7 +539,7 @@ pub(crate) mod tests {
             ack_grace_s = 9223372036854775807
             backoff_max_s = 1e300
         "#;
-        assert_names(
+        assert_contains_all(
             &rejected("a.toml", text),
             &[
                 "metrics_addr",
@@ -578,7 +572,7 @@ pub(crate) mod tests {
             rotate_lead_s = "soon"
         "#;
         let msg = rejected("a.toml", text);
-        assert_names(
+        assert_contains_all(
             &msg,
             &[
                 "\n  - colour: unknown key, expected one of `shared_dir`, ",
@@ -616,7 +610,7 @@ pub(crate) mod tests {
             max_response_bytes: 5,
             ..good
         };
-        assert_names(
+        assert_contains_all(
             &bad.problems().join("\n"),
             &[
                 "configd.addr",

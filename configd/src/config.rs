@@ -445,6 +445,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use riskfeat_shared::testing::assert_contains_all;
 
     fn setup(tokens: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -468,13 +469,6 @@ mod tests {
         Config::parse(text, dir).unwrap_err().to_string()
     }
 
-    /// `msg` names every one of `wants`.
-    fn assert_names(msg: &str, wants: &[&str]) {
-        for want in wants {
-            assert!(msg.contains(want), "{want:?} missing in {msg}");
-        }
-    }
-
     #[test]
     fn defaults_and_relative_paths() {
         let dir = setup(TOKENS);
@@ -488,7 +482,7 @@ mod tests {
     fn every_problem_at_once() {
         let dir = setup("[[tokens]]\nname='a'\ntoken='short'\nrole='read'\nnamespaces=[]\n");
         let text = rejected(&format!("listen='nope'\n{FILES}wake_batch=0\n"), dir.path());
-        assert_names(
+        assert_contains_all(
             &text,
             &[
                 "listen",
@@ -509,7 +503,7 @@ mod tests {
     #[test]
     fn type_errors_and_missing_files_are_listed_with_their_keys() {
         let dir = setup(TOKENS);
-        assert_names(
+        assert_contains_all(
             &rejected("wake_batch = 'x'\nbogus = 1\n", dir.path()),
             &[
                 "(config text): invalid config:\n",
@@ -517,7 +511,7 @@ mod tests {
                 "\n  - bogus: unknown key, expected one of `listen`, ",
             ],
         );
-        assert_names(
+        assert_contains_all(
             &rejected("pool_size = 0\n", dir.path()),
             &[
                 "\n  - pool_size: must be 1..=256",

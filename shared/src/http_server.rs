@@ -313,13 +313,14 @@ mod tests {
             max_connections: 0,
         };
         let p = bad.problems().join("\n");
-        for want in [
-            "http.header_read_timeout_ms = 0",
-            "http.request_timeout_ms = 5",
-            "http.max_connections = 0",
-        ] {
-            assert!(p.contains(want), "{want} missing in {p}");
-        }
+        crate::testing::assert_contains_all(
+            &p,
+            &[
+                "http.header_read_timeout_ms = 0",
+                "http.request_timeout_ms = 5",
+                "http.max_connections = 0",
+            ],
+        );
         assert!(!p.contains("idle_timeout_ms"), "{p}");
     }
 

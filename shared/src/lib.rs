@@ -11,7 +11,7 @@
 //! PostgreSQL over TLS ([`pg_tls`]) and pick up a rotated CA file
 //! ([`ca_file`]); and the command line both take ([`cli`]). All three binaries (configd too) load their config file
 //! ([`config_loader`]), exit ([`exit`]) and learn of SIGTERM ([`signal`])
-//! the same way.
+//! the same way. [`testing`] holds the assertions their tests share.
 //!
 //! This crate depends on none of agent, worker or configd.
 
@@ -33,6 +33,7 @@ pub mod pg_tls;
 pub mod secret;
 pub mod signal;
 pub mod telemetry;
+pub mod testing;
 
 pub use secret::Secret;
 

@@ -194,15 +194,16 @@ mod tests {
         r.histogram("riskfeat_test_c_seconds", "C.", &[0.5, 1.0])
             .observe(0.7);
         let text = render(&r.registry());
-        for line in [
-            "# HELP riskfeat_test_a_total A.\n",
-            "riskfeat_test_a_total 1\n",
-            "riskfeat_test_b{kind=\"x\"} 2\n",
-            "riskfeat_test_c_seconds_bucket{le=\"1\"} 1\n",
-            "riskfeat_test_build_info{",
-        ] {
-            assert!(text.contains(line), "no {line:?} in:\n{text}");
-        }
+        crate::testing::assert_contains_all(
+            &text,
+            &[
+                "# HELP riskfeat_test_a_total A.\n",
+                "riskfeat_test_a_total 1\n",
+                "riskfeat_test_b{kind=\"x\"} 2\n",
+                "riskfeat_test_c_seconds_bucket{le=\"1\"} 1\n",
+                "riskfeat_test_build_info{",
+            ],
+        );
     }
 
     /// A name made twice is a programming error, found at start-up.

@@ -220,6 +220,7 @@ fn tracing_subscriber_filter_invalid(level: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use riskfeat_shared::testing::assert_contains_all;
 
     #[test]
     fn empty_file_gets_defaults() {
@@ -255,7 +256,7 @@ max_batch = 1000
 "#;
         let err = parse_error(text);
         assert!(err.starts_with("w.toml: invalid config"), "{err}");
-        assert_names(
+        assert_contains_all(
             &err,
             &[
                 "\n  - pool_size: invalid type: string \"many\", expected usize",
@@ -268,7 +269,7 @@ max_batch = 1000
     #[test]
     fn ranges_are_checked_together() {
         let text = "pool_size = 0\nlisten = \"nowhere\"\nnamespace = \"../x\"\n";
-        assert_names(
+        assert_contains_all(
             &parse_error(text),
             &["pool_size = 0", "listen", "namespace"],
         );
@@ -279,13 +280,6 @@ max_batch = 1000
         Config::parse("w.toml", text, &Overrides::default())
             .unwrap_err()
             .to_string()
-    }
-
-    /// Asserts that `err` says every one of `parts`.
-    fn assert_names(err: &str, parts: &[&str]) {
-        for part in parts {
-            assert!(err.contains(part), "no {part:?} in:\n{err}");
-        }
     }
 
     #[test]

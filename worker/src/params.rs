@@ -253,14 +253,15 @@ mod tests {
         })))
         .unwrap_err()
         .to_string();
-        for key in [
-            "min_history = 51",
-            "std_epsilon",
-            "short_window_s = 0",
-            "long_window_s",
-        ] {
-            assert!(err.contains(key), "{key}: {err}");
-        }
+        riskfeat_shared::testing::assert_contains_all(
+            &err,
+            &[
+                "min_history = 51",
+                "std_epsilon",
+                "short_window_s = 0",
+                "long_window_s",
+            ],
+        );
         let err = FeatureParams::from_snapshot(&snap(json!({
             "short_window_s": 7200, "long_window_s": 3600
         })))

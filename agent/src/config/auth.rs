@@ -156,6 +156,7 @@ pub(super) fn namespace_problem(ns: &str) -> Option<String> {
 mod tests {
     use super::super::{Config, Overrides};
     use super::*;
+    use riskfeat_shared::testing::assert_contains_all;
 
     const DATABASE: &str = r#"
         [database]
@@ -205,17 +206,18 @@ mod tests {
             "role_id_file = \"/r\"\nsecret_id_file = \"/s\"\nsecret_id_wrapped = true\nnamespace = \"a//b\"\n[vault.auth]\nmethod = \"jwt\"\nmount = \"/jwt\"",
         )
         .unwrap_err();
-        for want in [
-            "vault.role_id_file is an AppRole key but vault.auth.method is \"jwt\"",
-            "vault.secret_id_file is an AppRole key",
-            "vault.secret_id_wrapped is an AppRole key",
-            "vault.auth.mount: invalid mount \"/jwt\"",
-            "vault.auth.role is required with method \"jwt\"",
-            "vault.auth.token_file is required with method \"jwt\"",
-            "vault.namespace: invalid namespace \"a//b\"",
-        ] {
-            assert!(msg.contains(want), "missing {want:?} in {msg}");
-        }
+        assert_contains_all(
+            &msg,
+            &[
+                "vault.role_id_file is an AppRole key but vault.auth.method is \"jwt\"",
+                "vault.secret_id_file is an AppRole key",
+                "vault.secret_id_wrapped is an AppRole key",
+                "vault.auth.mount: invalid mount \"/jwt\"",
+                "vault.auth.role is required with method \"jwt\"",
+                "vault.auth.token_file is required with method \"jwt\"",
+                "vault.namespace: invalid namespace \"a//b\"",
+            ],
+        );
         let msg = parse("secret_id_file = \"/s\"\n[vault.auth]\nrole = \"r\"\ntoken_file = \"/t\"")
             .unwrap_err();
         for key in ["role", "token_file"] {

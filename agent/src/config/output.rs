@@ -277,9 +277,10 @@ fn path_problems(cfg: &Config, name: &str, path: &Path, out: &mut Vec<String>) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{assert_names, MINIMAL};
+    use super::super::tests::MINIMAL;
     use super::super::Overrides;
     use super::*;
+    use riskfeat_shared::testing::assert_contains_all;
 
     fn parse(outputs: &str) -> Result<Config, String> {
         parse_with("output_allowed_dirs = [\"/run/app\"]", outputs)
@@ -353,7 +354,7 @@ mod tests {
             "#,
         )
         .unwrap_err();
-        assert_names(
+        assert_contains_all(
             &msg,
             &[
                 "output_allowed_dirs[0]",
@@ -387,7 +388,7 @@ mod tests {
             "#,
         )
         .unwrap_err();
-        assert_names(
+        assert_contains_all(
             &msg,
             &[
                 "output[0].kind: unknown variant `yaml`",

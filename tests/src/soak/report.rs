@@ -381,13 +381,14 @@ mod tests {
             ..SoakReport::default()
         };
         let p = report.problems().join("\n");
-        for expected in [
-            "no request",
-            "vault fault was never injected",
-            "no credential rotation",
-            "too few secrets",
-        ] {
-            assert!(p.contains(expected), "{expected}: {p}");
-        }
+        riskfeat_shared::testing::assert_contains_all(
+            &p,
+            &[
+                "no request",
+                "vault fault was never injected",
+                "no credential rotation",
+                "too few secrets",
+            ],
+        );
     }
 }
