@@ -9,6 +9,7 @@
 //! start-up storm).
 
 mod configd;
+mod cpus;
 mod etcd;
 mod fanout;
 mod pgbench;

@@ -27,6 +27,7 @@
 //!
 //! Prints a markdown section and appends it to docs/benchmarks.md.
 
+use super::cpus::{Placement, Split};
 use super::pgbench::{self, PgbenchResult};
 use super::wrk::{self, WrkResult};
 use super::{cpu_s, machine, memory, CpuOf, CpuSample, CpuUse, TcpCounters};
@@ -76,6 +77,13 @@ pub struct Args {
     /// The worker's `worker_threads` (0 = one per CPU).
     #[arg(long, default_value_t = 0)]
     worker_threads: usize,
+    /// Where the processes run: `split` (PostgreSQL on CPUs of its own,
+    /// the worker, the agent, OpenBao and the load generators on the others,
+    /// as when the replica is another machine) or `shared` (the scheduler
+    /// places everything anywhere; see docs/benchmarks.md for what that does
+    /// to PostgreSQL's backends on two CPUs).
+    #[arg(long, value_enum, default_value_t = Placement::Split)]
+    cpus: Placement,
     /// Do not append to docs/benchmarks.md.
     #[arg(long)]
     no_record: bool,
@@ -263,8 +271,22 @@ fn publish(stack: &Stack, generation: u64, c: &IssuedCreds) -> anyhow::Result<()
     Ok(())
 }
 
-/// A stack with the bench's data loaded and replicated.
+/// The split of `--cpus split`, `None` for `shared`.
+fn split(args: &Args) -> anyhow::Result<Option<Split>> {
+    match args.cpus {
+        Placement::Split => Split::of_this_machine().map(Some),
+        Placement::Shared => Ok(None),
+    }
+}
+
+/// A stack with the bench's data loaded and replicated; with `--cpus
+/// split`, this process (so everything it starts) on the clients' CPUs and
+/// both PostgreSQL servers on the database's.
 async fn stack_with_data(args: &Args, opts: StackOptions) -> anyhow::Result<Stack> {
+    let split = split(args)?;
+    if let Some(s) = &split {
+        s.pin_this_process()?;
+    }
     eprintln!("bench worker: starting PostgreSQL primary + replica and OpenBao");
     let stack = Stack::start(opts).await?;
     let su = stack.pg.primary.connect_superuser().await?;
@@ -277,6 +299,14 @@ async fn stack_with_data(args: &Args, opts: StackOptions) -> anyhow::Result<Stac
         t.elapsed()
     );
     stack.pg.wait_replica_caught_up().await?;
+    if let Some(s) = &split {
+        let servers = [Some(&stack.pg.primary), stack.pg.replica.as_ref()];
+        for pg in servers.into_iter().flatten() {
+            let postmaster = pg.pid().context("PostgreSQL is not running")?;
+            let n = s.pin_postgres(postmaster)?;
+            eprintln!("bench worker: {n} PostgreSQL processes of {postmaster} pinned");
+        }
+    }
     Ok(stack)
 }
 
@@ -479,8 +509,9 @@ fn render(args: &Args, rows: &[Row], rotation: Option<Rotation>) -> String {
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
     );
     s.push_str(&format!(
-        "Machine: {}. Command: `cargo xtask bench worker --seconds {} --rounds {}` (users {}, \
-         per_user {}, concurrency {:?}, pool_size {}, worker_threads {}). Data: {} transactions. \
+        "Machine: {}. Command: `cargo xtask bench worker --seconds {} --rounds {} --cpus {}` \
+         (users {}, per_user {}, concurrency {:?}, pool_size {}, worker_threads {}). Data: {} \
+         transactions. CPUs: {}. \
          worker = release build over HTTP/1.1 keep-alive, load from `wrk` (one connection per \
          client, a random user per request, latencies measured by wrk; \"own\" = the bucket \
          bounds of the worker's p99 and p99.9 in its request-duration histogram, time inside \
@@ -491,17 +522,24 @@ fn render(args: &Args, rows: &[Row], rotation: Option<Rotation>) -> String {
          twice the mean interval i adds samples L-i, L-2i, ...: what a client at a steady \
          pace would have seen behind a stall), so pgbench's percentiles get the same \
          correction; its uncorrected ones are beside them. Maxima are real samples. Worker and pgbench \
-         alternate at each concurrency (odd rounds the worker first). PostgreSQL, worker and \
-         load generator share the cores.\n\n",
+         alternate at each concurrency (odd rounds the worker first).\n\n",
         machine(),
         args.seconds,
         args.rounds,
+        match args.cpus {
+            Placement::Split => "split",
+            Placement::Shared => "shared",
+        },
         args.users,
         args.per_user,
         args.concurrency,
         args.pool_size,
         args.worker_threads,
-        args.users * args.per_user
+        args.users * args.per_user,
+        match split(args) {
+            Ok(Some(s)) => s.describe(),
+            _ => "shared: PostgreSQL, the worker and the load generators on every CPU".into(),
+        }
     ));
     s.push_str(
         "| C | round | worker req/s | worker p50 / p99 / p99.9 / max ms | worker non-2xx | \
