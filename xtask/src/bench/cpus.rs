@@ -51,13 +51,17 @@ impl Split {
         })
     }
 
-    /// The split of the CPUs this process may use.
+    /// The split of the CPUs this process was allowed when first asked
+    /// (asking again after [`Split::pin_this_process`] gives the same).
     pub fn of_this_machine() -> anyhow::Result<Split> {
-        let set = nix::sched::sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")?;
-        let allowed: Vec<usize> = (0..CpuSet::count())
-            .filter(|&c| set.is_set(c).unwrap_or(false))
-            .collect();
-        Split::of(&allowed)
+        static ALLOWED: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+        let allowed = ALLOWED.get_or_init(|| {
+            let set = nix::sched::sched_getaffinity(Pid::from_raw(0));
+            (0..CpuSet::count())
+                .filter(|&c| set.as_ref().is_ok_and(|s| s.is_set(c).unwrap_or(false)))
+                .collect()
+        });
+        Split::of(allowed)
     }
 
     /// "PostgreSQL on CPU 0; ... on CPU 1", for the report.
@@ -171,8 +175,11 @@ mod tests {
             .spawn()
             .unwrap();
         assert!(children_of(std::process::id()).contains(&child.id()));
-        let allowed = Split::of_this_machine().map(|s| s.clients[0]).unwrap_or(0);
+        let split = Split::of_this_machine();
+        let allowed = split.as_ref().map(|s| s.clients[0]).unwrap_or(0);
         pin_process(child.id(), &[allowed]).unwrap();
+        // Asked again, the split is the same (the second stack of the bench).
+        assert_eq!(Split::of_this_machine().ok(), split.ok());
         let got = nix::sched::sched_getaffinity(Pid::from_raw(child.id() as i32)).unwrap();
         assert!(got.is_set(allowed).unwrap());
         assert_eq!(
