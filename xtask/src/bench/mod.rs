@@ -121,13 +121,16 @@ fn quantile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     sorted[i]
 }
 
-/// "N CPUs (nproc), model; 1-min load average L when the report was written".
+/// "N CPUs, model; 1-min load average L when the report was written" (the
+/// machine's CPUs from /proc/cpuinfo, not this process's affinity, which
+/// `bench worker --cpus split` narrows).
 fn machine() -> String {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let model = Some(cpuinfo)
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("model name"))
@@ -140,7 +143,7 @@ fn machine() -> String {
         .and_then(|l| l.split_whitespace().next().map(str::to_string))
         .unwrap_or_else(|| "?".into());
     format!(
-        "{cpus} CPUs (nproc), {model}; 1-min load average {load} when the report was written \
+        "{cpus} CPUs, {model}; 1-min load average {load} when the report was written \
          (other work on the machine skews the figures)"
     )
 }
