@@ -238,8 +238,7 @@ async fn a_lower_generation_is_refused() {
 
 /// A pool is open in full before it serves, at start and at each swap: a
 /// connection left to be opened on a request's path is a fork and a login
-/// on a busy server in front of that request (the rotation stalls of
-/// docs/benchmarks.md). Pool 20: more than one wave of
+/// on a busy server in front of that request. Pool 20: more than one wave of
 /// `OPEN_AT_ONCE` (16) connections opened at once.
 ///
 /// Checked: with `build_and_validate` warming `max_size().min(8)` as
