@@ -19,15 +19,14 @@ use nix::unistd::Pid;
 /// The `--cpus` choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Placement {
-    /// PostgreSQL on the first half of the CPUs (at least one), the rest
-    /// on the others.
+    /// PostgreSQL on the first half of the CPUs, the rest on the others.
     Split,
     /// No pinning.
     Shared,
 }
 
-/// The CPUs of each side of a split, as indices of this process's allowed
-/// CPUs (`sched_getaffinity`).
+/// The CPU ids of each side of a split, taken from the CPUs this process
+/// was allowed (`sched_getaffinity`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Split {
     pub database: Vec<usize>,
@@ -35,8 +34,9 @@ pub struct Split {
 }
 
 impl Split {
-    /// Splits `allowed` (sorted CPU ids): the first half (rounded down, at
-    /// least one) for the database; fails on fewer than two CPUs.
+    /// Splits `allowed` (sorted CPU ids): the first half (rounded down) for
+    /// the database, the rest for the clients; fails on fewer than two CPUs,
+    /// where one side would get none.
     pub fn of(allowed: &[usize]) -> anyhow::Result<Split> {
         if allowed.len() < 2 {
             bail!(
@@ -44,7 +44,7 @@ impl Split {
                 allowed
             );
         }
-        let n = (allowed.len() / 2).max(1);
+        let n = allowed.len() / 2;
         Ok(Split {
             database: allowed[..n].to_vec(),
             clients: allowed[n..].to_vec(),

@@ -504,6 +504,14 @@ fn latencies(m: &Measured) -> String {
 }
 
 fn render(args: &Args, rows: &[Row], rotation: Option<Rotation>) -> String {
+    // The same decision as the stack's (`split` fails before any stack is up).
+    let (cpus_flag, placement) = match split(args) {
+        Ok(Some(s)) => ("split", s.describe()),
+        _ => (
+            "shared",
+            "shared: PostgreSQL, the worker and the load generators on every CPU".to_string(),
+        ),
+    };
     let mut s = format!(
         "## riskfeat-worker vs pgbench ({})\n\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
@@ -526,20 +534,14 @@ fn render(args: &Args, rows: &[Row], rotation: Option<Rotation>) -> String {
         machine(),
         args.seconds,
         args.rounds,
-        match args.cpus {
-            Placement::Split => "split",
-            Placement::Shared => "shared",
-        },
+        cpus_flag,
         args.users,
         args.per_user,
         args.concurrency,
         args.pool_size,
         args.worker_threads,
         args.users * args.per_user,
-        match split(args) {
-            Ok(Some(s)) => s.describe(),
-            _ => "shared: PostgreSQL, the worker and the load generators on every CPU".into(),
-        }
+        placement,
     ));
     s.push_str(
         "| C | round | worker req/s | worker p50 / p99 / p99.9 / max ms | worker non-2xx | \
