@@ -5,8 +5,8 @@
 //! `CONNECTION LIMIT` with their `fallback_pool_size` pools.
 
 use crate::support::{
-    credential, get, insert_rows, publish, rotate, spawn_worker, start_stack, wait_for_answer,
-    Load, READY_TIMEOUT, SECS,
+    credential, get, insert_rows, publish, rotate, sessions_of, spawn_worker, start_stack,
+    wait_for_answer, Load, READY_TIMEOUT, SECS,
 };
 use chrono::{Duration as ChronoDuration, Utc};
 use riskfeat_shared::atomic::{write_json_atomic, WriteOptions};
@@ -307,7 +307,7 @@ async fn two_workers_on_the_fallback_login_fit_its_connection_limit() {
     let loads = [&first, &second].map(|w| Load::start(w.http().base(), 12, vec![1, 2, 3]));
     let mut most = 0;
     for _ in 0..30 {
-        most = most.max(role_connections(&stack, "riskfeat_fallback").await);
+        most = most.max(sessions_of(&stack, "riskfeat_fallback").await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for load in loads {
@@ -334,16 +334,4 @@ async fn serve_with_pools_of(workers: &[&Worker], generation: u64, size: usize) 
             "generation {generation}: {m}"
         );
     }
-}
-
-/// Client backends of `role` on the replica.
-async fn role_connections(stack: &Stack, role: &str) -> i64 {
-    let su = stack.pg.replica().connect_superuser().await.unwrap();
-    su.query_one(
-        "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-        &[&role],
-    )
-    .await
-    .unwrap()
-    .get(0)
 }
